@@ -1,0 +1,305 @@
+"""Typed recipes: one YAML file per command, validated before any work starts.
+
+Every section rejects unknown keys; an error names the dotted key path and the file. `--set a.b=c` overrides
+are parsed as YAML scalars and validated by the same schema, so they are typed exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from warmstart.errors import UserError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+# ----------------------------------------------------------------------------------------------- prepare
+class SourceConfig(Section):
+    """One input of a domain: a file, a directory, or a Hugging Face dataset."""
+
+    path: str
+    format: Literal["auto", "jsonl", "parquet", "text", "hf"] = "auto"
+    text_field: str = Field("text", description="JSONL key / Parquet column / dataset column holding the text")
+    glob: str = Field("**/*", description="files taken from a directory of plain text (one document per file)")
+    split: str | None = Field(None, description="split of a Hugging Face DatasetDict (default: 'train')")
+
+
+class PrepareConfig(Section):
+    """`warmstart prepare`: text -> tokenized train/val token arrays per domain."""
+
+    tokenizer: str = Field(..., description="model directory, tokenizer.json, or hub name")
+    out: str
+    domains: dict[str, list[SourceConfig]]
+    val_docs: int | None = Field(None, ge=0)
+    val_fraction: float | None = Field(None, ge=0.0, lt=1.0)
+    seed: int = 0
+    eos_token: str | None = Field(None, description="default: the tokenizer's eos (else sep) token")
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    workers: int = Field(1, ge=1)
+    batch_docs: int = Field(256, ge=1, description="documents per tokenization task")
+    skip_bad_records: bool = False
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepareConfig:
+        if self.val_docs is not None and self.val_fraction is not None:
+            raise ValueError("give val_docs or val_fraction, not both")
+        if not self.domains:
+            raise ValueError("domains: at least one domain is needed")
+        for name, sources in self.domains.items():
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"domains: bad domain name {name!r} (a plain directory name is needed)")
+            if not sources:
+                raise ValueError(f"domains.{name}: no sources listed")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- train
+class SubsetConfig(Section):
+    """Restrict a domain to K tokens (then repeated for as many epochs as the budget needs)."""
+
+    tokens: int = Field(..., gt=0)
+    mode: Literal["first", "random"] = "random"
+
+
+class ReplayConfig(Section):
+    """A fixed share of every batch drawn from old domains; the token budget is shared, not added."""
+
+    fraction: float = Field(..., ge=0.0, lt=1.0)
+    domains: dict[str, float] = Field(..., description="old domain -> relative weight within the replay share")
+
+
+class DataConfig(Section):
+    dir: str = Field(..., description="a directory written by `warmstart prepare`")
+    weights: dict[str, float] = Field(default_factory=dict, description="domain -> weight (normalised)")
+    weights_from: str | None = Field(None, description="a mixture.json whose weights to use")
+    seq_len: int = Field(256, gt=0)
+    subsets: dict[str, SubsetConfig] = Field(default_factory=dict)
+    replay: ReplayConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for k, w in self.weights.items():
+            if w < 0:
+                raise ValueError(f"weights.{k}: must be >= 0")
+        if self.weights and sum(self.weights.values()) <= 0:
+            raise ValueError("weights: at least one weight must be positive")
+        if self.replay is not None:
+            overlap = set(self.replay.domains) & {k for k, w in self.weights.items() if w > 0}
+            if overlap:
+                raise ValueError(f"replay.domains: {sorted(overlap)} are also new-data domains")
+        return self
+
+
+class ModelConfig(Section):
+    """The architecture of a model trained from scratch (unused when init.from gives a checkpoint)."""
+
+    preset: str | None = Field(None, description="a tiny preset, e.g. 'llama-tiny' (see `warmstart presets`)")
+    family: str | None = Field(None, description="gpt2 | gpt_neox | llama | mistral | qwen2 | opt")
+    config: str | None = Field(None, description="a Hugging Face config.json")
+    sizes: dict[str, Any] = Field(default_factory=dict, description="config overrides, e.g. num_hidden_layers")
+    tokenizer: str | None = Field(None, description="tokenizer directory or tokenizer.json")
+
+
+class InitConfig(Section):
+    from_: str | None = Field(
+        None, alias="from", description="weights only: a HF checkpoint dir, hub name, or a warmstart run dir"
+    )
+    keep_optimizer: bool = Field(False, description="re-warming from a warmstart run: keep its AdamW moments")
+
+
+class OptimConfig(Section):
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.1, ge=0.0)
+    decay_embeddings: bool = False
+    decay_norms_and_biases: bool = False
+    grad_clip: float | None = Field(1.0, description="max global grad norm; null for none")
+    fused: bool | None = Field(None, description="fused AdamW; default: on where available (CUDA)")
+
+
+class ScheduleConfig(Section):
+    """Learning rate per optimizer step; see warmstart.train.schedules for the closed forms."""
+
+    kind: Literal["cosine", "constant", "wsd", "infinite"] = "cosine"
+    max_lr: float = Field(3e-4, gt=0.0)
+    min_lr: float | None = Field(None, ge=0.0, description="absolute floor; overrides min_lr_ratio")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    decay_fraction: float = Field(0.2, ge=0.0, le=1.0, description="wsd: cooldown / infinite: final anneal")
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
+    cooldown_fraction: float = Field(0.1, ge=0.0, le=1.0, description="infinite: max_lr -> constant_lr")
+    constant_lr_ratio: float = Field(0.25, gt=0.0, le=1.0, description="infinite: constant phase / max_lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.warmup_steps is not None and self.warmup_fraction is not None:
+            raise ValueError("give warmup_steps or warmup_fraction, not both")
+        if self.kind == "infinite" and self.cooldown_fraction + self.decay_fraction > 1.0:
+            raise ValueError("cooldown_fraction + decay_fraction must be <= 1")
+        return self
+
+
+class TrainConfig(Section):
+    tokens: int | None = Field(None, gt=0, description="token budget (global); or give steps")
+    steps: int | None = Field(None, gt=0)
+    batch_tokens: int = Field(8192, gt=0, description="global batch in tokens (a multiple of data.seq_len)")
+    micro_batch_size: int = Field(8, gt=0, description="sequences per process per forward pass")
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    keep_checkpoints: int = Field(2, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if (self.tokens is None) == (self.steps is None):
+            raise ValueError("give exactly one of train.tokens and train.steps")
+        return self
+
+
+class EvalConfig(Section):
+    every: int = Field(100, gt=0, description="evaluate every N steps (and at step 0 and the end)")
+    dense_steps: int = Field(0, ge=0, description="also evaluate at every step before this one")
+    max_tokens: int = Field(16384, gt=0, description="validation tokens per domain (the first ones)")
+    batch_size: int = Field(16, gt=0)
+    domains: list[str] | None = Field(None, description="default: every domain in data.dir")
+
+
+class Recipe(Section):
+    """`warmstart train`: one run directory, one model, one mixture, one schedule."""
+
+    name: str
+    out_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        arch = [k for k in ("preset", "family", "config") if getattr(self.model, k)]
+        if self.init.from_ is None and not arch:
+            raise ValueError("model: give model.preset, model.family or model.config (or init.from)")
+        if self.init.from_ is not None and arch:
+            raise ValueError(f"model.{arch[0]}: the architecture comes from init.from; drop one of them")
+        if len(arch) > 1:
+            raise ValueError(f"model: give one of preset/family/config, not {arch}")
+        if self.train.batch_tokens % self.data.seq_len:
+            raise ValueError(
+                f"train.batch_tokens: {self.train.batch_tokens} is not a multiple of data.seq_len "
+                f"{self.data.seq_len}"
+            )
+        if self.init.keep_optimizer and self.init.from_ is None:
+            raise ValueError("init.keep_optimizer: needs init.from (a warmstart run directory)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------- loading
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    """One line: file, dotted key path, what is wrong."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set tree[a][b][c] = value for key 'a.b.c', creating sections as needed."""
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {key}: '{p}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
+    """Apply `a.b.c=value` strings; values are parsed as YAML (so 3e-4, true, [1, 2] are typed)."""
+    tree = copy.deepcopy(tree)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise UserError(f"--set {item}: bad key {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(tree, key, value)
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def validate(model: type[M], tree: dict, source: str = "recipe") -> M:
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(_format_error(e, source)) from None
+
+
+def load(model: type[M], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> M:
+    """Read a YAML recipe (or start from `base`), apply `--set` overrides, validate into `model`."""
+    tree = read_yaml(path) if path is not None else dict(base or {})
+    tree = apply_overrides(tree, overrides)
+    return validate(model, tree, str(path) if path is not None else "recipe")
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """The fully resolved recipe, as written into a run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Recipe:
+    return load(Recipe, path, overrides, base)

@@ -1,0 +1,114 @@
+"""The on-disk format every later step reads: flat token arrays per domain and split, plus a JSON index.
+
+    DATA_DIR/manifest.json            tokenizer identity and the list of domains
+    DATA_DIR/<domain>/index.json      dtype, counts, fingerprint, per split: file names and counts
+    DATA_DIR/<domain>/<split>.bin     the tokens of every document, each followed by EOS (numpy memmap)
+    DATA_DIR/<domain>/<split>.docs.npy  int64 offsets of document starts, plus the total at the end (len docs+1)
+
+Document boundaries live in a .npy beside the index (named by it) so the JSON stays small for any corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from warmstart.errors import UserError
+
+FORMAT = "warmstart-shards-v1"
+SPLITS = ("train", "val")
+
+
+def dtype_for_vocab(vocab_size: int, requested: str = "auto") -> str:
+    """uint16 when every id fits, else uint32; an explicit request that cannot hold the vocabulary is an error."""
+    fits16 = vocab_size <= 2**16
+    if requested == "auto":
+        return "uint16" if fits16 else "uint32"
+    if requested == "uint16" and not fits16:
+        raise UserError(
+            f"dtype uint16 cannot hold a vocabulary of {vocab_size} tokens (max 65536); use dtype: uint32 or auto"
+        )
+    return requested
+
+
+@dataclass
+class DomainData:
+    """A prepared domain: lazy memmaps of its splits."""
+
+    name: str
+    path: Path
+    index: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> DomainData:
+        path = Path(path)
+        ipath = path / "index.json"
+        if not ipath.is_file():
+            raise UserError(f"{path}: not a prepared domain (no index.json); run `warmstart prepare` first")
+        try:
+            index = json.loads(ipath.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{ipath}: corrupt index ({e}); re-run `warmstart prepare --overwrite`") from None
+        if index.get("format") != FORMAT:
+            raise UserError(f"{ipath}: unknown format {index.get('format')!r} (expected {FORMAT})")
+        return cls(name=index["domain"], path=path, index=index)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.index["dtype"])
+
+    @property
+    def tokenizer(self) -> dict:
+        return self.index["tokenizer"]
+
+    def n_tokens(self, split: str = "train") -> int:
+        return int(self.index["splits"][split]["tokens"])
+
+    def n_docs(self, split: str = "train") -> int:
+        return int(self.index["splits"][split]["docs"])
+
+    def tokens(self, split: str = "train") -> np.ndarray:
+        return self._tokens[split]
+
+    def doc_offsets(self, split: str = "train") -> np.ndarray:
+        return np.load(self.path / self.index["splits"][split]["doc_offsets"])
+
+    def documents(self, split: str = "train"):
+        """Yield each document's tokens (EOS included)."""
+        toks, offs = self.tokens(split), self.doc_offsets(split)
+        for a, b in zip(offs[:-1], offs[1:], strict=True):
+            yield toks[a:b]
+
+    @cached_property
+    def _tokens(self) -> dict[str, np.ndarray]:
+        out = {}
+        for split, info in self.index["splits"].items():
+            f = self.path / info["file"]
+            n = int(info["tokens"])
+            expected = n * self.dtype.itemsize
+            if not f.is_file() or f.stat().st_size != expected:
+                raise UserError(
+                    f"{f}: missing or truncated ({f.stat().st_size if f.is_file() else 0} bytes, expected "
+                    f"{expected}); re-run `warmstart prepare --overwrite`"
+                )
+            out[split] = np.memmap(f, dtype=self.dtype, mode="r", shape=(n,)) if n else np.zeros(0, self.dtype)
+        return out
+
+
+def open_data_dir(path: str | Path) -> dict[str, DomainData]:
+    """All domains of a prepared data directory, by name (in manifest order)."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise UserError(f"{path}: not a prepared data directory (no manifest.json); run `warmstart prepare`")
+    manifest = json.loads(mpath.read_text())
+    return {name: DomainData.open(path / name) for name in manifest["domains"]}
+
+
+def read_manifest(path: str | Path) -> dict:
+    mpath = Path(path) / "manifest.json"
+    return json.loads(mpath.read_text()) if mpath.is_file() else {}

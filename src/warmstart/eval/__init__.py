@@ -1,0 +1,1 @@
+"""Evaluation: per-domain validation loss and perplexity."""

@@ -1,0 +1,1 @@
+"""Models: Hugging Face causal LMs from presets, configs or checkpoints; saving; FLOPs per token."""

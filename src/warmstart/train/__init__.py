@@ -1,0 +1,1 @@
+"""Training: LR schedules, the one training loop, checkpoints, distributed setup."""

@@ -22,9 +22,40 @@ SAMPLE_TEXTS = [
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
-    """A 512-token byte-level BPE saved as an AutoTokenizer-loadable directory."""
+    """A 512-token byte-level BPE (learned on real text) saved as an AutoTokenizer-loadable directory."""
     from warmstart.data.tokenizer_train import train_bpe
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    train_bpe(SAMPLE_TEXTS, vocab_size=512, out=out)
+    texts = [t for ts in _stdlib_texts().values() for t in ts]
+    train_bpe(SAMPLE_TEXTS + texts, vocab_size=512, out=out)
+    return out
+
+
+def _stdlib_texts() -> dict[str, list[str]]:
+    """Two small real domains from the running Python: library source code and reference prose."""
+    import sysconfig
+    from pathlib import Path
+    from pydoc_data.topics import topics
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    code = [p.read_text(encoding="utf-8") for p in sorted(lib.glob("[a-c]*.py"))[:40]]
+    prose = [topics[k] for k in sorted(topics)[:120]]
+    return {"code": code, "prose": prose}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, tokenizer_dir):
+    """Prepared shards of two real domains (code, prose), tokenized with `tokenizer_dir`."""
+    import json
+
+    from warmstart.data import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    domains = {}
+    for name, texts in _stdlib_texts().items():
+        path = root / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        domains[name] = [{"path": str(path)}]
+    out = root / "shards"
+    prepare({"tokenizer": str(tokenizer_dir), "out": str(out), "domains": domains, "val_docs": 10}, progress=False)
     return out

@@ -1,5 +1,17 @@
-"""Data: sources -> tokenized shards on disk -> a deterministic mixture sampler."""
+"""Data: sources -> tokenized shards on disk -> a deterministic mixture sampler.
 
-from warmstart.data.pipeline import prepare
+`warmstart.data.prepare(...)` mirrors `warmstart prepare`; it is imported on first use so that reading shards
+(during training) does not pull in the preparation pipeline.
+"""
+
+from __future__ import annotations
 
 __all__ = ["prepare"]
+
+
+def __getattr__(name: str):
+    if name == "prepare":
+        from warmstart.data.pipeline import prepare
+
+        return prepare
+    raise AttributeError(name)

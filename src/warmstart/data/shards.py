@@ -83,6 +83,21 @@ class DomainData:
         for a, b in zip(offs[:-1], offs[1:], strict=True):
             yield toks[a:b]
 
+    def verify(self) -> None:
+        """Raise `UserError` unless every split's token file and offsets agree with the index (cheap: sizes and
+        the offsets' shape and last value, no token is read)."""
+        for split, info in self.index["splits"].items():
+            toks = self._tokens[split]
+            f = self.path / info["doc_offsets"]
+            try:
+                offs = np.load(f, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise UserError(
+                    f"{f}: missing or corrupt ({e}); re-run `warmstart prepare --overwrite`"
+                ) from None
+            if offs.shape != (int(info["docs"]) + 1,) or (len(offs) and int(offs[-1]) != len(toks)):
+                raise UserError(f"{f}: does not match {split}.bin; re-run `warmstart prepare --overwrite`")
+
     @cached_property
     def _tokens(self) -> dict[str, np.ndarray]:
         out = {}
@@ -95,7 +110,9 @@ class DomainData:
                     f"{f}: missing or truncated ({f.stat().st_size if f.is_file() else 0} bytes, expected "
                     f"{expected}); re-run `warmstart prepare --overwrite`"
                 )
-            out[split] = np.memmap(f, dtype=self.dtype, mode="r", shape=(n,)) if n else np.zeros(0, self.dtype)
+            out[split] = (
+                np.memmap(f, dtype=self.dtype, mode="r", shape=(n,)) if n else np.zeros(0, self.dtype)
+            )
         return out
 
 

@@ -1,0 +1,203 @@
+"""Training throughput of `warmstart train` vs a plain Hugging Face `Trainer` on the identical model, batch,
+sequence length, optimizer settings and data, measured in one process run, reported as a ratio.
+
+    python bench/train_throughput.py                       # CPU: llama-small, writes bench/results/train_throughput_cpu.json
+    python bench/train_throughput.py --preset llama-400m --seq-len 2048 --batch-tokens 65536 --micro 8 \
+        --device cuda --steps 30 --out bench/results/train_throughput_h100.json   # GPU, with MFU
+
+Both sides train from the same seeded initial weights on the same token sequences (the warmstart sampler's
+plan, materialised for the Trainer), AdamW (0.9, 0.95), wd 0.1, clip 1.0, cosine schedule; steady-state
+tokens/s excludes the first `--skip` steps (allocator and compile warm-up). Each side runs `--repeats` times,
+alternating, and the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from warmstart.config import Recipe, validate
+from warmstart.data.sampler import MixtureSampler
+from warmstart.data.shards import open_data_dir
+from warmstart.models.build import build_model, flops_per_token
+from warmstart.train.loop import train
+from warmstart.train.metrics import read_metrics
+from warmstart.train.throughput import peak_flops
+
+
+def make_data(work: Path, vocab: int) -> tuple[Path, Path]:
+    """The built-in demo corpus, a BPE of `vocab` tokens, and prepared shards (all under `work`)."""
+    import yaml
+
+    from warmstart.config import PrepareConfig
+    from warmstart.config import validate as v
+    from warmstart.data import prepare
+    from warmstart.data.demo_corpus import write_demo_corpus
+    from warmstart.data.tokenizer_train import train_tokenizer
+
+    corpus = work / "corpus"
+    if not (corpus / "corpus.json").exists():
+        write_demo_corpus(corpus, overwrite=True)
+    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
+    tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": 2})
+    cfg = v(PrepareConfig, tree)
+    if not (corpus / "tokenizer" / "tokenizer.json").exists():
+        train_tokenizer(cfg.domains, vocab_size=vocab, out=corpus / "tokenizer")
+    prepare(cfg, progress=False)
+    return corpus / "shards", corpus / "tokenizer"
+
+
+def recipe(args, shards: Path, tok: Path, out: Path, name: str) -> Recipe:
+    return validate(
+        Recipe,
+        {
+            "name": name,
+            "out_dir": str(out),
+            "data": {"dir": str(shards), "seq_len": args.seq_len},
+            "model": {"preset": args.preset, "tokenizer": str(tok)},
+            "optim": {"betas": [0.9, 0.95], "weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"kind": "cosine", "max_lr": 3e-4, "warmup_steps": 2},
+            "train": {
+                "steps": args.steps,
+                "batch_tokens": args.batch_tokens,
+                "micro_batch_size": args.micro,
+                "log_every": 1,
+                "device": args.device,
+                "compile": args.compile,
+                "progress": False,
+            },
+            "eval": {"every": 10**9, "max_tokens": args.seq_len, "batch_size": 1},
+        },
+    )
+
+
+def run_warmstart(args, shards, tok, out, i) -> float:
+    r = recipe(args, shards, tok, out, f"ws{i}")
+    train(r)
+    rows = [m for m in read_metrics(r.run_dir) if m["event"] == "train" and m["step"] > args.skip]
+    total_tokens = sum(args.batch_tokens for _ in rows)
+    total_time = sum(args.batch_tokens / m["tokens_per_s"] for m in rows)
+    return total_tokens / total_time
+
+
+def run_hf_trainer(args, shards, tok, out, i) -> float:
+    """The same model, data order, batch and optimizer through `transformers.Trainer`."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    r = recipe(args, shards, tok, out, f"hf{i}")
+    model = build_model(r.model, None, seed=r.seed).model
+    model.config.use_cache = False
+    sampler = MixtureSampler.from_config(r.data, open_data_dir(shards), seed=r.seed)
+    gseqs = args.batch_tokens // args.seq_len
+    rows = sampler.read(sampler.next_indices(gseqs * args.steps))
+    # the same seq_len-token inputs as warmstart's; HF shifts `labels` itself (so one target fewer per row)
+    data = [{"input_ids": torch.from_numpy(x[:-1]), "labels": torch.from_numpy(x[:-1])} for x in rows]
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    targs = TrainingArguments(
+        output_dir=str(out / f"hf{i}"),
+        per_device_train_batch_size=args.micro,
+        gradient_accumulation_steps=gseqs // args.micro,
+        max_steps=args.steps,
+        learning_rate=3e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        weight_decay=0.1,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda",
+        torch_compile=args.compile,
+        disable_tqdm=True,
+        seed=r.seed,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[Clock()])
+    trainer.train()
+    steady = times[args.skip :]
+    return args.batch_tokens * (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama-small")
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=8192)
+    p.add_argument("--micro", type=int, default=16)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--skip", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--work", default=None, help="keep data here (default: a temp dir)")
+    p.add_argument("--out", default="bench/results/train_throughput_cpu.json")
+    args = p.parse_args()
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    shards, tok = make_data(work, args.vocab)
+    runs = work / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    ws, hf = [], []
+    for i in range(args.repeats):
+        ws.append(run_warmstart(args, shards, tok, runs, i))
+        hf.append(run_hf_trainer(args, shards, tok, runs, i))
+        print(f"repeat {i}: warmstart {ws[-1]:,.0f} tok/s, HF Trainer {hf[-1]:,.0f} tok/s", flush=True)
+
+    probe = build_model(recipe(args, shards, tok, runs, "probe").model, None, seed=0).model
+    fpt = flops_per_token(probe, args.seq_len)
+    dev = torch.device(args.device)
+    peak = peak_flops(dev)
+    result = {
+        "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
+        "model": args.preset,
+        "params": sum(p.numel() for p in probe.parameters()),
+        "flops_per_token": fpt,
+        "seq_len": args.seq_len,
+        "batch_tokens": args.batch_tokens,
+        "micro_batch_size": args.micro,
+        "steps": args.steps,
+        "skipped_warmup_steps": args.skip,
+        "repeats": args.repeats,
+        "warmstart_tokens_per_s": ws,
+        "hf_trainer_tokens_per_s": hf,
+        "warmstart_median": statistics.median(ws),
+        "hf_trainer_median": statistics.median(hf),
+        "ratio_warmstart_over_hf": statistics.median(ws) / statistics.median(hf),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "compile": args.compile,
+    }
+    if peak:
+        result["peak_bf16_flops"] = peak
+        result["warmstart_mfu"] = fpt * result["warmstart_median"] / peak
+        result["hf_trainer_mfu"] = fpt * result["hf_trainer_median"] / peak
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,565 @@
+"""`warmstart prepare`: text sources -> tokenized train/val token arrays per domain (format: `data/shards.py`).
+
+What a domain's shard holds, exactly: for every document, in input order within its split,
+`tok(text, add_special_tokens=False)["input_ids"] + [eos_id]`, concatenated. Whatever the worker count, the
+bytes on disk are the same: chunks are tokenized in parallel but written in input order.
+
+Two streaming passes per domain: a cheap one that validates every record and counts documents (so the
+validation documents can be drawn as an exact, seeded count before any token is written, and a bad line fails
+before any work), then the tokenizing one. Nothing in an existing output directory changes unless the whole run
+succeeds: each domain is built in a temp directory beside its final place and swapped in only at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import math
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from warmstart.atomic import build_dir, write_json
+from warmstart.config import PrepareConfig, SourceConfig, read_yaml, set_dotted, validate
+from warmstart.data.shards import FORMAT, SPLITS, DomainData, dtype_for_vocab, read_manifest
+from warmstart.data.sources import detect_format, fingerprint_source, iter_documents
+from warmstart.data.tokenizer import eos_id, load_tokenizer, tokenizer_identity
+from warmstart.errors import UserError
+
+DEFAULT_VAL_FRACTION = 0.01
+INFLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep workers busy, small enough to bound memory
+
+
+# ----------------------------------------------------------------------------------------------- results
+@dataclass
+class DomainResult:
+    name: str
+    status: str  # "built", "rebuilt", "repaired" or "up to date"
+    path: Path
+    train_docs: int
+    train_tokens: int
+    val_docs: int
+    val_tokens: int
+    bad_records: int = 0
+    seconds: float = 0.0
+
+    @property
+    def docs(self) -> int:
+        return self.train_docs + self.val_docs
+
+    @property
+    def tokens(self) -> int:
+        return self.train_tokens + self.val_tokens
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Tokens written per second of this run's work on the domain (None when nothing was built)."""
+        if self.status == "up to date" or self.seconds <= 0:
+            return None
+        return self.tokens / self.seconds
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    dtype: str
+    domains: list[DomainResult]
+    seconds: float = 0.0
+    unlisted: list[str] = field(default_factory=list)
+
+    @property
+    def built(self) -> list[str]:
+        return [d.name for d in self.domains if d.status != "up to date"]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.built
+
+    def summary(self) -> str:
+        """A short table for the terminal."""
+        head = f"{'domain':<16} {'status':<10} {'docs':>9} {'train tok':>13} {'val docs':>8} {'val tok':>11}"
+        head += f" {'bad':>5} {'tok/s':>8} {'time':>7}"
+        lines = [head]
+        for d in self.domains:
+            rate = f"{_si(d.tokens_per_s)}/s" if d.tokens_per_s else "-"
+            secs = f"{d.seconds:.1f}s" if d.status != "up to date" else "-"
+            lines.append(
+                f"{d.name:<16} {d.status:<10} {d.docs:>9,} {d.train_tokens:>13,} {d.val_docs:>8,} "
+                f"{d.val_tokens:>11,} {d.bad_records:>5,} {rate:>8} {secs:>7}"
+            )
+        n_built = len(self.built)
+        state = "up to date" if not n_built else f"{n_built} built, {len(self.domains) - n_built} up to date"
+        lines.append(f"data in {self.out} ({self.dtype}; {state}; {self.seconds:.1f}s)")
+        if self.unlisted:
+            lines.append(f"note: left as is, not in this recipe's manifest: {', '.join(self.unlisted)}")
+        return "\n".join(lines)
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+# ----------------------------------------------------------------------------------------------- config
+def _config(cfg: PrepareConfig | dict | str | Path, overrides: dict[str, Any]) -> PrepareConfig:
+    """Validate a dict or a recipe path like the CLI does; keyword overrides act like `--set key=value`."""
+    if isinstance(cfg, PrepareConfig) and not overrides:
+        return cfg
+    if isinstance(cfg, PrepareConfig):
+        tree, source = cfg.model_dump(mode="json", by_alias=True), "recipe"
+    elif isinstance(cfg, dict):
+        tree, source = copy.deepcopy(cfg), "recipe"
+    elif isinstance(cfg, (str, os.PathLike)):
+        tree, source = read_yaml(cfg), str(cfg)
+    else:
+        raise TypeError(
+            f"prepare(cfg): expected PrepareConfig, dict or recipe path, got {type(cfg).__name__}"
+        )
+    for key, value in overrides.items():
+        set_dotted(tree, key, value)
+    return validate(PrepareConfig, tree, source)
+
+
+# ----------------------------------------------------------------------------------------------- tokenizing
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tok, eos: int, dtype: str) -> None:
+    # One tokenizer per process; its own Rust thread pool would only fight the other workers for cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER.update(tok=tok, eos=eos, dtype=np.dtype(dtype))
+
+
+def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return encode_chunk(_WORKER["tok"], texts, _WORKER["eos"], _WORKER["dtype"])
+
+
+def encode_chunk(tok, texts: list[str], eos: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(per-document lengths incl. EOS, the documents' tokens each followed by EOS) for a list of texts."""
+    ids = tok(
+        texts,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )["input_ids"]
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    total = int(lengths.sum())
+    flat = np.fromiter(chain.from_iterable(chain(x, (eos,)) for x in ids), dtype=np.int64, count=total)
+    if total and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
+        raise UserError(
+            f"tokenizer produced id {int(flat.max())} that does not fit {dtype}; set dtype: uint32"
+        )
+    return lengths, flat.astype(dtype)
+
+
+def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(docs)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+class _Encoder:
+    """Tokenize chunks in order: in-process, or on a process pool with a bounded number of chunks in flight.
+
+    `Pool.imap` would read the whole input ahead into its task queue; submitting at most
+    INFLIGHT_PER_WORKER chunks per worker and collecting the oldest first keeps memory bounded and order fixed.
+    """
+
+    def __init__(self, tok, eos: int, dtype: np.dtype, workers: int):
+        self.tok, self.eos, self.dtype, self.workers = tok, eos, dtype, workers
+        self.pool = None
+
+    def __enter__(self) -> _Encoder:
+        if self.workers > 1:
+            # spawn: no forking of a process that may hold tokenizer/Arrow threads; works alike on every OS.
+            ctx = mp.get_context("spawn")
+            self.pool = ctx.Pool(
+                self.workers, initializer=_init_worker, initargs=(self.tok, self.eos, self.dtype.str)
+            )
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.pool is not None:
+            if exc_type is None:
+                self.pool.close()
+            else:
+                self.pool.terminate()
+            self.pool.join()
+
+    def map(self, chunks: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.pool is None:
+            for chunk in chunks:
+                yield encode_chunk(self.tok, chunk, self.eos, self.dtype)
+            return
+        pending: deque = deque()
+        limit = INFLIGHT_PER_WORKER * self.workers
+        for chunk in chunks:
+            pending.append(self.pool.apply_async(_encode_in_worker, (chunk,)))
+            if len(pending) >= limit:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# ----------------------------------------------------------------------------------------------- writing
+class _SplitWriter:
+    """Streams one split's tokens to `<split>.bin` and its document offsets into a preallocated `.npy`."""
+
+    def __init__(self, root: Path, split: str, n_docs: int, dtype: np.dtype):
+        self.split, self.n_docs, self.dtype = split, n_docs, dtype
+        self.file, self.offsets_file = f"{split}.bin", f"{split}.docs.npy"
+        self.bin = open(root / self.file, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self.offsets = np.lib.format.open_memmap(
+            root / self.offsets_file, mode="w+", dtype=np.int64, shape=(n_docs + 1,)
+        )
+        self.offsets[0] = 0
+        self.docs = self.tokens = 0
+        self.max_id = -1
+
+    def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        k = len(lengths)
+        if self.docs + k > self.n_docs:
+            raise UserError(
+                "a source changed while being read (more documents than counted); run prepare again"
+            )
+        self.offsets[self.docs + 1 : self.docs + 1 + k] = self.tokens + np.cumsum(lengths)
+        self.bin.write(tokens.tobytes())
+        self.docs += k
+        self.tokens += int(tokens.size)
+        if tokens.size:
+            self.max_id = max(self.max_id, int(tokens.max()))
+
+    def finish(self) -> dict:
+        if self.docs != self.n_docs:
+            raise UserError(
+                "a source changed while being read (fewer documents than counted); run prepare again"
+            )
+        self.bin.flush()
+        os.fsync(self.bin.fileno())
+        self.bin.close()
+        self.offsets.flush()
+        del self.offsets
+        return {
+            "file": self.file,
+            "tokens": self.tokens,
+            "docs": self.docs,
+            "doc_offsets": self.offsets_file,
+            "max_token_id": self.max_id if self.max_id >= 0 else None,
+        }
+
+    def abort(self) -> None:
+        self.bin.close()
+
+
+# ----------------------------------------------------------------------------------------------- planning
+@dataclass
+class _Plan:
+    name: str
+    sources: list[SourceConfig]
+    path: Path
+    fingerprint: str
+    source_info: list[dict]
+    status: str = "up to date"
+    n_docs: int = 0
+    bad_records: int = 0
+    val_index: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+def _domain_key(name: str) -> int:
+    """A stable integer per domain name, so domains with the same seed draw different validation sets."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+
+
+def val_count(n_docs: int, val_docs: int | None, val_fraction: float | None, domain: str = "") -> int:
+    """Validation documents of a domain of `n_docs`: `val_docs` exactly, else round-half-up(fraction * n_docs).
+
+    The default (neither given) is 1% but at least one document once a domain has two; a fraction never takes
+    the last training document.
+    """
+    if val_docs is not None:
+        if val_docs and val_docs >= n_docs:
+            raise UserError(
+                f"val_docs {val_docs}: domain {domain!r} has only {n_docs} documents and none would be left "
+                "for training; lower val_docs"
+            )
+        return val_docs
+    frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    k = math.floor(frac * n_docs + 0.5)
+    if val_fraction is None and n_docs >= 2:
+        k = max(k, 1)
+    return max(0, min(k, n_docs - 1))
+
+
+def val_indices(n_docs: int, k: int, seed: int, domain: str) -> np.ndarray:
+    """Sorted indices (in input order) of the `k` validation documents, drawn without replacement."""
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed % 2**64, _domain_key(domain)])
+    return np.sort(rng.choice(n_docs, size=k, replace=False)).astype(np.int64)
+
+
+def _domain_state(path: Path, fingerprint: str) -> str:
+    """'missing', 'same', 'damaged' (same inputs, files truncated) or 'different'."""
+    if not path.exists():
+        return "missing"
+    try:
+        data = DomainData.open(path)
+    except UserError:
+        return "different"
+    if data.index.get("fingerprint") != fingerprint:
+        return "different"
+    try:
+        data.verify()
+    except UserError:
+        return "damaged"
+    return "same"
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {out} exists and is not a directory; choose another out")
+    if not out.is_dir():
+        return
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        if read_manifest(out).get("format") != FORMAT:
+            raise UserError(f"{manifest}: not a {FORMAT} manifest; choose another out")
+        return
+    if any(not p.name.startswith(".") for p in out.iterdir()):
+        raise UserError(
+            f"out: {out} exists and is not a warmstart data directory (no manifest.json); "
+            "choose another out or empty it"
+        )
+
+
+def _count_documents(plan: _Plan, cfg: PrepareConfig, progress: bool) -> None:
+    """First pass: validate every record and count documents, so the validation set is fixed up front."""
+    from tqdm import tqdm
+
+    total_bad = 0
+    n_total = 0
+    with tqdm(desc=f"{plan.name}: reading", unit=" doc", disable=not progress, leave=False) as bar:
+        for src, info in zip(plan.sources, plan.source_info, strict=True):
+            stats: dict = {}
+            n = 0
+            for _ in iter_documents(src, skip_bad_records=cfg.skip_bad_records, stats=stats):
+                n += 1
+                if n % 4096 == 0:
+                    bar.update(4096)
+            bar.update(n % 4096)
+            info["docs"], info["bad_records"] = n, stats.get("bad_records", 0)
+            n_total += n
+            total_bad += info["bad_records"]
+    if n_total == 0:
+        paths = ", ".join(s.path for s in plan.sources)
+        why = f"all {total_bad} records were bad" if total_bad else "its sources hold no documents"
+        raise UserError(f"domain {plan.name!r}: no documents to prepare ({why}: {paths})")
+    plan.n_docs, plan.bad_records = n_total, total_bad
+    k = val_count(n_total, cfg.val_docs, cfg.val_fraction, plan.name)
+    plan.val_index = val_indices(n_total, k, cfg.seed, plan.name)
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _build_domain(
+    plan: _Plan, tmp: Path, cfg: PrepareConfig, encoder: _Encoder, index_head: dict, progress: bool
+) -> dict:
+    """Second pass: tokenize and stream into the temp directory `tmp`; returns the index written there."""
+    from tqdm import tqdm
+
+    val = plan.val_index if plan.val_index is not None else np.zeros(0, np.int64)
+    writers = {
+        "train": _SplitWriter(tmp, "train", plan.n_docs - len(val), encoder.dtype),
+        "val": _SplitWriter(tmp, "val", len(val), encoder.dtype),
+    }
+
+    def docs() -> Iterator[str]:
+        for src in plan.sources:
+            yield from iter_documents(src, skip_bad_records=cfg.skip_bad_records, stats={})
+
+    done = 0
+    try:
+        with tqdm(total=plan.n_docs, desc=plan.name, unit=" doc", disable=not progress) as bar:
+            for lengths, tokens in encoder.map(_batches(docs(), cfg.batch_docs)):
+                k = len(lengths)
+                is_val = np.isin(np.arange(done, done + k), val, assume_unique=True)
+                ends = np.concatenate(([0], np.cumsum(lengths)))
+                cuts = [0, *(np.flatnonzero(np.diff(is_val.astype(np.int8))) + 1).tolist(), k]
+                for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+                    writer = writers["val" if is_val[a] else "train"]
+                    writer.write(tokens[ends[a] : ends[b]], lengths[a:b])
+                done += k
+                bar.update(k)
+                bar.set_postfix_str(
+                    f"{(writers['train'].tokens + writers['val'].tokens) / 1e6:.1f}M tok", False
+                )
+        splits = {s: writers[s].finish() for s in SPLITS}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    index = {
+        **index_head,
+        "domain": plan.name,
+        "fingerprint": plan.fingerprint,
+        "splits": splits,
+        "sources": plan.source_info,
+        "bad_records": plan.bad_records,
+    }
+    write_json(tmp / "index.json", index)
+    return index
+
+
+def prepare(
+    cfg: PrepareConfig | dict | str | Path, *, progress: bool = True, **overrides: Any
+) -> PrepareResult:
+    """Tokenize every domain of a prepare recipe into `cfg.out`; domains whose inputs are unchanged are skipped.
+
+    `cfg` may be a validated config, a dict, or a recipe path; keyword overrides (e.g. `workers=2`) are applied
+    like `--set`. A domain whose inputs changed is rebuilt only with `overwrite`; otherwise a `UserError`, and
+    the output directory is left exactly as it was.
+    """
+    t_start = time.perf_counter()
+    cfg = _config(cfg, overrides)
+    out = Path(cfg.out)
+    _check_out_dir(out)
+
+    tok = load_tokenizer(cfg.tokenizer)
+    eos = eos_id(tok, cfg.eos_token)
+    vocab = tok.get_vocab()
+    id_bound = max(len(tok), max(vocab.values(), default=-1) + 1, eos + 1)
+    try:
+        dtype = np.dtype(dtype_for_vocab(id_bound, cfg.dtype))
+    except UserError as e:
+        raise UserError(f"{cfg.tokenizer}: {e}") from None
+    identity = {**tokenizer_identity(tok, name=cfg.tokenizer), "eos_id": eos}
+    settings = {
+        "val_docs": cfg.val_docs,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "eos_token": cfg.eos_token,
+        "dtype": cfg.dtype,
+    }
+    index_head = {
+        "format": FORMAT,
+        "tokenizer": identity,
+        "dtype": dtype.name,
+        "vocab_size": len(tok),
+        "settings": settings,
+    }
+
+    # Plan every domain before writing anything: a bad input anywhere fails with the out dir untouched.
+    plans: list[_Plan] = []
+    for name, sources in cfg.domains.items():
+        t0 = time.perf_counter()
+        source_info = []
+        for src in sources:
+            fmt = detect_format(src)
+            info = {**src.model_dump(), "format": fmt, "fingerprint": fingerprint_source(src)}
+            source_info.append(info)
+        fingerprint = _sha256_json(
+            {
+                "format": FORMAT,
+                "domain": name,
+                "vocab_hash": identity["vocab_hash"],
+                "eos_id": eos,
+                "dtype": dtype.name,
+                "val_docs": cfg.val_docs,
+                "val_fraction": cfg.val_fraction,
+                "seed": cfg.seed,
+                "sources": [i["fingerprint"] for i in source_info],
+            }
+        )
+        plan = _Plan(name, sources, out / name, fingerprint, source_info)
+        state = _domain_state(plan.path, fingerprint)
+        if state == "different" and not cfg.overwrite:
+            raise UserError(
+                f"{plan.path}: domain {name!r} exists with different inputs; use --overwrite to rebuild it"
+            )
+        plan.status = {"missing": "built", "different": "rebuilt", "damaged": "repaired"}.get(
+            state, "up to date"
+        )
+        if plan.status != "up to date":
+            _count_documents(plan, cfg, progress)
+        plan.seconds = time.perf_counter() - t0
+        plans.append(plan)
+
+    created = not out.exists()
+    results: dict[str, DomainResult] = {}
+    try:
+        todo = [p for p in plans if p.status != "up to date"]
+        with contextlib.ExitStack() as swaps:
+            if todo:
+                encoder = swaps.enter_context(_Encoder(tok, eos, dtype, cfg.workers))
+            for plan in todo:
+                t0 = time.perf_counter()
+                # Built beside the final place; swapped in when the ExitStack closes, i.e. only if all succeed.
+                tmp = swaps.enter_context(build_dir(plan.path, replace=True))
+                index = _build_domain(plan, tmp, cfg, encoder, index_head, progress)
+                plan.seconds += time.perf_counter() - t0
+                results[plan.name] = _result(plan, index)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    for plan in plans:
+        if plan.name not in results:
+            results[plan.name] = _result(plan, DomainData.open(plan.path).index)
+
+    manifest = {
+        "format": FORMAT,
+        "tokenizer": identity,
+        "domains": list(cfg.domains),
+        "fingerprints": {p.name: p.fingerprint for p in plans},
+    }
+    if read_manifest(out) != manifest:
+        write_json(out / "manifest.json", manifest)
+    unlisted = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and p.name not in cfg.domains
+        and (p / "index.json").is_file()
+    )
+    return PrepareResult(
+        out=out,
+        dtype=dtype.name,
+        domains=[results[p.name] for p in plans],
+        seconds=time.perf_counter() - t_start,
+        unlisted=unlisted,
+    )
+
+
+def _result(plan: _Plan, index: dict) -> DomainResult:
+    sp = index["splits"]
+    return DomainResult(
+        name=plan.name,
+        status=plan.status,
+        path=plan.path,
+        train_docs=int(sp["train"]["docs"]),
+        train_tokens=int(sp["train"]["tokens"]),
+        val_docs=int(sp["val"]["docs"]),
+        val_tokens=int(sp["val"]["tokens"]),
+        bad_records=int(index.get("bad_records", 0)),
+        seconds=plan.seconds if plan.status != "up to date" else 0.0,
+    )
+
+
+def _sha256_json(obj: Any) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()

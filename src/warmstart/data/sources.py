@@ -1,0 +1,322 @@
+"""Reading documents from a recipe's sources: JSONL (plain, gzip, zstd), Parquet, plain text, HF datasets.
+
+Everything streams (a line, a record batch or a file at a time) so a corpus never has to fit in memory, and
+every bad input becomes a one-line `UserError` naming the file and line. The same source always yields the same
+documents in the same order, which the validation split and the byte-identical output depend on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from warmstart.config import SourceConfig
+from warmstart.errors import UserError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+HF_MARKERS = ("dataset_info.json", "dataset_dict.json")
+SKIP_HINT = "fix it or pass --skip-bad-records to skip such records"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_PARQUET_BATCH = 1024
+
+
+# ----------------------------------------------------------------------------------------------- format
+def _data_suffix(path: Path) -> str:
+    """The suffix that names the content, looking through a compression suffix (`x.jsonl.zst` -> `.jsonl`)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _file_format(path: Path) -> str:
+    suffix = _data_suffix(path)
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    return "text"
+
+
+def detect_format(src: SourceConfig) -> str:
+    """The concrete format of a source: its `format`, or for `auto` a guess from the path.
+
+    A directory holding `dataset_info.json`/`dataset_dict.json` is a `save_to_disk` dataset; a directory whose
+    files (as matched by `glob`) are all JSONL or all Parquet is read as those files; any other directory is
+    plain text, one document per file.
+    """
+    if src.format != "auto":
+        return src.format
+    path = Path(src.path)
+    if not path.exists():
+        raise UserError(
+            f"{src.path}: no such file or directory (for a Hugging Face hub dataset set format: hf)"
+        )
+    if path.is_dir():
+        if any((path / m).is_file() for m in HF_MARKERS):
+            return "hf"
+        kinds = {_file_format(f) for _, f in _dir_files(path, src.glob)}
+        if len(kinds) == 1 and kinds != {"text"}:
+            return kinds.pop()
+        return "text"
+    return _file_format(path)
+
+
+def _dir_files(root: Path, pattern: str) -> list[tuple[str, Path]]:
+    """(relative posix path, path) of the regular files under `root` matching `pattern`, hidden ones skipped,
+    sorted by relative path so every machine reads them in the same order."""
+    out = []
+    for p in root.glob(pattern):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        out.append((rel.as_posix(), p))
+    out.sort(key=lambda rp: rp[0])
+    return out
+
+
+def _source_files(src: SourceConfig, fmt: str) -> list[tuple[str, Path]]:
+    """The files a file-based source reads, in order: the file itself, or a directory's matching files."""
+    path = Path(src.path)
+    if not path.exists():
+        raise UserError(f"{src.path}: no such file or directory")
+    if path.is_file():
+        return [("", path)]  # a single file: its name is not part of its identity
+    files = _dir_files(path, src.glob)
+    if not files:
+        raise UserError(f"{src.path}: no files match glob {src.glob!r}; check the path or set glob")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------- opening
+def open_binary(path: Path) -> IO[bytes]:
+    """A buffered binary stream of a file's content, decompressing gzip or zstd (recognised by magic bytes)."""
+    fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    head = fh.peek(4)[:4]
+    if head.startswith(_GZIP_MAGIC):
+        fh.close()
+        return gzip.open(path, "rb")
+    if head == _ZSTD_MAGIC:
+        import zstandard
+
+        # read_across_frames: files written by multi-threaded zstd (or concatenated) hold several frames.
+        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True, closefd=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20)
+    return fh
+
+
+# ----------------------------------------------------------------------------------------------- readers
+class _Bad:
+    """Either raise on a bad record or count it, as the recipe asks."""
+
+    def __init__(self, skip: bool, stats: dict | None):
+        self.skip = skip
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("bad_records", 0)
+
+    def __call__(self, where: str, what: str) -> None:
+        if not self.skip:
+            raise UserError(f"{where}: {what}; {SKIP_HINT}")
+        self.stats["bad_records"] += 1
+        self.stats.setdefault("first_bad_record", f"{where}: {what}")
+
+
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (OSError, EOFError, zlib.error, zstandard.ZstdError)
+
+
+def _iter_jsonl(path: Path, field: str, bad: _Bad) -> Iterator[str]:
+    try:
+        stream = open_binary(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    with stream:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(stream, 1):  # noqa: B007 - lineno is read after the loop on errors
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as e:
+                    bad(f"{path}:{lineno}", f"not valid JSON ({str(e).splitlines()[0]})")
+                    continue
+                if not isinstance(record, dict):
+                    bad(f"{path}:{lineno}", f"expected a JSON object per line, got {type(record).__name__}")
+                    continue
+                if field not in record:
+                    keys = ", ".join(sorted(record)[:8]) or "none"
+                    bad(
+                        f"{path}:{lineno}", f"no {field!r} key (keys: {keys}); set text_field to the text key"
+                    )
+                    continue
+                text = record[field]
+                if not isinstance(text, str):
+                    bad(f"{path}:{lineno}", f"{field!r} is a {type(text).__name__}, not a string")
+                    continue
+                yield text
+        except _corrupt_errors() as e:  # a truncated or corrupt gzip/zstd stream
+            raise UserError(f"{path}: corrupt or truncated after line {lineno} ({_first_line(e)})") from None
+
+
+def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise UserError(
+            f"{path}: no column {field!r} (columns: {', '.join(names[:12])}); set text_field to the text column"
+        )
+    ftype = pf.schema_arrow.field(field).type
+    is_view = getattr(pa.types, "is_string_view", lambda _t: False)  # pyarrow >= 16
+    if not (pa.types.is_string(ftype) or pa.types.is_large_string(ftype) or is_view(ftype)):
+        raise UserError(f"{path}: column {field!r} is {ftype}, not a string column; set text_field")
+    row = 0
+    for batch in pf.iter_batches(columns=[field], batch_size=_PARQUET_BATCH):
+        for text in batch.column(0).to_pylist():
+            row += 1
+            if text is None:
+                bad(f"{path}: row {row}", f"{field!r} is null")
+                continue
+            yield text
+
+
+def _iter_text(files: list[tuple[str, Path]], bad: _Bad) -> Iterator[str]:
+    for _, path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad(f"{path}", f"not UTF-8 text (byte {e.start}); narrow the source's glob to text files")
+
+
+def _require_datasets(src: SourceConfig):
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"{src.path}: reading Hugging Face datasets needs the optional package: pip install 'warmstart[datasets]'"
+        ) from None
+    return datasets
+
+
+def _iter_hf(src: SourceConfig, bad: _Bad) -> Iterator[str]:
+    """A local `save_to_disk` directory (memory-mapped Arrow) or a hub dataset (streamed)."""
+    datasets = _require_datasets(src)
+    field = src.text_field
+    path = Path(src.path)
+    if path.exists():
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # datasets raises FileNotFoundError, ValueError, ... for a bad directory
+            raise UserError(f"{src.path}: not a dataset saved with save_to_disk ({_first_line(e)})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            split = src.split or "train"
+            if split not in ds:
+                raise UserError(f"{src.path}: no split {split!r} (splits: {', '.join(ds)}); set split")
+            ds = ds[split]
+        if field not in ds.column_names:
+            raise UserError(
+                f"{src.path}: no column {field!r} (columns: {', '.join(ds.column_names[:12])}); set text_field"
+            )
+        rows = (
+            t for batch in ds.select_columns([field]).iter(batch_size=_PARQUET_BATCH) for t in batch[field]
+        )
+    else:
+        try:
+            ds = datasets.load_dataset(src.path, split=src.split or "train", streaming=True)
+        except Exception as e:  # network, unknown name, unknown split: all one line for the user
+            raise UserError(f"{src.path}: cannot load Hugging Face dataset ({_first_line(e)})") from None
+        rows = (r.get(field) if isinstance(r, dict) else None for r in ds)
+    for i, text in enumerate(rows, 1):
+        if not isinstance(text, str):
+            what = (
+                f"{field!r} is missing or null" if text is None else f"{field!r} is a {type(text).__name__}"
+            )
+            bad(f"{src.path}: row {i}", what)
+            continue
+        yield text
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def iter_documents(
+    src: SourceConfig, skip_bad_records: bool = False, stats: dict | None = None
+) -> Iterator[str]:
+    """Yield the source's documents in a fixed order, streaming.
+
+    A bad record raises a one-line `UserError` naming file and line, or with `skip_bad_records` is skipped and
+    counted in `stats['bad_records']` (the first one is kept in `stats['first_bad_record']`).
+    """
+    bad = _Bad(skip_bad_records, stats)
+    fmt = detect_format(src)
+    if fmt == "hf":
+        yield from _iter_hf(src, bad)
+        return
+    files = _source_files(src, fmt)
+    if fmt == "text":
+        yield from _iter_text(files, bad)
+    elif fmt == "jsonl":
+        for _, path in files:
+            yield from _iter_jsonl(path, src.text_field, bad)
+    elif fmt == "parquet":
+        for _, path in files:
+            yield from _iter_parquet(path, src.text_field, bad)
+    else:  # pragma: no cover - the config's Literal rules this out
+        raise UserError(f"{src.path}: unknown format {fmt!r}")
+
+
+# ----------------------------------------------------------------------------------------------- identity
+def _hash_file(h, path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def fingerprint_source(src: SourceConfig) -> str:
+    """sha256 over what decides the documents: file contents (streamed), names relative to the source root,
+    and format/text_field/glob/split.
+
+    The absolute location is left out, so moving a corpus does not force a rebuild. A hub dataset can only be
+    identified by its name and split (its content is not fetched here).
+    """
+    fmt = detect_format(src)
+    h = hashlib.sha256()
+    settings = {"format": fmt, "text_field": src.text_field, "glob": src.glob, "split": src.split}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    path = Path(src.path)
+    if fmt == "hf" and not path.exists():
+        h.update(f"hub:{src.path}".encode())
+        return h.hexdigest()
+    files = _dir_files(path, "**/*") if fmt == "hf" else _source_files(src, fmt)
+    for rel, f in files:
+        name = rel.encode("utf-8")
+        h.update(len(name).to_bytes(8, "little") + name)
+        h.update(f.stat().st_size.to_bytes(8, "little"))
+        _hash_file(h, f)
+    return h.hexdigest()

@@ -1,0 +1,150 @@
+"""Build a causal LM from a preset / family / config.json, or load one from a checkpoint; save plain HF output."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from warmstart.config import ModelConfig
+from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
+from warmstart.errors import UserError
+from warmstart.models.presets import PRESETS, SIZE_KEYS, family_kwargs
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # what the weights came from ("scratch:llama-tiny", a path, a hub name)
+
+
+def resolve_checkpoint(spec: str) -> Path | str:
+    """A warmstart run directory means its `final/`; a HF directory is itself; anything else is a hub name."""
+    p = Path(spec)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return p
+        if (p / "final" / "config.json").is_file():
+            return p / "final"
+        if (p / "config.yaml").is_file():
+            raise UserError(f"init.from: {spec} is a warmstart run without final/ (unfinished); resume it first")
+        raise UserError(f"init.from: {spec} has no config.json (not a Hugging Face checkpoint or warmstart run)")
+    if spec.startswith((".", "/")) or p.suffix:
+        raise UserError(f"init.from: {spec} not found")
+    return spec
+
+
+def _special_ids(tok) -> dict:
+    out = {}
+    for name in ("bos", "eos", "pad"):
+        tid = getattr(tok, f"{name}_token_id", None)
+        if tid is not None:
+            out[f"{name}_token_id"] = tid
+    return out
+
+
+def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = None):
+    """A Hugging Face config for a from-scratch model."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    special_ids = special_ids or {}
+    if cfg.config:
+        path = Path(cfg.config)
+        if not path.is_file():
+            raise UserError(f"model.config: {cfg.config} not found")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"model.config: {cfg.config} is not valid JSON ({e})") from None
+        family = raw.get("model_type")
+        if family not in CONFIG_MAPPING:
+            raise UserError(f"model.config: {cfg.config} has unknown model_type {family!r}")
+        kwargs = {**raw, **(family_kwargs(family, cfg.sizes) if family in SIZE_KEYS else cfg.sizes)}
+        kwargs.pop("model_type", None)
+    else:
+        if cfg.preset:
+            if cfg.preset not in PRESETS:
+                raise UserError(f"model.preset: unknown preset {cfg.preset!r} (have: {', '.join(PRESETS)})")
+            family, sizes = PRESETS[cfg.preset]
+            sizes = {**sizes, **cfg.sizes}
+        else:
+            family, sizes = cfg.family, cfg.sizes
+            if family not in SIZE_KEYS:
+                raise UserError(f"model.family: unknown family {family!r} (have: {', '.join(SIZE_KEYS)})")
+        kwargs = family_kwargs(family, sizes)
+    kwargs = {**special_ids, **kwargs, "vocab_size": vocab_size}
+    try:
+        return AutoConfig.for_model(family, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"model.sizes: invalid {family} config ({e})") from None
+
+
+def build_model(cfg: ModelConfig, init_from: str | None, seed: int) -> LoadedModel:
+    """From scratch (seeded init) or from a checkpoint (weights loaded, fp32 master copy)."""
+    from transformers import AutoModelForCausalLM
+
+    if init_from:
+        src = resolve_checkpoint(init_from)
+        tok = load_tokenizer(cfg.tokenizer or str(src))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"init.from: cannot load {init_from} as a causal LM ({first})") from None
+        return LoadedModel(model, tok, str(src))
+    if not cfg.tokenizer:
+        raise UserError("model.tokenizer: a from-scratch model needs a tokenizer (directory or tokenizer.json)")
+    tok = load_tokenizer(cfg.tokenizer)
+    config = build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return LoadedModel(model, tok, f"scratch:{cfg.preset or cfg.family or cfg.config}")
+
+
+def check_data_compatible(tokenizer, data_tokenizer: dict, max_token_id: int, vocab_size: int, data_dir: str) -> None:
+    """Refuse data prepared with another tokenizer, or ids the embedding table cannot look up."""
+    ident = tokenizer_identity(tokenizer)
+    if ident["vocab_hash"] != data_tokenizer.get("vocab_hash"):
+        raise UserError(
+            f"data.dir: {data_dir} was prepared with tokenizer {data_tokenizer.get('name')!r} "
+            f"(vocab hash {data_tokenizer.get('vocab_hash', '')[:12]}), but the model's tokenizer "
+            f"{ident['name']!r} differs (hash {ident['vocab_hash'][:12]}); re-run `warmstart prepare` with it"
+        )
+    if max_token_id >= vocab_size:
+        raise UserError(
+            f"data.dir: token id {max_token_id} is beyond the model's vocabulary ({vocab_size}); "
+            "the model's embedding table must cover the tokenizer"
+        )
+
+
+def save_hf(model: torch.nn.Module, tokenizer, out: Path) -> None:
+    """A plain Hugging Face checkpoint: config.json + model.safetensors + tokenizer files."""
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters used in matrix products per token: all but embedding lookups (token, position, type),
+    plus a tied LM head, whose matrix is an embedding table but is multiplied on every token."""
+    emb = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = count_params(model) - sum(emb.values())
+    head = model.get_output_embeddings()
+    if head is not None and id(head.weight) in emb:
+        n += head.weight.numel()
+    return n
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6N (forward + backward of the matmuls) + 12 * layers * d_model * seq_len
+    (attention scores and values, forward + backward), the PaLM appendix-B accounting."""
+    c = model.config
+    layers = getattr(c, "num_hidden_layers", None) or c.n_layer
+    d = getattr(c, "hidden_size", None) or c.n_embd
+    return 6.0 * matmul_params(model) + 12.0 * layers * d * seq_len

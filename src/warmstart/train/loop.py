@@ -1,0 +1,405 @@
+"""The one training loop. Pre-training, continued pre-training, re-warming and every recipe call `train()`.
+
+A run is a directory (`recipe.run_dir`): config.yaml, metrics.jsonl, checkpoints/, final/, summary.json.
+`init.from` starts a NEW run from a checkpoint's weights (fresh optimizer and schedule: re-warming);
+`resume=True` continues THIS run from its newest intact checkpoint with everything restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+
+from warmstart import atomic
+from warmstart.config import DataConfig, Recipe, to_yaml
+from warmstart.data.sampler import MixtureSampler
+from warmstart.data.shards import open_data_dir
+from warmstart.errors import UserError
+from warmstart.eval.perplexity import evaluate, perplexity, val_sequences
+from warmstart.models.build import (
+    build_model,
+    check_data_compatible,
+    count_params,
+    flops_per_token,
+    resolve_checkpoint,
+    save_hf,
+)
+from warmstart.train import checkpoint as ckpt
+from warmstart.train.distributed import Dist, all_reduce_sum, barrier, parallelize, setup, teardown, unwrap
+from warmstart.train.metrics import MetricsLog
+from warmstart.train.optim import build_optimizer
+from warmstart.train.schedules import lr_at
+from warmstart.train.throughput import peak_flops
+
+# recipe keys that may change between a run and its resume without --allow-config-change
+RESUME_FREE_KEYS = {
+    "out_dir",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress",
+    "train.device",
+    "train.compile",
+    "train.micro_batch_size",
+}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    total_steps: int
+    interrupted_by: int | None = None
+    final_dir: Path | None = None
+    last_eval: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.interrupted_by if self.interrupted_by else 0
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the current step and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ, ignoring the ones a resume may change freely."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and k not in RESUME_FREE_KEYS and not k.startswith("eval.")
+    )
+
+
+def resolve_weights(data: DataConfig) -> DataConfig:
+    """`data.weights_from: mixture.json` -> explicit weights (a mixture file is just a weights table)."""
+    if not data.weights_from:
+        return data
+    path = Path(data.weights_from)
+    if not path.is_file():
+        raise UserError(f"data.weights_from: {path} not found")
+    try:
+        weights = json.loads(path.read_text())["weights"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"data.weights_from: {path} is not a mixture file (needs a 'weights' table)") from None
+    if data.weights:
+        raise UserError("data.weights_from: give weights or weights_from, not both")
+    return data.model_copy(update={"weights": {k: float(v) for k, v in weights.items()}, "weights_from": None})
+
+
+def _batch_shape(recipe: Recipe, d: Dist) -> tuple[int, int, int]:
+    """(global sequences per step, micro batch, gradient-accumulation steps) per process."""
+    gseqs = recipe.train.batch_tokens // recipe.data.seq_len
+    if gseqs % d.world:
+        raise UserError(
+            f"train.batch_tokens: {gseqs} sequences per step do not split over {d.world} processes; "
+            f"use a multiple of {d.world * recipe.data.seq_len} tokens"
+        )
+    per_rank = gseqs // d.world
+    micro = min(recipe.train.micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise UserError(
+            f"train.micro_batch_size: {micro} does not divide the {per_rank} sequences each process gets per step"
+        )
+    return gseqs, micro, per_rank // micro
+
+
+def _autocast(recipe: Recipe, device: torch.device):
+    want_bf16 = recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
+    if not want_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _gather_rngs(d: Dist) -> list[dict]:
+    mine = ckpt.rng_state()
+    if not d.enabled:
+        return [mine]
+    out: list = [None] * d.world
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _prepare_run_dir(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> Path | None:
+    """Check the run directory and return the checkpoint to resume from (None for a fresh run)."""
+    run_dir = recipe.run_dir
+    new_cfg = yaml.safe_load(to_yaml(recipe))
+    if not resume:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(
+                f"{run_dir}: run directory exists; use --resume to continue it, or choose another name / out_dir"
+            )
+        return None
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start the run")
+    old_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    changed = config_changes(old_cfg, new_cfg)
+    if changed and not allow_config_change:
+        raise UserError(
+            f"{run_dir}: --resume with a changed recipe ({', '.join(changed)}); resume continues the same run — "
+            "start a new run with init.from to switch data or schedule, or pass --allow-config-change"
+        )
+    path = ckpt.newest_valid(run_dir / "checkpoints")
+    if path is None:
+        raise UserError(f"{run_dir}: no intact checkpoint to resume from; start the run again without --resume")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = False) -> RunResult:
+    """Run (or resume) one training run described by `recipe`; returns where it wrote and how it ended."""
+    d = setup(recipe.train.device)
+    try:
+        return _train(recipe, d, resume, allow_config_change)
+    finally:
+        teardown(d)
+
+
+def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> RunResult:
+    run_dir = recipe.run_dir
+    resume_from = _prepare_run_dir(recipe, d, resume, allow_config_change)
+    data_cfg = resolve_weights(recipe.data)
+
+    # data: every domain the run reads, checked against the model's tokenizer before any compute
+    domains = open_data_dir(data_cfg.dir)
+    eval_names = recipe.eval.domains if recipe.eval.domains is not None else list(domains)
+    for name in eval_names:
+        if name not in domains:
+            raise UserError(f"eval.domains: no domain {name!r} in {data_cfg.dir} (have: {', '.join(domains)})")
+    sampler = MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
+    used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
+
+    loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed)
+    model, tok = loaded.model, loaded.tokenizer
+    vocab = model.get_input_embeddings().weight.shape[0]
+    max_id = max(int(domains[n].index["splits"][s].get("max_token_id", 0)) for n in set(used) for s in ("train", "val"))
+    check_data_compatible(tok, domains[used[0]].tokenizer, max_id, vocab, data_cfg.dir)
+    for n in set(used):
+        if domains[n].tokenizer.get("vocab_hash") != domains[used[0]].tokenizer.get("vocab_hash"):
+            raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
+
+    gseqs, micro, accum = _batch_shape(recipe, d)
+    total_steps = recipe.train.steps or recipe.train.tokens // recipe.train.batch_tokens
+    if total_steps <= 0:
+        raise UserError(f"train.tokens: {recipe.train.tokens} is less than one batch ({recipe.train.batch_tokens})")
+    seq_len = data_cfg.seq_len
+    fpt = flops_per_token(model, seq_len)
+    n_params = count_params(model)
+
+    model.to(d.device)
+    model.train()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    optimizer = build_optimizer(model, recipe.optim, lr=lr_at(recipe.schedule, 0, total_steps), device=d.device)
+    ddp_model = parallelize(model, d)
+    fwd_model = torch.compile(ddp_model) if recipe.train.compile else ddp_model
+    autocast = _autocast(recipe, d.device)
+    val_sets = {n: val_sequences(domains[n], seq_len, recipe.eval.max_tokens) for n in eval_names}
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main)
+    step, window = 0, {"loss": 0.0, "steps": 0}
+    if resume_from is not None:
+        state = ckpt.load_state(resume_from)
+        ckpt.load_into(resume_from, model, optimizer, d.rank, d.device)
+        sampler.load_state_dict(state["sampler"], strict=not allow_config_change)
+        step, window = state["step"], state["window"]
+        metrics.truncate(state["metrics_offset"])
+        if d.is_main:
+            print(f"resuming {run_dir} from {resume_from.name}")
+    elif recipe.init.keep_optimizer:
+        _load_optimizer_moments(recipe.init.from_, optimizer, d)
+    barrier(d)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(run_dir / "config.yaml", to_yaml(recipe))
+
+    peak = peak_flops(d.device)
+    log_every, eval_every, dense = recipe.train.log_every, recipe.eval.every, recipe.eval.dense_steps
+
+    def event(kind: str, s: int, **values) -> dict:
+        tokens = s * recipe.train.batch_tokens
+        return {"event": kind, "step": s, "tokens": tokens, "flops": fpt * tokens,
+                "lr": lr_at(recipe.schedule, max(s - 1, 0), total_steps), **values}
+
+    def run_eval(s: int) -> dict:
+        losses = evaluate(unwrap(ddp_model), val_sets, recipe.eval.batch_size, d, autocast)
+        values = {}
+        for n, loss in losses.items():
+            values[f"val/{n}/loss"] = loss
+            values[f"val/{n}/ppl"] = perplexity(loss)
+        if losses:
+            values["val/avg/loss"] = float(np.mean(list(losses.values())))
+        metrics.write(event("eval", s, **values))
+        return values
+
+    def save_checkpoint(s: int) -> None:
+        rngs = _gather_rngs(d)
+        loss_sum = all_reduce_sum(win_loss.clone(), d)  # the log window so far, summed over ranks
+        if d.is_main:
+            state = {
+                "step": s,
+                "tokens": s * recipe.train.batch_tokens,
+                "sampler": sampler.state_dict(),
+                "metrics_offset": metrics.offset(),
+                "window": {"loss": float(loss_sum.item()), "steps": window["steps"]},
+            }
+            ckpt.save(run_dir / "checkpoints", s, model, optimizer, state, rngs, recipe.train.keep_checkpoints)
+        barrier(d)
+
+    if d.is_main:
+        print(
+            f"run {run_dir}: {loaded.source}, {n_params / 1e6:.2f}M params, {total_steps} steps x "
+            f"{recipe.train.batch_tokens} tokens, {d.world} process(es) on {d.device.type}"
+        )
+    last_eval: dict = {}
+    if step == 0 and resume_from is None:
+        last_eval = run_eval(0)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not (recipe.train.progress and d.is_main),
+               unit="step", dynamic_ncols=True, leave=False)
+    # rank 0 carries a resumed window's loss sum; the other ranks start theirs at zero
+    win_loss = torch.tensor(window["loss"] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
+    t_window, tok_window = time.perf_counter(), 0
+    stop = _StopRequest()
+    with stop:
+        while step < total_steps:
+            lr = lr_at(recipe.schedule, step, total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            plan = sampler.next_indices(gseqs)
+            mine = plan[d.rank * micro * accum : (d.rank + 1) * micro * accum]
+            step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
+            for k in range(accum):
+                x = torch.from_numpy(sampler.read(mine[k * micro : (k + 1) * micro])).to(d.device)
+                sync = contextlib.nullcontext() if (k == accum - 1 or not d.enabled) else ddp_model.no_sync()
+                with sync:
+                    with autocast:
+                        logits = fwd_model(input_ids=x[:, :-1]).logits
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+                    (loss / accum).backward()
+                step_loss += loss.detach().double() / accum
+            if recipe.optim.grad_clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+            else:
+                grad_norm = None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tok_window += recipe.train.batch_tokens
+            win_loss += step_loss
+            window["steps"] += 1
+            bar.update(1)
+
+            if step % log_every == 0 or step == total_steps:
+                all_reduce_sum(win_loss, d)
+                train_loss = win_loss.item() / (window["steps"] * d.world)
+                dt = time.perf_counter() - t_window
+                tps = tok_window / dt if dt > 0 else float("nan")
+                values = {"train/loss": train_loss, "tokens_per_s": tps}
+                if grad_norm is not None:
+                    values["grad_norm"] = float(grad_norm)
+                if peak:
+                    values["mfu"] = fpt * tps / (peak * d.world)
+                metrics.write(event("train", step, **values))
+                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                win_loss.zero_()
+                window = {"loss": 0.0, "steps": 0}
+                t_window, tok_window = time.perf_counter(), 0
+            if step % eval_every == 0 or step < dense or step == total_steps:
+                last_eval = run_eval(step)
+
+            stop_now = stop.signum is not None
+            if d.enabled:
+                flag = torch.tensor([1 if stop_now else 0], device=d.device)
+                all_reduce_sum(flag, d)
+                stop_now = bool(flag.item())
+            ce = recipe.train.checkpoint_every
+            if step == total_steps or stop_now or (ce and step % ce == 0):
+                save_checkpoint(step)
+            if stop_now:
+                bar.close()
+                if d.is_main:
+                    print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
+                return RunResult(run_dir, step, total_steps, interrupted_by=stop.signum or signal.SIGTERM,
+                                 last_eval=last_eval)
+    bar.close()
+
+    final_dir = run_dir / "final"
+    if d.is_main:
+        with atomic.build_dir(final_dir, replace=True) as tmp:
+            save_hf(model, tok, tmp)
+        summary = {
+            "run_dir": str(run_dir),
+            "steps": step,
+            "tokens": step * recipe.train.batch_tokens,
+            "flops": fpt * step * recipe.train.batch_tokens,
+            "params": n_params,
+            "flops_per_token": fpt,
+            "final_eval": last_eval,
+            "init": loaded.source,
+        }
+        atomic.write_json(run_dir / "summary.json", summary)
+        losses = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in last_eval.items() if k.endswith("/loss"))
+        print(f"finished {run_dir} (step {step}); val loss: {losses}; model: {final_dir}")
+    barrier(d)
+    return RunResult(run_dir, step, total_steps, final_dir=final_dir, last_eval=last_eval)
+
+
+def _load_optimizer_moments(init_from: str, optimizer: torch.optim.Optimizer, d: Dist) -> None:
+    """Re-warming that keeps AdamW's moments: take them from the source run's newest checkpoint."""
+    src = Path(init_from)
+    path = ckpt.newest_valid(src / "checkpoints") if (src / "checkpoints").is_dir() else None
+    if path is None:
+        resolved = resolve_checkpoint(init_from)
+        raise UserError(
+            f"init.keep_optimizer: {init_from} has no warmstart checkpoint with optimizer state "
+            f"(weights came from {resolved}); set keep_optimizer: false"
+        )
+    state = torch.load(path / "optimizer.pt", map_location=d.device, weights_only=True)
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as e:
+        raise UserError(f"init.keep_optimizer: optimizer state of {path} does not fit this model ({e})") from None

@@ -1,0 +1,119 @@
+"""Exact resume: a run killed (SIGKILL) or stopped (SIGTERM) mid-way and resumed equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from train_helpers import assert_same_weights, metrics_without_timing, tiny_recipe_tree
+
+from warmstart.config import Recipe, validate
+from warmstart.train import checkpoint as ckpt
+from warmstart.train.loop import train
+
+STEPS = 30
+
+
+def _write_recipe(tmp: Path, data_dir, tokenizer_dir, name: str) -> Path:
+    tree = tiny_recipe_tree(
+        data_dir, tokenizer_dir, tmp / "runs", name,
+        train={"steps": STEPS, "checkpoint_every": 3, "keep_checkpoints": 3, "log_every": 2},
+        eval={"every": 5, "dense_steps": 3},
+    )
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _cmd(recipe: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "warmstart", "train", str(recipe), *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tokenizer_dir, tmp_path_factory):
+    """The uninterrupted run, in a subprocess with the same thread settings as the interrupted ones."""
+    tmp = tmp_path_factory.mktemp("ref")
+    path = _write_recipe(tmp, data_dir, tokenizer_dir, "ref")
+    subprocess.run(_cmd(path), check=True, env=_env(), capture_output=True)
+    return tmp / "runs" / "ref"
+
+
+def _start_and_wait_for_checkpoint(path: Path, run_dir: Path, min_step: int) -> subprocess.Popen:
+    proc = subprocess.Popen(_cmd(path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if done and int(done[-1].name.split("-")[1]) >= min_step:
+            return proc
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_is_bit_identical(reference, data_dir, tokenizer_dir, tmp_path):
+    path = _write_recipe(tmp_path, data_dir, tokenizer_dir, "killed")
+    run_dir = tmp_path / "runs" / "killed"
+    proc = _start_and_wait_for_checkpoint(path, run_dir, min_step=6)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "final").exists(), "the run finished before it could be killed"
+    killed_at = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
+    assert int(killed_at.name.split("-")[1]) < STEPS
+
+    res = subprocess.run(_cmd(path, "--resume"), env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming" in res.stdout
+    assert_same_weights(reference / "final" / "model.safetensors", run_dir / "final" / "model.safetensors")
+    assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(reference, data_dir, tokenizer_dir, tmp_path):
+    path = _write_recipe(tmp_path, data_dir, tokenizer_dir, "termed")
+    run_dir = tmp_path / "runs" / "termed"
+    proc = _start_and_wait_for_checkpoint(path, run_dir, min_step=3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    assert b"Traceback" not in err
+    assert b"checkpoint saved" in out
+    stopped = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
+    if not (run_dir / "final").exists():
+        assert ckpt.verify(stopped) is None
+        res = subprocess.run(_cmd(path, "--resume"), env=_env(), capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+    assert_same_weights(reference / "final" / "model.safetensors", run_dir / "final" / "model.safetensors")
+    assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
+
+
+def test_damaged_newest_checkpoint_falls_back(data_dir, tokenizer_dir, tmp_path):
+    tree = tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "dmg",
+                            train={"steps": 6, "checkpoint_every": 2, "keep_checkpoints": 3})
+    recipe = validate(Recipe, tree)
+    train(recipe)
+    cps = ckpt.list_checkpoints(recipe.run_dir / "checkpoints")
+    assert [p.name for p in cps] == ["step-00000002", "step-00000004", "step-00000006"]
+    weights = cps[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with pytest.warns(UserWarning, match="step-00000006 is damaged .*truncated"):
+        assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[-2]
+    opt = cps[-2] / "optimizer.pt"
+    data = bytearray(opt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    opt.write_bytes(bytes(data))
+    with pytest.warns(UserWarning) as caught:
+        assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[0]
+    messages = [str(w.message) for w in caught]
+    assert any("step-00000004 is damaged (optimizer.pt corrupt" in m for m in messages), messages

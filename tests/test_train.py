@@ -1,0 +1,158 @@
+"""The training loop: metrics, final/ checkpoints, init.from vs resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import metrics_without_timing, tiny_recipe
+from transformers import AutoModelForCausalLM
+
+from warmstart.cli import main
+from warmstart.data.shards import open_data_dir
+from warmstart.errors import UserError
+from warmstart.eval.perplexity import val_sequences
+from warmstart.train import checkpoint as ckpt
+from warmstart.train.loop import train
+from warmstart.train.metrics import read_metrics
+from warmstart.train.schedules import lr_at
+
+
+@pytest.fixture(scope="module")
+def base_run(data_dir, tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    recipe = tiny_recipe(data_dir, tokenizer_dir, out, train={"checkpoint_every": 4})
+    result = train(recipe)
+    return recipe, result
+
+
+def test_metrics_events_and_step0_eval(base_run):
+    recipe, result = base_run
+    rows = read_metrics(result.run_dir)
+    evals = [r for r in rows if r["event"] == "eval"]
+    trains = [r for r in rows if r["event"] == "train"]
+    assert [r["step"] for r in evals] == [0, 4, 8]
+    assert [r["step"] for r in trains] == [2, 4, 6, 8]
+    for r in evals:
+        for dom in ("code", "prose"):
+            loss = r[f"val/{dom}/loss"]
+            assert r[f"val/{dom}/ppl"] == pytest.approx(math.exp(loss))
+    for r in trains:
+        assert {"step", "tokens", "flops", "lr", "train/loss", "tokens_per_s", "grad_norm"} <= set(r)
+        assert r["tokens"] == r["step"] * 256
+        assert r["lr"] == lr_at(recipe.schedule, r["step"] - 1, 8)
+    # a fresh model on a 512-token vocabulary starts near ln(512) and learns
+    assert evals[0]["val/code/loss"] == pytest.approx(math.log(512), abs=0.5)
+    assert evals[-1]["val/code/loss"] < evals[0]["val/code/loss"] - 0.3
+    assert trains[-1]["flops"] == pytest.approx(trains[-1]["tokens"] * json.loads(
+        (result.run_dir / "summary.json").read_text())["flops_per_token"])
+
+
+def test_final_is_plain_hf_checkpoint_with_same_logits(base_run, data_dir):
+    recipe, result = base_run
+    model = AutoModelForCausalLM.from_pretrained(str(result.final_dir))
+    model.eval()
+    dom = open_data_dir(data_dir)["prose"]
+    x = torch.from_numpy(val_sequences(dom, 32, 256))
+    with torch.no_grad():
+        logits = model(input_ids=x[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).item()
+    # the last eval in metrics.jsonl was computed by the trained model in memory
+    assert loss == pytest.approx(result.last_eval["val/prose/loss"], rel=1e-6)
+    # and the last checkpoint holds the same weights as final/
+    fresh = AutoModelForCausalLM.from_pretrained(str(result.final_dir))
+    ckpt.load_into(ckpt.newest_valid(result.run_dir / "checkpoints"), fresh, None, 0, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=x[:, :-1]).logits, logits)
+    assert (result.final_dir / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "neox-tiny", "opt-tiny", "qwen2-tiny", "mistral-tiny"])
+def test_families_train_and_reload(preset, data_dir, tokenizer_dir, tmp_path):
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, model={"preset": preset}, train={"steps": 2})
+    result = train(recipe)
+    model = AutoModelForCausalLM.from_pretrained(str(result.final_dir))
+    assert model.config.vocab_size == 512
+    assert np.isfinite(result.last_eval["val/code/loss"])
+
+
+def test_init_from_rewarms_with_fresh_optimizer(base_run, data_dir, tokenizer_dir, tmp_path):
+    _, src = base_run
+    recipe = tiny_recipe(
+        data_dir, tokenizer_dir, tmp_path, name="cont", model={"preset": None, "tokenizer": None},
+        init={"from": str(src.run_dir)}, train={"steps": 4}, data={"weights": {"code": 1.0}},
+    )
+    result = train(recipe)
+    first = read_metrics(result.run_dir)[0]
+    # step 0 of the new run evaluates the source model exactly
+    assert first["step"] == 0
+    assert first["val/code/loss"] == pytest.approx(src.last_eval["val/code/loss"], rel=1e-6)
+    assert first["lr"] == lr_at(recipe.schedule, 0, 4)  # a new warmup, not the old schedule's tail
+
+
+def test_keep_optimizer_carries_adam_moments(base_run, data_dir, tokenizer_dir, tmp_path):
+    _, src = base_run
+    recipe = tiny_recipe(
+        data_dir, tokenizer_dir, tmp_path, name="keep", model={"preset": None, "tokenizer": None},
+        init={"from": str(src.run_dir), "keep_optimizer": True}, train={"steps": 2, "checkpoint_every": 0},
+    )
+    result = train(recipe)
+    old = torch.load(ckpt.newest_valid(src.run_dir / "checkpoints") / "optimizer.pt", weights_only=True)
+    new = torch.load(ckpt.newest_valid(result.run_dir / "checkpoints") / "optimizer.pt", weights_only=True)
+    # AdamW's step counter continued from the source run's (8) instead of restarting at 0
+    assert float(new["state"][0]["step"]) == float(old["state"][0]["step"]) + 2
+
+
+def test_existing_run_dir_refused_and_untouched(base_run):
+    recipe, result = base_run
+    before = (result.run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="run directory exists; use --resume"):
+        train(recipe)
+    assert (result.run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_resume_of_finished_run_changes_nothing(base_run):
+    recipe, result = base_run
+    before = metrics_without_timing(result.run_dir)
+    again = train(recipe, resume=True)
+    assert again.step == 8
+    assert metrics_without_timing(result.run_dir) == before
+
+
+def test_resume_refuses_changed_schedule_unless_allowed(base_run, tmp_path, data_dir, tokenizer_dir):
+    recipe, result = base_run
+    changed = recipe.model_copy(deep=True)
+    changed.schedule.max_lr = 1e-3
+    with pytest.raises(UserError, match=r"changed recipe \(schedule.max_lr\)"):
+        train(changed, resume=True)
+
+
+def test_data_from_other_tokenizer_refused(data_dir, tmp_path):
+    from warmstart.data.tokenizer_train import train_bpe
+
+    other = train_bpe(["completely different text " * 50, "zzz yyy xxx"] * 20, 300, tmp_path / "tok2")
+    recipe = tiny_recipe(data_dir, other, tmp_path)
+    with pytest.raises(UserError, match="prepared with tokenizer"):
+        train(recipe)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_batch_shape_and_unknown_domain(data_dir, tokenizer_dir, tmp_path):
+    with pytest.raises(UserError, match="micro_batch_size"):
+        train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, train={"micro_batch_size": 3}))
+    with pytest.raises(UserError, match="weights.nope"):
+        train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, data={"weights": {"nope": 1.0}}))
+
+
+def test_cli_bad_recipe_is_one_line(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ndata: {dir: d}\ntrain: {steps: 2, bogus: 1}\nmodel: {preset: llama-tiny}\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "train.bogus: unknown key" in err and str(path) in err
+    assert main(["train", str(path), "--set", "train.bogus"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err

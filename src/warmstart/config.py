@@ -124,7 +124,7 @@ class OptimConfig(Section):
     decay_embeddings: bool = False
     decay_norms_and_biases: bool = False
     grad_clip: float | None = Field(1.0, description="max global grad norm; null for none")
-    fused: bool | None = Field(None, description="fused AdamW; default: on where available (CUDA)")
+    fused: bool | None = Field(None, description="fused AdamW; default: on (CUDA and CPU)")
 
 
 class ScheduleConfig(Section):

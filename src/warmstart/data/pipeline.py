@@ -22,6 +22,8 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -176,42 +178,54 @@ class _Encoder:
 
     `Pool.imap` would read the whole input ahead into its task queue; submitting at most
     INFLIGHT_PER_WORKER chunks per worker and collecting the oldest first keeps memory bounded and order fixed.
+    A `ProcessPoolExecutor` (not `multiprocessing.Pool`) so that a worker killed by the OS fails the run
+    instead of hanging it.
     """
 
     def __init__(self, tok, eos: int, dtype: np.dtype, workers: int):
         self.tok, self.eos, self.dtype, self.workers = tok, eos, dtype, workers
-        self.pool = None
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> _Encoder:
         if self.workers > 1:
-            # spawn: no forking of a process that may hold tokenizer/Arrow threads; works alike on every OS.
-            ctx = mp.get_context("spawn")
-            self.pool = ctx.Pool(
-                self.workers, initializer=_init_worker, initargs=(self.tok, self.eos, self.dtype.str)
+            # fork where there is one: workers inherit the loaded tokenizer, start in milliseconds, and need no
+            # `if __name__ == "__main__"` guard in the caller's script; they only run the tokenizer, so threads
+            # of the parent (Arrow, tqdm) do not matter to them.
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self.pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=mp.get_context(method),
+                initializer=_init_worker,
+                initargs=(self.tok, self.eos, self.dtype.str),
             )
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         if self.pool is not None:
-            if exc_type is None:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
     def map(self, chunks: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self.pool is None:
             for chunk in chunks:
                 yield encode_chunk(self.tok, chunk, self.eos, self.dtype)
             return
-        pending: deque = deque()
+        pending: deque[Future] = deque()
         limit = INFLIGHT_PER_WORKER * self.workers
-        for chunk in chunks:
-            pending.append(self.pool.apply_async(_encode_in_worker, (chunk,)))
-            if len(pending) >= limit:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            for chunk in chunks:
+                pending.append(self.pool.submit(_encode_in_worker, chunk))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise UserError(
+                f"a tokenizer worker process died (out of memory?); try fewer workers (now {self.workers}) "
+                "or a smaller batch_docs"
+            ) from None
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 # ----------------------------------------------------------------------------------------------- writing

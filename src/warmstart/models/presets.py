@@ -62,7 +62,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # a ~400M-parameter LLaMA-style model for GPU throughput / MFU benchmarks (vocab from the tokenizer)
     "llama-400m": (
         "llama",
-        {"layers": 24, "hidden": 1024, "heads": 16, "kv_heads": 16, "ffn": 2816, "max_positions": 4096},
+        {"layers": 24, "hidden": 1024, "heads": 16, "kv_heads": 16, "ffn": 3584, "max_positions": 4096},
     ),
 }
 

@@ -277,6 +277,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         rngs = _gather_rngs(d)
         loss_sum = all_reduce_sum(win_loss.clone(), d)  # the log window so far, summed over ranks
         if d.is_main:
+            metrics.sync()
             state = {
                 "step": s,
                 "tokens": s * recipe.train.batch_tokens,

@@ -27,7 +27,8 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float, device: torch.device):
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    # fused AdamW runs on CUDA and (torch >= 2.4) on CPU, ~3x faster than foreach on CPU
+    fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
     return torch.optim.AdamW(
         param_groups(model, cfg), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None
     )

@@ -156,3 +156,48 @@ def test_cli_bad_recipe_is_one_line(tmp_path, capsys):
     assert "train.bogus: unknown key" in err and str(path) in err
     assert main(["train", str(path), "--set", "train.bogus"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(data_dir, tokenizer_dir, tmp_path):
+    a = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "a", train={"steps": 4, "micro_batch_size": 8}))
+    b = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "b", train={"steps": 4, "micro_batch_size": 2}))
+    la = [r["train/loss"] for r in read_metrics(a.run_dir) if r["event"] == "train"]
+    lb = [r["train/loss"] for r in read_metrics(b.run_dir) if r["event"] == "train"]
+    assert lb == pytest.approx(la, rel=1e-5)
+    assert b.last_eval["val/code/loss"] == pytest.approx(a.last_eval["val/code/loss"], rel=1e-5)
+
+
+def test_model_from_config_json_and_sizes(data_dir, tokenizer_dir, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 32, "num_attention_heads": 2,
+                               "intermediate_size": 64, "num_hidden_layers": 3}))
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, model={"preset": None, "config": str(cfg),
+                                                                   "sizes": {"layers": 1}}, train={"steps": 2})
+    result = train(recipe)
+    model = AutoModelForCausalLM.from_pretrained(str(result.final_dir))
+    assert (model.config.model_type, model.config.num_hidden_layers, model.config.hidden_size) == ("gpt_neox", 1, 32)
+
+
+def test_token_ids_beyond_vocab_refused(data_dir, tokenizer_dir, tmp_path):
+    from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
+    from warmstart.models.build import check_data_compatible
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    ident = tokenizer_identity(tok)
+    check_data_compatible(tok, ident, max_token_id=511, vocab_size=512, data_dir="d")
+    with pytest.raises(UserError, match="token id 512 is beyond the model's vocabulary"):
+        check_data_compatible(tok, ident, max_token_id=512, vocab_size=512, data_dir="d")
+
+
+def test_weights_from_mixture_file(data_dir, tokenizer_dir, tmp_path):
+    mix = tmp_path / "mixture.json"
+    mix.write_text(json.dumps({"weights": {"code": 0.25, "prose": 0.75}}))
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, data={"weights": {}, "weights_from": str(mix)},
+                         train={"steps": 2, "checkpoint_every": 1})
+    result = train(recipe)
+    state = json.loads((ckpt.newest_valid(result.run_dir / "checkpoints") / "state.json").read_text())
+    counts = state["sampler"]["counts"]
+    assert counts["code"] + counts["prose"] == 16 and counts["prose"] == 12
+    mix.write_text("{}")
+    with pytest.raises(UserError, match="not a mixture file"):
+        train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "m2", data={"weights": {}, "weights_from": str(mix)}))

@@ -10,6 +10,7 @@ from warmstart.errors import UserError
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+MASK = "<|mask|>"  # so the same tokenizer serves masked-LM (BERT-style) models
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, overwrite: bool = True) -> Path:
@@ -24,12 +25,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, overwrite:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, PAD],
+        special_tokens=[EOS, PAD, MASK],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, mask_token=MASK
+    )
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out}: exists; choose another --out or remove it")

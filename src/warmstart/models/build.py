@@ -82,26 +82,42 @@ def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = N
         raise UserError(f"model.sizes: invalid {family} config ({e})") from None
 
 
+def auto_class(objective: str):
+    """AutoModelForCausalLM, or AutoModelForMaskedLM for the masked (BERT-style) objective."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
+
+
 def build_model(cfg: ModelConfig, init_from: str | None, seed: int) -> LoadedModel:
     """From scratch (seeded init) or from a checkpoint (weights loaded, fp32 master copy)."""
-    from transformers import AutoModelForCausalLM
-
+    cls = auto_class(cfg.objective)
+    kind = "masked LM" if cfg.objective == "masked" else "causal LM"
     if init_from:
         src = resolve_checkpoint(init_from)
         tok = load_tokenizer(cfg.tokenizer or str(src))
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+            model = cls.from_pretrained(str(src), dtype=torch.float32)
         except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"init.from: cannot load {init_from} as a causal LM ({first})") from None
-        return LoadedModel(model, tok, str(src))
-    if not cfg.tokenizer:
-        raise UserError("model.tokenizer: a from-scratch model needs a tokenizer (directory or tokenizer.json)")
-    tok = load_tokenizer(cfg.tokenizer)
-    config = build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok))
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return LoadedModel(model, tok, f"scratch:{cfg.preset or cfg.family or cfg.config}")
+            raise UserError(f"init.from: cannot load {init_from} as a {kind} ({first})") from None
+    else:
+        if not cfg.tokenizer:
+            raise UserError("model.tokenizer: a from-scratch model needs a tokenizer (directory or tokenizer.json)")
+        tok = load_tokenizer(cfg.tokenizer)
+        config = build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok))
+        torch.manual_seed(seed)
+        try:
+            model = cls.from_config(config, dtype=torch.float32)
+        except ValueError:
+            raise UserError(
+                f"model.objective: {config.model_type} has no {kind} class; use a "
+                f"{'BERT-style' if cfg.objective == 'masked' else 'decoder'} family"
+            ) from None
+    if cfg.objective == "masked" and tok.mask_token_id is None:
+        raise UserError("model.objective: masked needs a tokenizer with a mask token (mask_token)")
+    source = str(src) if init_from else f"scratch:{cfg.preset or cfg.family or cfg.config}"
+    return LoadedModel(model, tok, source)
 
 
 def check_data_compatible(tokenizer, data_tokenizer: dict, max_token_id: int, vocab_size: int, data_dir: str) -> None:

@@ -36,6 +36,7 @@ SIZE_KEYS: dict[str, dict[str, str]] = {
         "max_positions": "max_position_embeddings",
     },
 }
+SIZE_KEYS["bert"] = SIZE_KEYS["gpt_neox"]  # same key names: layers, hidden, heads, ffn, positions
 SIZE_KEYS["mistral"] = SIZE_KEYS["llama"]
 SIZE_KEYS["qwen2"] = SIZE_KEYS["llama"]
 
@@ -47,6 +48,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "mistral": {"attention_dropout": 0.0, "tie_word_embeddings": True, "sliding_window": None},
     "qwen2": {"attention_dropout": 0.0, "tie_word_embeddings": True, "use_sliding_window": False},
     "opt": {"dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": True},
+    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "tie_word_embeddings": True},
 }
 
 _TINY = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "max_positions": 512}
@@ -57,6 +59,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral-tiny": ("mistral", {**_TINY, "kv_heads": 2, "ffn": 172}),
     "qwen2-tiny": ("qwen2", {**_TINY, "kv_heads": 2, "ffn": 172}),
     "opt-tiny": ("opt", dict(_TINY)),
+    "bert-tiny": ("bert", dict(_TINY)),  # a masked LM: use with model.objective: masked
     # the quickstart's reference model: big enough to learn the demo corpus, small enough for 2 CPU cores
     "llama-small": ("llama", {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 1024}),
     # a ~400M-parameter LLaMA-style model for GPU throughput / MFU benchmarks (vocab from the tokenizer)

@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from warmstart.models.build import (
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.distributed import Dist, all_reduce_sum, barrier, parallelize, setup, teardown, unwrap
 from warmstart.train.metrics import MetricsLog
+from warmstart.train.objectives import IGNORE, Objective, eval_pairs
 from warmstart.train.optim import build_optimizer
 from warmstart.train.schedules import lr_at
 from warmstart.train.throughput import peak_flops
@@ -200,6 +202,11 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     run_dir = recipe.run_dir
     resume_from = _prepare_run_dir(recipe, d, resume, allow_config_change)
     data_cfg = resolve_weights(recipe.data)
+    gseqs, micro, accum = _batch_shape(recipe, d)
+    total_steps = recipe.train.steps or recipe.train.tokens // recipe.train.batch_tokens
+    if total_steps <= 0:
+        raise UserError(f"train.tokens: {recipe.train.tokens} is less than one batch ({recipe.train.batch_tokens})")
+    lr_at(recipe.schedule, 0, total_steps)  # schedule errors (phases that do not fit) before any heavy work
 
     # data: every domain the run reads, checked against the model's tokenizer before any compute
     domains = open_data_dir(data_cfg.dir)
@@ -219,10 +226,6 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         if domains[n].tokenizer.get("vocab_hash") != domains[used[0]].tokenizer.get("vocab_hash"):
             raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
 
-    gseqs, micro, accum = _batch_shape(recipe, d)
-    total_steps = recipe.train.steps or recipe.train.tokens // recipe.train.batch_tokens
-    if total_steps <= 0:
-        raise UserError(f"train.tokens: {recipe.train.tokens} is less than one batch ({recipe.train.batch_tokens})")
     seq_len = data_cfg.seq_len
     fpt = flops_per_token(model, seq_len)
     n_params = count_params(model)
@@ -235,7 +238,10 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     ddp_model = parallelize(model, d)
     fwd_model = torch.compile(ddp_model) if recipe.train.compile else ddp_model
     autocast = _autocast(recipe, d.device)
+    objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
     val_sets = {n: val_sequences(domains[n], seq_len, recipe.eval.max_tokens) for n in eval_names}
+    if objective.kind == "masked":
+        val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main)
     step, window = 0, {"loss": 0.0, "steps": 0}
@@ -311,15 +317,18 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             for g in optimizer.param_groups:
                 g["lr"] = lr
             plan = sampler.next_indices(gseqs)
-            mine = plan[d.rank * micro * accum : (d.rank + 1) * micro * accum]
+            first = d.rank * micro * accum  # this process's rows of the global batch
+            noise = objective.noise((step,), (gseqs, seq_len))
             step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
             for k in range(accum):
-                x = torch.from_numpy(sampler.read(mine[k * micro : (k + 1) * micro])).to(d.device)
+                rows = slice(first + k * micro, first + (k + 1) * micro)
+                x = torch.from_numpy(sampler.read(plan[rows])).to(d.device)
+                inputs, labels = objective.split(x, noise, rows)
                 sync = contextlib.nullcontext() if (k == accum - 1 or not d.enabled) else ddp_model.no_sync()
                 with sync:
                     with autocast:
-                        logits = fwd_model(input_ids=x[:, :-1]).logits
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+                        logits = fwd_model(input_ids=inputs).logits
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
                     (loss / accum).backward()
                 step_loss += loss.detach().double() / accum
             if recipe.optim.grad_clip is not None:

@@ -1,0 +1,62 @@
+"""What the model learns from a (seq_len + 1)-token window: next tokens (causal) or masked tokens (BERT-style).
+
+Masking noise comes from a generator seeded by (seed, step) over the whole global batch, then sliced per process
+and micro-batch: a resumed run and a data-parallel run mask exactly the positions an uninterrupted single-process
+run masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IGNORE = -100
+
+
+def _generator(*key: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([abs(int(k)) for k in key]).generate_state(1)[0]))
+    return g
+
+
+class Objective:
+    """Turns token windows into (inputs, labels); labels are IGNORE where no loss is taken."""
+
+    def __init__(self, kind: str, tokenizer=None, vocab_size: int = 0, seed: int = 0, mask_prob: float = 0.15):
+        self.kind = kind
+        self.seed = seed
+        self.mask_prob = mask_prob
+        self.vocab_size = vocab_size
+        if kind == "masked":
+            self.mask_id = int(tokenizer.mask_token_id)
+            self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+    def noise(self, key: tuple[int, ...], shape: tuple[int, int]) -> tuple[torch.Tensor, ...] | None:
+        """Random draws for a whole global batch (masked objective only)."""
+        if self.kind != "masked":
+            return None
+        g = _generator(self.seed, *key)
+        return (torch.rand(shape, generator=g), torch.rand(shape, generator=g),
+                torch.randint(self.vocab_size, shape, generator=g))
+
+    def split(self, x: torch.Tensor, noise: tuple[torch.Tensor, ...] | None, rows: slice | None = None):
+        """(inputs, labels) for windows `x`; `rows` picks this slice's rows out of the global-batch noise."""
+        if self.kind == "causal":
+            return x[:, :-1], x[:, 1:]
+        seq = x[:, :-1]
+        pick, how, rand = (n[rows] if rows is not None else n for n in noise)
+        chosen = (pick < self.mask_prob) & ~torch.isin(seq.cpu(), self.special)
+        chosen = chosen.to(seq.device)
+        how, rand = how.to(seq.device), rand.to(seq.device)
+        labels = torch.where(chosen, seq, torch.full_like(seq, IGNORE))
+        inputs = torch.where(chosen & (how < 0.8), torch.full_like(seq, self.mask_id), seq)  # 80%: [MASK]
+        inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), rand, inputs)  # 10%: random token, 10%: kept
+        return inputs, labels
+
+
+def eval_pairs(windows: np.ndarray, objective: Objective, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (inputs, labels) for a validation set: the same masked positions at every evaluation."""
+    x = torch.from_numpy(windows)
+    noise = objective.noise((2**31 - 1, key), (x.shape[0], x.shape[1] - 1))
+    inputs, labels = objective.split(x, noise)
+    return inputs.numpy(), labels.numpy()

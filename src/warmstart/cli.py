@@ -82,6 +82,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_inherit(args: argparse.Namespace) -> int:
+    from warmstart.config import InheritConfig, load
+    from warmstart.models.surgery import inherit
+
+    base = {"from": args.ref, "layers": args.layers, "blocks": args.blocks, "out": args.out,
+            "overwrite": args.overwrite}
+    cfg = load(InheritConfig, None, [], base={k: v for k, v in base.items() if v is not None})
+    res = inherit(cfg.from_, cfg.out, layers=cfg.layers, blocks=cfg.blocks, overwrite=cfg.overwrite)
+    print(f"wrote {res.model_class} with blocks {res.blocks} of {res.ref_layers} "
+          f"({res.params / 1e6:.2f}M of {res.ref_params / 1e6:.2f}M params) to {res.out}")
+    return 0
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    from warmstart.config import GrowRecipe, load
+    from warmstart.recipes.inheritune import grow
+
+    result = grow(load(GrowRecipe, args.recipe, args.overrides))
+    return result.exit_code
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from warmstart.recipes.quickstart import run_quickstart
 
@@ -149,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_set(tr)
     tr.set_defaults(func=cmd_train)
+
+    ih = sub.add_parser("inherit", help="Inheritune: a smaller model from a reference's first N blocks")
+    ih.add_argument("--from", dest="ref", required=True, help="reference: HF checkpoint dir, hub name or run dir")
+    ihg = ih.add_mutually_exclusive_group(required=True)
+    ihg.add_argument("--layers", type=int, help="inherit the first N blocks (1..k-1)")
+    ihg.add_argument("--blocks", help="inherit these blocks in this order, e.g. 0-5,8")
+    ih.add_argument("--out", required=True, help="output directory (a plain Hugging Face checkpoint)")
+    ih.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    ih.set_defaults(func=cmd_inherit)
+
+    gr = sub.add_parser("grow", help="Inheritune v2: inherit k/2 blocks, +2 per round until the reference's loss")
+    gr.add_argument("recipe", help="a grow recipe (YAML: reference, grow, data, optim, schedule, train, eval)")
+    _add_set(gr)
+    gr.set_defaults(func=cmd_grow)
 
     pr = sub.add_parser("presets", help="list the tiny model presets")
     pr.set_defaults(func=cmd_presets)

@@ -68,7 +68,9 @@ class SubsetConfig(Section):
     """Restrict a domain to K tokens (then repeated for as many epochs as the budget needs)."""
 
     tokens: int = Field(..., gt=0)
-    mode: Literal["first", "random"] = "random"
+    mode: Literal["first", "random", "resample"] = Field(
+        "random", description="first K; a random K fixed for the run; or a fresh random K every epoch"
+    )
 
 
 class ReplayConfig(Section):
@@ -108,6 +110,8 @@ class ModelConfig(Section):
     config: str | None = Field(None, description="a Hugging Face config.json")
     sizes: dict[str, Any] = Field(default_factory=dict, description="config overrides, e.g. num_hidden_layers")
     tokenizer: str | None = Field(None, description="tokenizer directory or tokenizer.json")
+    objective: Literal["causal", "masked"] = Field("causal", description="masked: BERT-style MLM (15% masked)")
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="masked objective: share of positions predicted")
 
 
 class InitConfig(Section):
@@ -212,6 +216,118 @@ class Recipe(Section):
 
     @property
     def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------- inheritune
+class InheritConfig(Section):
+    """`warmstart inherit`: REF's embeddings + chosen blocks + final norm + head as a new HF checkpoint."""
+
+    from_: str = Field(..., alias="from", description="a HF checkpoint dir, hub name, or a warmstart run dir")
+    layers: int | None = Field(None, description="inherit the first N blocks (1..k-1)")
+    blocks: str | list[int] | None = Field(None, description="or an ordered block list, e.g. '0-5,8'")
+    out: str
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> InheritConfig:
+        if (self.layers is None) == (self.blocks is None):
+            raise ValueError("give exactly one of layers (first N blocks) and blocks (e.g. 0-5,8)")
+        return self
+
+
+class ReferenceConfig(Section):
+    """The model to match: a warmstart run dir (its final/ and summary.json) or a checkpoint and its loss."""
+
+    from_: str = Field(..., alias="from", description="a warmstart run dir or a HF checkpoint dir")
+    loss: float | None = Field(None, description="its validation loss; default: the run's summary.json")
+    evaluate: bool = Field(False, description="compute its loss on this recipe's validation data instead")
+
+
+class GrowConfig(Section):
+    """Inheritune v2: n = k/2 blocks, train; while worse than the reference, n += step, re-inherit, train."""
+
+    start_layers: int | None = Field(None, gt=0, description="default: half the reference's blocks")
+    step: int = Field(2, gt=0)
+    tolerance: float = Field(0.0, ge=0.0, description="matched when loss <= reference loss + tolerance")
+    target: list[str] | None = Field(None, description="domains whose mean val loss is compared; default: avg")
+    baseline: bool = Field(True, description="also train a random init of the final depth, same steps")
+
+
+class GrowRecipe(Section):
+    """`warmstart grow`: rounds of inherit + train() under OUT_DIR/NAME, with grow_summary.json."""
+
+    name: str
+    out_dir: str = "runs"
+    seed: int = 0
+    reference: ReferenceConfig
+    grow: GrowConfig = Field(default_factory=GrowConfig)
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> GrowRecipe:
+        if self.train.batch_tokens % self.data.seq_len:
+            raise ValueError(
+                f"train.batch_tokens: {self.train.batch_tokens} is not a multiple of data.seq_len "
+                f"{self.data.seq_len}"
+            )
+        if self.grow.target is not None and not self.grow.target:
+            raise ValueError("grow.target: list at least one domain (or leave it out for the average)")
+        return self
+
+    @property
+    def grow_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------- mixture (DDO)
+class DDOConfig(Section):
+    """`warmstart mixture ddo`: AutoScale's Direct Data Optimization with small proxy runs at one token budget.
+
+    The proxy recipe's token budget (train.tokens, or steps x batch_tokens) is the budget N; its data.weights must
+    be empty (DDO sets them per run). See warmstart.recipes.autoscale for how multipliers map to tokens.
+    """
+
+    name: str
+    out_dir: str = "mixtures"
+    proxy: Recipe = Field(..., description="the proxy model's train recipe; its name and out_dir are set per run")
+    domains: list[str] | None = Field(None, description="domains to mix (default: every domain in data.dir)")
+    base_weights: dict[str, float] = Field(default_factory=dict, description="the base mixture (default uniform)")
+    multipliers: list[float] = Field([0.2, 3.0], description="per-domain perturbations of the base amount")
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="domain -> [min weight, max weight] of the optimum"
+    )
+    max_epochs: float | None = Field(None, gt=0.0, description="cap: a domain's optimum <= its tokens x this")
+    target: Literal["avg"] | dict[str, float] | list[str] = Field(
+        "avg", description="avg over eval domains | {domain: weight} | [domains] (their average)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DDOConfig:
+        if self.proxy.data.weights or self.proxy.data.weights_from:
+            raise ValueError("proxy.data.weights: DDO sets the proxy weights; give base_weights instead")
+        if len(self.multipliers) < 2:
+            raise ValueError("multipliers: give at least two (3 points per domain with the base run)")
+        if any(x <= 0 or x == 1 for x in self.multipliers) or len(set(self.multipliers)) != len(self.multipliers):
+            raise ValueError(f"multipliers: must be distinct, > 0 and != 1 (got {self.multipliers})")
+        for k, w in self.base_weights.items():
+            if w <= 0:
+                raise ValueError(f"base_weights.{k}: must be > 0 (every mixed domain needs a base amount)")
+        for k, (lo, hi) in self.bounds.items():
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"bounds.{k}: need 0 <= min <= max <= 1 (got [{lo}, {hi}])")
+        if isinstance(self.target, dict) and (not self.target or any(w < 0 for w in self.target.values())):
+            raise ValueError("target: a weighted target needs non-negative weights, at least one")
+        if isinstance(self.target, list) and not self.target:
+            raise ValueError("target: list at least one domain")
+        return self
+
+    @property
+    def mixture_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
 

@@ -167,6 +167,11 @@ def encode_chunk(tok, texts: list[str], eos: int, dtype: np.dtype) -> tuple[np.n
     return lengths, flat.astype(dtype)
 
 
+def _bar_off(progress: bool) -> bool | None:
+    """tqdm's `disable`: None shows bars on a terminal only, so logs and captured stderr stay clean."""
+    return None if progress else True
+
+
 def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
     it = iter(docs)
     while batch := list(islice(it, size)):
@@ -198,6 +203,24 @@ class _Encoder:
                 initializer=_init_worker,
                 initargs=(self.tok, self.eos, self.dtype.str),
             )
+            # Start the workers now, with the variable set in the parent: a forked child of a process whose
+            # tokenizer already ran multi-threaded otherwise prints a warning from the tokenizers library.
+            saved = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                self.pool.submit(int).result()
+            except BaseException as e:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(e, BrokenProcessPool):
+                    raise UserError(
+                        f"could not start {self.workers} tokenizer worker processes; try workers: 1"
+                    ) from None
+                raise
+            finally:
+                if saved is None:
+                    del os.environ["TOKENIZERS_PARALLELISM"]
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = saved
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -326,19 +349,25 @@ def val_indices(n_docs: int, k: int, seed: int, domain: str) -> np.ndarray:
     return np.sort(rng.choice(n_docs, size=k, replace=False)).astype(np.int64)
 
 
+def _open_domain(path: Path) -> DomainData | None:
+    """The prepared domain at `path`, or None for anything else (no index, foreign or corrupt index)."""
+    try:
+        data = DomainData.open(path)
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return None
+    return data if isinstance(data.index.get("splits"), dict) else None
+
+
 def _domain_state(path: Path, fingerprint: str) -> str:
     """'missing', 'same', 'damaged' (same inputs, files truncated) or 'different'."""
     if not path.exists():
         return "missing"
-    try:
-        data = DomainData.open(path)
-    except UserError:
-        return "different"
-    if data.index.get("fingerprint") != fingerprint:
+    data = _open_domain(path)
+    if data is None or data.index.get("fingerprint") != fingerprint:
         return "different"
     try:
         data.verify()
-    except UserError:
+    except (UserError, KeyError, TypeError, ValueError):
         return "damaged"
     return "same"
 
@@ -353,7 +382,9 @@ def _check_out_dir(out: Path) -> None:
         if read_manifest(out).get("format") != FORMAT:
             raise UserError(f"{manifest}: not a {FORMAT} manifest; choose another out")
         return
-    if any(not p.name.startswith(".") for p in out.iterdir()):
+    # Without a manifest, a directory is ours only if it holds nothing but prepared domains (a run that
+    # stopped between swapping in its domains and writing the manifest).
+    if any(not p.name.startswith(".") and _open_domain(p) is None for p in out.iterdir()):
         raise UserError(
             f"out: {out} exists and is not a warmstart data directory (no manifest.json); "
             "choose another out or empty it"
@@ -366,7 +397,7 @@ def _count_documents(plan: _Plan, cfg: PrepareConfig, progress: bool) -> None:
 
     total_bad = 0
     n_total = 0
-    with tqdm(desc=f"{plan.name}: reading", unit=" doc", disable=not progress, leave=False) as bar:
+    with tqdm(desc=f"{plan.name}: reading", unit=" doc", disable=_bar_off(progress), leave=False) as bar:
         for src, info in zip(plan.sources, plan.source_info, strict=True):
             stats: dict = {}
             n = 0
@@ -406,7 +437,7 @@ def _build_domain(
 
     done = 0
     try:
-        with tqdm(total=plan.n_docs, desc=plan.name, unit=" doc", disable=not progress) as bar:
+        with tqdm(total=plan.n_docs, desc=plan.name, unit=" doc", disable=_bar_off(progress)) as bar:
             for lengths, tokens in encoder.map(_batches(docs(), cfg.batch_docs)):
                 k = len(lengths)
                 is_val = np.isin(np.arange(done, done + k), val, assume_unique=True)

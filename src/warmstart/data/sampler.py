@@ -8,7 +8,10 @@ Sequences. A domain with n train tokens has (n - 1) // seq_len sequences; sequen
 tokens[i*seq_len : i*seq_len + seq_len + 1] (inputs plus the shifted target). A domain's pool is all of them, or a
 subset (`first`: the first K // seq_len; `random`: a seeded choice fixed for the run, sorted). Epoch e of domain d
 is `np.random.default_rng([seed, crc32(d), e]).permutation(pool)`, so adding, removing or reordering domains never
-changes another domain's order; each epoch reads every pool sequence exactly once.
+changes another domain's order; each epoch reads every pool sequence exactly once. Subset mode `resample` draws a
+fresh subset every epoch (the general data of a pretraining-like mixture, Guo et al. 2024): epoch e reads the
+first K // seq_len entries of `default_rng([seed, crc32(d), e]).permutation(all sequences)` - a uniform random
+K-subset in random order, different each epoch, no sequence twice within an epoch.
 
 Interleaving (which domain draw t goes to). Not random: Tijdeman's rule for the chairman assignment problem
 (R. Tijdeman, Discrete Math. 32 (1980) 323-330). With k domains of positive weight w_d, counts c_d so far and
@@ -192,6 +195,7 @@ class MixtureSampler:
         # pools: None means every sequence (0 .. n_seq-1)
         self._pools: dict[str, np.ndarray | None] = {n: None for n in self._names}
         self._subset_desc: dict[str, dict] = {}
+        self._resample: dict[str, int] = {}  # domain -> sequences per epoch, drawn afresh each epoch
         for name, sc in subsets.items():
             m = int(sc.tokens) // L
             n_seq = self._n_seq[name]
@@ -204,6 +208,10 @@ class MixtureSampler:
                     f"data.subsets.{name}.tokens: {sc.tokens} is more than domain {name!r} has ({n_seq * L} tokens "
                     f"in {n_seq} sequences of {L}); lower it or drop the subset"
                 )
+            if sc.mode == "resample":
+                self._resample[name] = m
+                self._subset_desc[name] = {"mode": sc.mode, "sequences": m}
+                continue
             if sc.mode == "first":
                 pool = np.arange(m, dtype=np.int64)
             else:
@@ -269,6 +277,8 @@ class MixtureSampler:
 
     def pool_size(self, domain: str) -> int:
         """Sequences in one epoch of `domain` (its subset, else all its sequences)."""
+        if domain in self._resample:
+            return self._resample[domain]
         pool = self._pools[domain]
         return self._n_seq[domain] if pool is None else len(pool)
 
@@ -326,6 +336,8 @@ class MixtureSampler:
         rng = np.random.default_rng([self.seed, self._key(name), epoch])
         pool = self._pools[name]
         perm = rng.permutation(self._n_seq[name] if pool is None else pool).astype(np.int64, copy=False)
+        if name in self._resample:
+            perm = perm[: self._resample[name]]
         self._perm_cache[name] = (epoch, perm)
         return perm
 

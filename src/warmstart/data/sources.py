@@ -58,9 +58,9 @@ def detect_format(src: SourceConfig) -> str:
         return src.format
     path = Path(src.path)
     if not path.exists():
-        raise UserError(
-            f"{src.path}: no such file or directory (for a Hugging Face hub dataset set format: hf)"
-        )
+        looks_like_hub = src.path.count("/") == 1 and not path.suffix and not src.path.startswith((".", "~"))
+        hint = " (for a Hugging Face hub dataset set format: hf)" if looks_like_hub else ""
+        raise UserError(f"{src.path}: no such file or directory{hint}")
     if path.is_dir():
         if any((path / m).is_file() for m in HF_MARKERS):
             return "hf"
@@ -136,6 +136,15 @@ def _corrupt_errors() -> tuple[type[BaseException], ...]:
     return (OSError, EOFError, zlib.error, zstandard.ZstdError)
 
 
+def _json_problem(e: ValueError) -> str:
+    """json's message with the position inside this one line (its own line/char count the whole record)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}" if e.lineno == 1 else f"{e.msg} at end of line"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 at byte {e.start}"
+    return _first_line(e)
+
+
 def _iter_jsonl(path: Path, field: str, bad: _Bad) -> Iterator[str]:
     try:
         stream = open_binary(path)
@@ -150,7 +159,7 @@ def _iter_jsonl(path: Path, field: str, bad: _Bad) -> Iterator[str]:
                 try:
                     record = json.loads(line)
                 except ValueError as e:
-                    bad(f"{path}:{lineno}", f"not valid JSON ({str(e).splitlines()[0]})")
+                    bad(f"{path}:{lineno}", f"not valid JSON ({_json_problem(e)})")
                     continue
                 if not isinstance(record, dict):
                     bad(f"{path}:{lineno}", f"expected a JSON object per line, got {type(record).__name__}")

@@ -184,7 +184,10 @@ def _prepare_run_dir(recipe: Recipe, d: Dist, resume: bool, allow_config_change:
         )
     path = ckpt.newest_valid(run_dir / "checkpoints")
     if path is None:
-        raise UserError(f"{run_dir}: no intact checkpoint to resume from; start the run again without --resume")
+        raise UserError(
+            f"{run_dir}: no intact checkpoint to resume from (it stopped before its first checkpoint); "
+            f"delete {run_dir} and start the run again"
+        )
     return path
 
 

@@ -62,3 +62,16 @@ def test_weight_decay_groups(tokenizer_dir):
     assert not any("ln" in names[id(p)] or names[id(p)].endswith("bias") for p in decay["params"])
     all_decay = param_groups(m, OptimConfig(decay_embeddings=True, decay_norms_and_biases=True))
     assert len(all_decay[1]["params"]) == 0
+
+
+def test_config_file_values_win_over_family_defaults(tmp_path):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 32, "num_attention_heads": 2,
+                                "num_hidden_layers": 2, "intermediate_size": 64, "tie_word_embeddings": False,
+                                "vocab_size": 640}))
+    c = build_config(ModelConfig(config=str(path), sizes={"layers": 1}), vocab_size=512)
+    assert c.tie_word_embeddings is False  # the file says untied; the llama preset default (tied) must not win
+    assert c.vocab_size == 640  # a padded embedding table is kept
+    assert c.num_hidden_layers == 1

@@ -110,6 +110,81 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mixture_ddo(args: argparse.Namespace) -> int:
+    from warmstart.config import DDOConfig, load
+    from warmstart.recipes.autoscale import run_ddo
+
+    run_ddo(load(DDOConfig, args.recipe, args.overrides))
+    return 0
+
+
+def cmd_mixture_predict(args: argparse.Namespace) -> int:
+    from warmstart.recipes.autoscale import parse_tokens, predict
+
+    predict(args.sources, parse_tokens(args.budget), args.out)
+    return 0
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from warmstart.eval.run_eval import eval_checkpoint, format_result
+
+    result = eval_checkpoint(
+        args.checkpoint, args.data, _names(args.domains), args.seq_len, args.max_tokens, args.batch_size,
+        _names(args.tasks), args.num_fewshot, args.limit, args.out, args.device,
+    )
+    print(format_result(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from warmstart.report import make_report
+
+    result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window)
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {len(result['images'])} plots, {result['markdown']}, {result['html']}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from warmstart.recipes.sweep import run_sweep
+
+    return run_sweep(args.recipe, args.grid, args.overrides, window=args.window)
+
+
+def cmd_gap(args: argparse.Namespace) -> int:
+    from warmstart.eval.gap import format_gap_table, run_gap
+
+    gaps = run_gap(Path(args.run_dir), baseline_step=args.baseline_step, window=args.window)
+    print(format_gap_table(gaps))
+    print(f"wrote {Path(args.run_dir) / 'gap.json'}")
+    return 0
+
+
+def cmd_quality_score(args: argparse.Namespace) -> int:
+    from warmstart.recipes.quality import score_domain
+
+    meta = score_domain(args.model, args.data, args.domain, args.out, split=args.split, batch_size=args.batch_size,
+                        chunk_docs=args.chunk_docs, context=args.context, max_doc_tokens=args.max_doc_tokens,
+                        progress=not args.quiet)
+    print(f"ranked {meta['docs']} documents of {args.domain} (median ppl {meta['ppl_median']:.2f}) in {args.out}")
+    return 0
+
+
+def cmd_quality_select(args: argparse.Namespace) -> int:
+    from warmstart.data.quality import read_ranking, select_top_tokens
+
+    data = args.data or read_ranking(args.ranking)[0]["data_dir"]
+    info = select_top_tokens(data, args.ranking, args.top_tokens, args.out_domain, overwrite=args.overwrite)
+    print(f"domain {info['domain']} ({info['status']}): {info['docs']} of {info['of_docs']} documents, "
+          f"{info['tokens']:,} of {info['of_tokens']:,} tokens, in {data}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from warmstart.models.presets import PRESETS
 
@@ -184,6 +259,77 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("recipe", help="a grow recipe (YAML: reference, grow, data, optim, schedule, train, eval)")
     _add_set(gr)
     gr.set_defaults(func=cmd_grow)
+
+    mx = sub.add_parser("mixture", help="AutoScale: compute-optimal domain mixtures (DDO) and their prediction")
+    mxs = mx.add_subparsers(dest="mixture_command", required=True, metavar="ACTION")
+    md = mxs.add_parser("ddo", help="proxy runs -> per-domain power laws -> optimal mixture.json at one budget")
+    md.add_argument("recipe", help="a DDO recipe (YAML: name, proxy train recipe, multipliers, bounds, target)")
+    _add_set(md)
+    md.set_defaults(func=cmd_mixture_ddo)
+    mp = mxs.add_parser("predict", help="AutoScale's predictor: the optimal mixture at another budget")
+    mp.add_argument("--from", dest="sources", action="append", required=True, metavar="MIXTURE",
+                    help="a DDO mixture.json or its directory (give two or more budgets)")
+    mp.add_argument("--budget", required=True, help="target tokens, e.g. 5e9, 400k, 1.2M, 3B")
+    mp.add_argument("--out", default="mixture.json", help="where to write the predicted mixture.json")
+    mp.set_defaults(func=cmd_mixture_predict)
+
+    ev = sub.add_parser("eval", help="per-domain validation perplexity and lm-eval tasks for any HF checkpoint")
+    ev.add_argument("checkpoint", help="a warmstart run dir (its final/), a HF checkpoint dir, or a hub name")
+    ev.add_argument("--data", help="a prepared data directory (`warmstart prepare`) for per-domain perplexity")
+    ev.add_argument("--domains", help="comma-separated domains (default: all in --data)")
+    ev.add_argument("--seq-len", dest="seq_len", type=int, help="default: the run's seq_len, else min(ctx, 1024)")
+    ev.add_argument("--max-tokens", dest="max_tokens", type=int, default=16384, help="val tokens per domain")
+    ev.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    ev.add_argument("--tasks", help="comma-separated lm-eval task names (needs the lm-eval extra)")
+    ev.add_argument("--num-fewshot", dest="num_fewshot", type=int, help="default: each task's own")
+    ev.add_argument("--limit", type=int, help="only the first N items of each task")
+    ev.add_argument("--out", help="directory for the results JSON (default: the run directory)")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ev.set_defaults(func=cmd_eval)
+
+    rp = sub.add_parser("report", help="plots, stability-gap numbers and compute saved, as PNG + Markdown + HTML")
+    rp.add_argument("runs", nargs="+", help="run directories (also mixture and grow directories)")
+    rp.add_argument("--out", required=True, help="output directory")
+    rp.add_argument("--baseline", help="the run compute saved is measured against (default: the first run)")
+    rp.add_argument("--metric", default="val/avg/loss", help="loss for compute saved (e.g. val/code/loss)")
+    rp.add_argument("--gap-window", dest="gap_window", type=int, default=1, help="median window for gap metrics")
+    rp.set_defaults(func=cmd_report)
+
+    sw = sub.add_parser("sweep", help="one run per point of a grid of recipe overrides (resumable) + a table")
+    sw.add_argument("recipe", help="a train recipe (YAML); runs go to out_dir/name/<point>")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="values of one recipe key (repeatable; the cartesian product is run)")
+    sw.add_argument("--window", type=int, default=1, help="median window for the gap metrics in the table")
+    _add_set(sw)
+    sw.set_defaults(func=cmd_sweep)
+
+    gp = sub.add_parser("gap", help="stability-gap metrics of a run (depth of the dip, tokens to recover)")
+    gp.add_argument("run_dir", help="a run directory with metrics.jsonl")
+    gp.add_argument("--baseline-step", dest="baseline_step", type=int, default=0, help="the reference point")
+    gp.add_argument("--window", type=int, default=1, help="centred moving-median window over eval points")
+    gp.set_defaults(func=cmd_gap)
+
+    ql = sub.add_parser("quality", help="rank documents by reference-model perplexity; keep the best as a domain")
+    qls = ql.add_subparsers(dest="quality_command", required=True, metavar="ACTION")
+    qs = qls.add_parser("score", help="per-document perplexity under a HF causal LM (batched, resumable)")
+    qs.add_argument("--model", required=True, help="reference model: HF dir, warmstart run dir, or hub name")
+    qs.add_argument("--data", required=True, help="a prepared data directory")
+    qs.add_argument("--domain", required=True, help="the domain to rank")
+    qs.add_argument("--out", required=True, help="ranking directory (re-run to resume)")
+    qs.add_argument("--split", default="train", choices=["train", "val"])
+    qs.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="windows per forward pass")
+    qs.add_argument("--chunk-docs", dest="chunk_docs", type=int, default=1024, help="documents per saved chunk")
+    qs.add_argument("--context", type=int, help="window length (default: the model's context)")
+    qs.add_argument("--max-doc-tokens", dest="max_doc_tokens", type=int, help="score only a document's first N")
+    qs.add_argument("--quiet", action="store_true", help="no progress bar")
+    qs.set_defaults(func=cmd_quality_score)
+    qe = qls.add_parser("select", help="write the lowest-perplexity documents up to K tokens as a new domain")
+    qe.add_argument("--ranking", required=True, help="a ranking directory from `warmstart quality score`")
+    qe.add_argument("--top-tokens", dest="top_tokens", type=int, required=True, help="token budget K")
+    qe.add_argument("--out-domain", dest="out_domain", required=True, help="name of the new domain")
+    qe.add_argument("--data", help="data directory (default: the one the ranking was made on)")
+    qe.add_argument("--overwrite", action="store_true", help="replace an existing domain of that name")
+    qe.set_defaults(func=cmd_quality_select)
 
     pr = sub.add_parser("presets", help="list the tiny model presets")
     pr.set_defaults(func=cmd_presets)

@@ -7,6 +7,7 @@ are parsed as YAML scalars and validated by the same schema, so they are typed e
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -165,7 +166,11 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads per process (default: torch's)")
     progress: bool = True
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also log metrics to TensorBoard / W&B (offline); metrics.jsonl stays"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -180,6 +185,18 @@ class EvalConfig(Section):
     max_tokens: int = Field(16384, gt=0, description="validation tokens per domain (the first ones)")
     batch_size: int = Field(16, gt=0)
     domains: list[str] | None = Field(None, description="default: every domain in data.dir")
+    tasks: list[str] = Field(default_factory=list, description="lm-eval task names (extra `lm-eval`), rank 0")
+    tasks_every: int = Field(0, ge=0, description="run the tasks every N steps (a multiple of every); 0: at the end")
+    tasks_num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; default: each task's own")
+    tasks_limit: int | None = Field(None, gt=0, description="evaluate only the first N items of each task")
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> EvalConfig:
+        if self.tasks_every and self.tasks_every % self.every:
+            raise ValueError(f"tasks_every: {self.tasks_every} is not a multiple of every ({self.every})")
+        if self.tasks and importlib.util.find_spec("lm_eval") is None:
+            raise ValueError("tasks: needs lm-evaluation-harness; pip install 'warmstart[lm-eval]'")
+        return self
 
 
 class Recipe(Section):

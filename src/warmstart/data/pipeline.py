@@ -8,6 +8,10 @@ Two streaming passes per domain: a cheap one that validates every record and cou
 validation documents can be drawn as an exact, seeded count before any token is written, and a bad line fails
 before any work), then the tokenizing one. Nothing in an existing output directory changes unless the whole run
 succeeds: each domain is built in a temp directory beside its final place and swapped in only at the end.
+
+A domain is up to date when its fingerprint (tokenizer vocabulary, EOS, dtype, split settings, seed and the
+sha256 of its source files) matches its index.json. A hub dataset is streamed twice, and is fingerprinted by its
+name only: to pick up a new version of it, delete its domain directory.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -141,6 +146,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(tok, eos: int, dtype: str) -> None:
     # One tokenizer per process; its own Rust thread pool would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Ctrl-C is the parent's to handle (it stops the pool); a worker dying of it would read as a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(tok=tok, eos=eos, dtype=np.dtype(dtype))
 
 
@@ -252,8 +259,12 @@ class _Encoder:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-class _SplitWriter:
-    """Streams one split's tokens to `<split>.bin` and its document offsets into a preallocated `.npy`."""
+class SplitWriter:
+    """Streams one split's tokens to `<split>.bin` and its document offsets into a preallocated `.npy`.
+
+    `n_docs` must be known up front (the offsets file is preallocated, so memory stays flat); `finish()` checks it
+    and returns the split's index entry; `abort()` closes the file after an error.
+    """
 
     def __init__(self, root: Path, split: str, n_docs: int, dtype: np.dtype):
         self.split, self.n_docs, self.dtype = split, n_docs, dtype
@@ -299,6 +310,9 @@ class _SplitWriter:
 
     def abort(self) -> None:
         self.bin.close()
+
+
+_SplitWriter = SplitWriter  # the name data/quality.py imports
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -419,6 +433,14 @@ def _count_documents(plan: _Plan, cfg: PrepareConfig, progress: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- building
+def _members(idx: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """idx in sorted_set, elementwise, in O(len(idx) log len(sorted_set)) (np.isin would sort the set per call)."""
+    if not len(sorted_set):
+        return np.zeros(len(idx), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, idx), len(sorted_set) - 1)
+    return sorted_set[pos] == idx
+
+
 def _build_domain(
     plan: _Plan, tmp: Path, cfg: PrepareConfig, encoder: _Encoder, index_head: dict, progress: bool
 ) -> dict:
@@ -427,8 +449,8 @@ def _build_domain(
 
     val = plan.val_index if plan.val_index is not None else np.zeros(0, np.int64)
     writers = {
-        "train": _SplitWriter(tmp, "train", plan.n_docs - len(val), encoder.dtype),
-        "val": _SplitWriter(tmp, "val", len(val), encoder.dtype),
+        "train": SplitWriter(tmp, "train", plan.n_docs - len(val), encoder.dtype),
+        "val": SplitWriter(tmp, "val", len(val), encoder.dtype),
     }
 
     def docs() -> Iterator[str]:
@@ -440,7 +462,7 @@ def _build_domain(
         with tqdm(total=plan.n_docs, desc=plan.name, unit=" doc", disable=_bar_off(progress)) as bar:
             for lengths, tokens in encoder.map(_batches(docs(), cfg.batch_docs)):
                 k = len(lengths)
-                is_val = np.isin(np.arange(done, done + k), val, assume_unique=True)
+                is_val = _members(np.arange(done, done + k), val)
                 ends = np.concatenate(([0], np.cumsum(lengths)))
                 cuts = [0, *(np.flatnonzero(np.diff(is_val.astype(np.int8))) + 1).tolist(), k]
                 for a, b in zip(cuts[:-1], cuts[1:], strict=True):

@@ -6,6 +6,12 @@
     DATA_DIR/<domain>/<split>.docs.npy  int64 offsets of document starts, plus the total at the end (len docs+1)
 
 Document boundaries live in a .npy beside the index (named by it) so the JSON stays small for any corpus size.
+
+A document's tokens are `tok(text, add_special_tokens=False)["input_ids"] + [eos_id]` (see data/pipeline.py).
+index.json keys: format, domain, tokenizer {name, vocab_hash, vocab_size, eos_id}, dtype, vocab_size,
+fingerprint (of every input that decides the bytes), settings, sources, bad_records, and splits.<split>
+{file, tokens, docs, doc_offsets, max_token_id}. manifest.json: format, tokenizer, domains (recipe order),
+fingerprints {domain: fingerprint}.
 """
 
 from __future__ import annotations

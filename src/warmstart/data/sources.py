@@ -207,15 +207,17 @@ def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
 
 
 def _iter_text(files: list[tuple[str, Path]], bad: _Bad) -> Iterator[str]:
-    for _, path in files:
+    for rel, path in files:
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+            with open_binary(path) as f:  # a .txt.gz / .md.zst is read as its text
+                data = f.read()
+        except _corrupt_errors() as e:
+            raise UserError(f"{path}: cannot read ({_first_line(e)})") from None
         try:
             yield data.decode("utf-8")
         except UnicodeDecodeError as e:
-            bad(f"{path}", f"not UTF-8 text (byte {e.start}); narrow the source's glob to text files")
+            hint = "; narrow the source's glob to text files" if rel else ""
+            bad(f"{path}", f"not UTF-8 text (byte {e.start}){hint}")
 
 
 def _require_datasets(src: SourceConfig):

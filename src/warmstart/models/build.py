@@ -11,7 +11,7 @@ import torch
 from warmstart.config import ModelConfig
 from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
 from warmstart.errors import UserError
-from warmstart.models.presets import PRESETS, SIZE_KEYS, family_kwargs
+from warmstart.models.presets import PRESETS, SIZE_KEYS, family_kwargs, map_sizes
 
 
 @dataclass
@@ -62,8 +62,10 @@ def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = N
         family = raw.get("model_type")
         if family not in CONFIG_MAPPING:
             raise UserError(f"model.config: {cfg.config} has unknown model_type {family!r}")
-        kwargs = {**raw, **(family_kwargs(family, cfg.sizes) if family in SIZE_KEYS else cfg.sizes)}
+        # the file's values win over warmstart's family defaults; model.sizes wins over both
+        kwargs = {**raw, **map_sizes(family, cfg.sizes)}
         kwargs.pop("model_type", None)
+        vocab_size = max(int(kwargs.get("vocab_size") or 0), vocab_size)  # keep a padded embedding table
     else:
         if cfg.preset:
             if cfg.preset not in PRESETS:

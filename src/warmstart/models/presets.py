@@ -70,12 +70,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def family_kwargs(family: str, sizes: dict[str, Any]) -> dict[str, Any]:
+def map_sizes(family: str, sizes: dict[str, Any]) -> dict[str, Any]:
     """Translate generic size names to the family's config keys; unknown names pass through unchanged."""
-    keys = SIZE_KEYS[family]
-    out = dict(FAMILY_DEFAULTS.get(family, {}))
-    for k, v in sizes.items():
-        out[keys.get(k, k)] = v
+    keys = SIZE_KEYS.get(family, {})
+    out = {keys.get(k, k): v for k, v in sizes.items()}
     if family == "opt" and "hidden_size" in out:
         out.setdefault("word_embed_proj_dim", out["hidden_size"])
     return out
+
+
+def family_kwargs(family: str, sizes: dict[str, Any]) -> dict[str, Any]:
+    """A from-scratch config: the family's warmstart defaults (no dropout, ...) overridden by `sizes`."""
+    return {**FAMILY_DEFAULTS.get(family, {}), **map_sizes(family, sizes)}

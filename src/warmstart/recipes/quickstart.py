@@ -4,7 +4,11 @@
 2. pre-train a small LLaMA-style reference model on the upstream domain (`prose`);
 3. continue it on the downstream domain (`code`) with re-warming (warmup + cosine), evaluating every domain
    densely from step 0, so the stability gap is visible;
-4. print upstream/downstream loss before, at the worst point, and at the end.
+4. print upstream/downstream loss before, at the worst point, and at the end, with the stability-gap metrics,
+   and a replay variant (25% of every batch from the upstream domain);
+5. Inheritune: inherit half of the reference's blocks, train briefly, compare with the same-size random init;
+6. AutoScale: DDO at two small budgets on the demo domains and the predicted mixture at 4x;
+7. a report (PNG plots + HTML summary) of the runs.
 
 Each step is skipped when its output is already complete, and an interrupted run is resumed.
 """
@@ -56,18 +60,11 @@ def recipes(root: Path) -> dict[str, Recipe]:
 
 
 def _run(recipe: Recipe) -> None:
-    from warmstart.train.loop import train
+    from warmstart.train.runs import run_once
 
-    run_dir = recipe.run_dir
-    if (run_dir / "summary.json").exists():
-        print(f"[quickstart] {run_dir} already complete; skipping")
-        return
-    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # a run that died before its first checkpoint: start it again
-    result = train(recipe, resume=resume)
-    if result.interrupted_by:
-        raise SystemExit(result.exit_code)
+    outcome = run_once(recipe)
+    if outcome.status == "interrupted":
+        raise SystemExit(outcome.exit_code)
 
 
 def _gap_table(run_dir: Path, domains: list[str]) -> str:
@@ -115,5 +112,18 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     domains = list(prep.domains)
     print(f"\nContinual pre-training {UPSTREAM} -> {DOWNSTREAM}: validation loss per domain")
     print(_gap_table(rs["downstream-rewarm"].run_dir, domains))
+
+    from warmstart.recipes import autoscale, continual, inheritune
+    from warmstart.report import quickstart_step as report_step
+
+    print("\n[quickstart] stability gap and a replay variant")
+    print(continual.quickstart_step(out, rs["upstream"].run_dir, rs["downstream-rewarm"].run_dir))
+    print("\n[quickstart] Inheritune: half of the reference's blocks vs the same-size random init")
+    print(inheritune.quickstart_step(out, rs["upstream"].run_dir))
+    print("\n[quickstart] AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
+    print(autoscale.quickstart_step(out))
+    runs = sorted(p.parent for p in (out / "runs").glob("*/summary.json"))
+    html = report_step(out, runs, baseline=rs["upstream"].run_dir)
     print(f"\nruns: {out / 'runs'}  (metrics.jsonl, final/ Hugging Face checkpoints)")
     print(f"recipes: {out / 'recipes'}  (re-run with `warmstart train RECIPE`)")
+    print(f"report: {html}")

@@ -54,6 +54,8 @@ RESUME_FREE_KEYS = {
     "train.device",
     "train.compile",
     "train.micro_batch_size",
+    "train.trackers",
+    "train.cpu_threads",
 }
 
 
@@ -195,6 +197,8 @@ def _prepare_run_dir(recipe: Recipe, d: Dist, resume: bool, allow_config_change:
 def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = False) -> RunResult:
     """Run (or resume) one training run described by `recipe`; returns where it wrote and how it ended."""
     d = setup(recipe.train.device)
+    if recipe.train.cpu_threads:
+        torch.set_num_threads(recipe.train.cpu_threads)
     try:
         return _train(recipe, d, resume, allow_config_change)
     finally:
@@ -246,7 +250,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     if objective.kind == "masked":
         val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, trackers=list(recipe.train.trackers))
     step, window = 0, {"loss": 0.0, "steps": 0}
     if resume_from is not None:
         state = ckpt.load_state(resume_from)
@@ -279,6 +283,13 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             values[f"val/{n}/ppl"] = perplexity(loss)
         if losses:
             values["val/avg/loss"] = float(np.mean(list(losses.values())))
+        te = recipe.eval.tasks_every
+        if recipe.eval.tasks and d.is_main and (s == total_steps or (te and s % te == 0)):
+            from warmstart.eval.tasks import run_tasks  # lm-eval task accuracies ride on the same eval event
+
+            accs = run_tasks(unwrap(ddp_model), tok, recipe.eval.tasks, recipe.eval.tasks_num_fewshot,
+                             recipe.eval.tasks_limit, d.device)
+            values.update({f"task/{k}": v for k, v in accs.items()})
         metrics.write(event("eval", s, **values))
         return values
 
@@ -393,6 +404,8 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             "flops_per_token": fpt,
             "final_eval": last_eval,
             "init": loaded.source,
+            "weights": sampler.weights,  # the effective mixture (weights_from and replay resolved)
+            "sequences_per_domain": sampler.counts,
         }
         atomic.write_json(run_dir / "summary.json", summary)
         losses = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in last_eval.items() if k.endswith("/loss"))

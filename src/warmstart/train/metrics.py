@@ -1,4 +1,8 @@
-"""metrics.jsonl: one JSON object per event, appended; a resumed run truncates to its checkpoint's offset."""
+"""metrics.jsonl: one JSON object per event, appended; a resumed run truncates to its checkpoint's offset.
+
+metrics.jsonl is the source of truth. Optional trackers (TensorBoard, W&B in offline mode; `train.trackers`)
+receive a copy of every event's numbers; they are told nothing the file does not hold.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,18 @@ def _clean(v):
 
 
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool = True):
+    """Appends events to `path`; fans them out to trackers.
+
+    `trackers` None means: the `train.trackers` list of the run's config.yaml (next to metrics.jsonl), read at
+    the first write — the loop writes config.yaml before any event, so a recipe's choice reaches here unchanged.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, trackers: list[str] | None = None):
         self.path = path
         self.enabled = enabled
+        self._tracker_names = trackers
+        self._trackers: list | None = None
+        self._resumed = False
 
     def truncate(self, offset: int) -> None:
         """Drop events written after a checkpoint, so a resumed run re-writes them exactly once."""
@@ -33,6 +46,7 @@ class MetricsLog:
                 return
             with open(self.path, "r+b") as f:
                 f.truncate(offset)
+            self._resumed = True
 
     def sync(self) -> None:
         """fsync, so the offset a checkpoint records is on disk before the checkpoint is."""
@@ -47,9 +61,32 @@ class MetricsLog:
         if not self.enabled:
             return
         line = json.dumps({k: _clean(v) for k, v in event.items()}) + "\n"
+        if self._trackers is None:  # opened before the first line, so a bad tracker setting writes nothing
+            from warmstart.train.tracking import open_trackers
+
+            names = self._tracker_names
+            if names is None:
+                names = _configured_trackers(self.path.parent / "config.yaml")
+            self._trackers = open_trackers(names, self.path.parent, event.get("step") if self._resumed else None)
         # flushed to the OS on every event (a killed process loses nothing); checkpoints fsync what they need
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
+        for t in self._trackers:
+            t.log(event)
+
+    def close(self) -> None:
+        for t in self._trackers or []:
+            t.close()
+        self._trackers = None
+
+
+def _configured_trackers(config_path: Path) -> list[str]:
+    if not config_path.is_file():
+        return []
+    import yaml
+
+    cfg = yaml.safe_load(config_path.read_text()) or {}
+    return list((cfg.get("train") or {}).get("trackers") or [])
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

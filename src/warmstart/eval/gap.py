@@ -1,0 +1,136 @@
+"""Stability-gap metrics (Guo et al. 2024) from a run's evaluation curve: how deep the dip, how long to recover.
+
+For one metric curve of (step, tokens, value) points:
+
+- start: the value at `baseline_step` (the first point at or after it; by default step 0, before any update);
+- worst: the worst value after the start (highest loss, or lowest accuracy when `higher_is_better`), with its
+  step and tokens; depth = how much worse than the start it got, in the bad direction, never negative;
+- recovered / recover_step / recover_tokens: the first point after the worst that is back at or better than the
+  start (None if it never is). With no dip (depth 0) the run counts as recovered at the start point itself;
+- final and change = final - start (raw values, not smoothed).
+
+Noise: with `window` > 1 the values after the start are replaced by a centred moving MEDIAN over `window` eval
+points (shrunk at the ends) before the worst point and the recovery are found, so a single noisy evaluation
+neither makes a dip nor ends one. The median, not the mean, because one outlier evaluation must not move it.
+The start value itself is never smoothed (it is the reference the run is compared against), and the reported
+worst value is the smoothed one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from warmstart import atomic
+from warmstart.errors import UserError
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving median over `window` points; the window is shrunk symmetrically at both ends."""
+    if window <= 1 or len(values) <= 1:
+        return values.copy()
+    half = window // 2
+    out = np.empty_like(values)
+    n = len(values)
+    for i in range(n):
+        h = min(half, i, n - 1 - i)
+        out[i] = float(np.median(values[i - h : i + h + 1]))
+    return out
+
+
+def gap_metrics(
+    points: list[tuple[int, int, float]],
+    higher_is_better: bool = False,
+    baseline_step: int = 0,
+    window: int = 1,
+) -> dict:
+    """Stability-gap numbers of one curve; `points` are (step, tokens, value) sorted by step (see module doc)."""
+    if int(window) < 1:
+        raise UserError(f"gap window: must be >= 1 (got {window})")
+    pts = [(int(s), int(t), float(v)) for s, t, v in points if v is not None and np.isfinite(v)]
+    pts = [p for p in pts if p[0] >= baseline_step]
+    if not pts:
+        raise UserError(f"gap: no evaluation at or after step {baseline_step}")
+    steps = np.array([p[0] for p in pts])
+    if np.any(np.diff(steps) < 0):
+        raise UserError("gap: points must be sorted by step")
+    tokens = [p[1] for p in pts]
+    raw = np.array([p[2] for p in pts], dtype=np.float64)
+    sign = -1.0 if higher_is_better else 1.0  # in `bad` units, larger is worse
+    start = raw[0]
+    after = _smooth(raw[1:], int(window)) if len(raw) > 1 else raw[1:]
+    bad = sign * np.concatenate(([start], after))
+    worst_i = int(np.argmax(bad))  # the first of equal worst points; index 0 = no dip at all
+    depth = float(max(bad[worst_i] - bad[0], 0.0))
+    recover_i = None
+    if depth == 0.0:
+        recover_i = 0
+    else:
+        later = np.flatnonzero(bad[worst_i + 1 :] <= bad[0])
+        if len(later):
+            recover_i = worst_i + 1 + int(later[0])
+    final = float(raw[-1])
+    return {
+        "start": float(start),
+        "worst": float(sign * bad[worst_i]),
+        "worst_step": int(steps[worst_i]),
+        "worst_tokens": int(tokens[worst_i]),
+        "depth": depth,
+        "recovered": recover_i is not None,
+        "recover_step": int(steps[recover_i]) if recover_i is not None else None,
+        "recover_tokens": int(tokens[recover_i]) if recover_i is not None else None,
+        "final": final,
+        "change": final - float(start),
+        "points": len(pts),
+        "window": int(window),
+        "higher_is_better": bool(higher_is_better),
+    }
+
+
+def _metric_keys(evals: list[dict]) -> list[tuple[str, bool]]:
+    keys: dict[str, bool] = {}
+    for m in evals:
+        for k in m:
+            parts = k.split("/")
+            if len(parts) == 3 and parts[0] == "val" and parts[2] == "loss" and parts[1] != "avg":
+                keys.setdefault(k, False)
+            elif len(parts) >= 3 and parts[0] == "task" and parts[2].startswith("acc"):
+                keys.setdefault(k, True)
+    return list(keys.items())
+
+
+def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dict[str, dict]:
+    """Gap metrics for every `val/<domain>/loss` (and `task/<name>/acc*`) of a run; writes RUN_DIR/gap.json."""
+    from warmstart.train.metrics import read_metrics
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (not a run directory, or the run has not started)")
+    evals = sorted((m for m in read_metrics(run_dir) if m.get("event") == "eval"), key=lambda m: m["step"])
+    keys = _metric_keys(evals)
+    if not keys:
+        raise UserError(f"{run_dir}/metrics.jsonl: no evaluation events with val/<domain>/loss")
+    out = {}
+    for key, hib in keys:
+        pts = [(m["step"], m["tokens"], m[key]) for m in evals if m.get(key) is not None]
+        out[key] = gap_metrics(pts, higher_is_better=hib, baseline_step=baseline_step, window=window)
+    atomic.write_text(
+        run_dir / "gap.json",
+        json.dumps({"baseline_step": baseline_step, "window": window, "metrics": out}, indent=2) + "\n",
+    )
+    return out
+
+
+def format_gap_table(gaps: dict[str, dict]) -> str:
+    """A fixed-width table: one row per metric."""
+    head = f"{'metric':<22} {'start':>8} {'worst':>8} {'@step':>6} {'depth':>7} {'recovered@tok':>14} {'final':>8} {'change':>8}"
+    lines = [head]
+    for key, g in gaps.items():
+        rec = f"{g['recover_tokens']:,}" if g["recovered"] else "never"
+        lines.append(
+            f"{key:<22} {g['start']:8.4f} {g['worst']:8.4f} {g['worst_step']:6d} {g['depth']:7.4f} "
+            f"{rec:>14} {g['final']:8.4f} {g['change']:+8.4f}"
+        )
+    return "\n".join(lines)

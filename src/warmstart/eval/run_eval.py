@@ -1,0 +1,164 @@
+"""`warmstart eval CKPT_OR_RUN`: per-domain validation perplexity and lm-eval tasks for any HF causal checkpoint.
+
+A warmstart run directory means its `final/`; its results JSON goes into the run directory and the task scores
+are appended to its metrics.jsonl as a `task` event at the checkpoint's step, next to the run's loss curves.
+Any other checkpoint (a HF directory or a hub name) needs `--out` for the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from warmstart import atomic
+from warmstart.errors import UserError
+from warmstart.eval.perplexity import evaluate, perplexity, val_sequences
+from warmstart.train.distributed import Dist
+
+
+def _locate(spec: str) -> tuple[Path | str, Path | None]:
+    """(the checkpoint to load, the warmstart run directory it belongs to, if any)."""
+    from warmstart.models.build import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(spec)
+    if isinstance(ckpt, Path):
+        run = ckpt.parent if ckpt.name == "final" else None
+        if run is not None and (run / "config.yaml").is_file() and (run / "summary.json").is_file():
+            return ckpt, run
+    return ckpt, None
+
+
+def _run_info(run: Path | None) -> dict:
+    """Step, tokens, FLOPs and seq_len of a finished run (summary.json, config.yaml); empty for other checkpoints."""
+    if run is None:
+        return {}
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return {
+        "step": summary.get("steps"),
+        "tokens": summary.get("tokens"),
+        "flops": summary.get("flops"),
+        "seq_len": (cfg.get("data") or {}).get("seq_len"),
+    }
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def domain_losses(
+    model: torch.nn.Module,
+    tokenizer,
+    data_dir: str | Path,
+    domains: list[str] | None,
+    seq_len: int,
+    max_tokens: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict]:
+    """{domain: {loss, ppl, tokens}} on the first `max_tokens` validation tokens of each prepared domain."""
+    from warmstart.data.shards import open_data_dir
+    from warmstart.models.build import check_data_compatible
+
+    data = open_data_dir(data_dir)
+    names = domains or list(data)
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise UserError(f"--domains: {', '.join(missing)} not in {data_dir} (have: {', '.join(data)})")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    for n in names:
+        max_id = int(data[n].index["splits"]["val"].get("max_token_id", 0))
+        check_data_compatible(tokenizer, data[n].tokenizer, max_id, vocab, str(data_dir))
+    sets = {n: val_sequences(data[n], seq_len, max_tokens) for n in names}
+    losses = evaluate(model, sets, batch_size, Dist(device=device))
+    return {
+        n: {"loss": losses[n], "ppl": perplexity(losses[n]), "tokens": int(sets[n][:, 1:].size)}
+        for n in names
+    }
+
+
+def eval_checkpoint(
+    spec: str,
+    data_dir: str | Path | None = None,
+    domains: list[str] | None = None,
+    seq_len: int | None = None,
+    max_tokens: int = 16384,
+    batch_size: int = 16,
+    tasks: list[str] | None = None,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+) -> dict:
+    """Evaluate one checkpoint; writes the results JSON (and a run's `task` event) and returns the results."""
+    from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.models.build import auto_class
+
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot: must be >= 0 (got {num_fewshot})")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit: must be > 0 (got {limit})")
+    if data_dir is None and not tasks:
+        raise UserError("eval: nothing to do; give --data DIR (perplexity) and/or --tasks NAMES")
+    ckpt, run = _locate(spec)
+    info = _run_info(run)
+    out_dir = Path(out) if out is not None else run
+    if out_dir is None:
+        raise UserError(f"eval: {spec} is not a warmstart run; give --out DIR for the results JSON")
+    dev = _device(device)
+    tok = load_tokenizer(str(ckpt))
+    try:
+        model = auto_class("causal").from_pretrained(str(ckpt), dtype=torch.float32)
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"eval: cannot load {spec} as a causal LM ({first})") from None
+    model.to(dev).eval()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+
+    result: dict = {"checkpoint": str(ckpt), "run_dir": str(run) if run else None, **info}
+    if data_dir is not None:
+        max_pos = getattr(model.config, "max_position_embeddings", None) or 1024
+        n = seq_len or info.get("seq_len") or min(int(max_pos), 1024)
+        if n > max_pos:
+            raise UserError(f"--seq-len: {n} is longer than the model's context ({max_pos})")
+        per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev)
+        result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "val": per})
+        result["val/avg/loss"] = sum(v["loss"] for v in per.values()) / len(per)
+    if tasks:
+        from warmstart.eval.tasks import run_tasks
+
+        scores = run_tasks(model, tok, tasks, num_fewshot, limit, dev, batch_size=batch_size)
+        result.update({"tasks": scores, "num_fewshot": num_fewshot, "limit": limit})
+
+    name = f"eval-step{info['step']:06d}.json" if info.get("step") is not None else "eval.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out_dir / name, result)
+    result["json"] = str(out_dir / name)
+    if run is not None and tasks:
+        from warmstart.train.metrics import MetricsLog
+
+        event = {"event": "task", "step": info["step"], "tokens": info["tokens"], "flops": info["flops"]}
+        event.update({f"task/{k}": v for k, v in result["tasks"].items()})
+        MetricsLog(run / "metrics.jsonl", trackers=[]).write(event)
+    return result
+
+
+def format_result(result: dict) -> str:
+    """The lines `warmstart eval` prints."""
+    lines = [
+        f"checkpoint {result['checkpoint']}" + (f" (step {result['step']})" if result.get("step") else "")
+    ]
+    for n, v in (result.get("val") or {}).items():
+        lines.append(f"  val/{n:<14} loss {v['loss']:.4f}  ppl {v['ppl']:.2f}  ({v['tokens']} tokens)")
+    for k, v in (result.get("tasks") or {}).items():
+        lines.append(f"  task/{k:<24} {v:.4f}")
+    lines.append(f"wrote {result['json']}")
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""Layer surgery (Inheritune): a smaller model made of a reference model's embeddings, chosen blocks, final norm
+and head, written as a plain Hugging Face checkpoint that loads with no missing or unexpected weights.
+
+One generic path for every family: the blocks are the model's one `nn.ModuleList` whose length is the config's
+layer count; it is replaced in place by the chosen blocks, so everything else (token and position embeddings,
+final norm, tied or untied head) is kept exactly as in the reference.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from warmstart import atomic
+from warmstart.errors import UserError
+from warmstart.models.build import count_params, resolve_checkpoint
+
+# config keys that hold one entry per layer, besides any list key with "layer" in its name and length k
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers", "sliding_window_layers", "attention_types")
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+@dataclass
+class InheritResult:
+    out: Path
+    blocks: list[int]
+    ref_layers: int
+    params: int
+    ref_params: int
+    model_class: str
+
+
+def parse_blocks(spec: str | list[int], k: int, what: str = "--blocks") -> list[int]:
+    """'0-5,8' or [0, 1, 8] -> an ordered list of distinct block indices in 0..k-1."""
+    if isinstance(spec, str):
+        out: list[int] = []
+        parts = [p.strip() for p in spec.split(",")]
+        if not spec.strip() or any(not p for p in parts):
+            raise UserError(f"{what}: {spec!r} has an empty entry; give indices or ranges like 0-5,8")
+        for part in parts:
+            lo, sep, hi = part.partition("-")
+            try:
+                a, b = int(lo), int(hi) if sep else int(lo)
+            except ValueError:
+                raise UserError(f"{what}: {part!r} is not an index or a range like 0-5") from None
+            if b < a:
+                raise UserError(f"{what}: range {part!r} runs backwards; write it as {b}-{a}")
+            out.extend(range(a, b + 1))
+    else:
+        out = [int(i) for i in spec]
+    if not out:
+        raise UserError(f"{what}: no blocks chosen")
+    bad = [i for i in out if not 0 <= i < k]
+    if bad:
+        raise UserError(f"{what}: block {bad[0]} is out of range; the reference has blocks 0..{k - 1}")
+    dup = sorted({i for i in out if out.count(i) > 1})
+    if dup:
+        raise UserError(f"{what}: block {dup[0]} is listed twice; each block can be inherited once")
+    if len(out) >= k:
+        raise UserError(f"{what}: chooses {len(out)} of {k} blocks; inherit fewer than all (1..{k - 1})")
+    return out
+
+
+def layer_count(config) -> int:
+    k = getattr(config, "num_hidden_layers", None)
+    if not isinstance(k, int):
+        raise UserError(
+            f"{type(config).__name__}: no num_hidden_layers in the config; cannot inherit its blocks"
+        )
+    return k
+
+
+def find_blocks(model: torch.nn.Module, k: int) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
+    """The (parent, attribute, ModuleList) holding the k transformer blocks; the largest such list if several."""
+    found = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == k and len({type(b) for b in mod}) == 1:
+            n_params = sum(p.numel() for p in mod.parameters())
+            if n_params:
+                found.append((n_params, name, mod))
+    if not found:
+        raise UserError(
+            f"{type(model).__name__}: no list of {k} blocks found (an nn.ModuleList of the config's "
+            f"num_hidden_layers); this architecture does not expose its blocks as one list"
+        )
+    _, name, blocks = max(found, key=lambda f: f[0])
+    parent_name, _, attr = name.rpartition(".")
+    return model.get_submodule(parent_name) if parent_name else model, attr, blocks
+
+
+def _auto_class(config):
+    """Masked-LM reference -> AutoModelForMaskedLM, everything else -> AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return AutoModelForMaskedLM
+    if not archs and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForMaskedLM
+    return AutoModelForCausalLM
+
+
+def _slice_config(config, k: int, blocks: list[int]) -> list[str]:
+    """Set the layer count to len(blocks) and slice every per-layer list; returns the keys sliced."""
+    sliced = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, list) and len(value) == k and (key in PER_LAYER_KEYS or "layer" in key):
+            setattr(config, key, [value[i] for i in blocks])
+            sliced.append(key)
+    config.num_hidden_layers = len(blocks)
+    return sliced
+
+
+def _renumber(blocks: torch.nn.ModuleList) -> None:
+    """Attention modules keep their block index (KV-cache slot, per-layer settings): make it the new position."""
+    for pos, block in enumerate(blocks):
+        for mod in block.modules():
+            if isinstance(getattr(mod, "layer_idx", None), int):
+                mod.layer_idx = pos
+
+
+def _copy_tokenizer(ref_dir: Path | str, out: Path) -> bool:
+    """Copy the reference's tokenizer files byte for byte (a hub reference: load and save its tokenizer)."""
+    if isinstance(ref_dir, Path):
+        files = {p for pat in TOKENIZER_FILES for p in ref_dir.glob(pat) if p.is_file()}
+        for p in files:
+            shutil.copy2(p, out / p.name)
+        return bool(files)
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(ref_dir).save_pretrained(str(out))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def inherit(
+    ref: str | Path,
+    out: str | Path,
+    layers: int | None = None,
+    blocks: str | list[int] | None = None,
+    overwrite: bool = False,
+) -> InheritResult:
+    """Write REF's embeddings + chosen blocks (default: the first `layers`) + final norm + head to `out`."""
+    from transformers import AutoConfig
+
+    if (layers is None) == (blocks is None):
+        raise UserError("inherit: give the number of layers (--layers N) or a block list (--blocks 0-5,8)")
+    try:
+        src = resolve_checkpoint(str(ref))
+    except UserError as e:
+        raise UserError(f"--from: {str(e).split(': ', 1)[-1]}") from None
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out: {out} exists and is not empty; choose another directory or pass --overwrite")
+    try:
+        config = AutoConfig.from_pretrained(str(src))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--from: cannot read the config of {ref} ({_first_line(e)})") from None
+    k = layer_count(config)
+    if layers is not None:
+        if not 1 <= layers <= k - 1:
+            raise UserError(f"--layers: {layers} is outside 1..{k - 1} (the reference has {k} blocks)")
+        chosen = list(range(layers))
+    else:
+        chosen = parse_blocks(blocks, k)
+    if chosen != list(range(len(chosen))) and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise UserError(
+            "--blocks: this model scales attention by its block index (scale_attn_by_inverse_layer_idx), so only "
+            "a prefix of its blocks keeps its function; use --layers N"
+        )
+
+    auto = _auto_class(config)
+    try:
+        model = auto.from_pretrained(str(src), dtype="auto")
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({_first_line(e)})") from None
+    ref_params = count_params(model)
+    parent, attr, old = find_blocks(model, k)
+    new = torch.nn.ModuleList([old[i] for i in chosen])
+    setattr(parent, attr, new)
+    _renumber(new)
+    _slice_config(model.config, k, chosen)
+
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty directory the user made for it
+    with atomic.build_dir(out, replace=overwrite) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        _copy_tokenizer(src if isinstance(src, Path) else str(src), tmp)
+    return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__)

@@ -1,0 +1,248 @@
+"""`warmstart quality score`: rank a domain's documents by perplexity under a reference HF causal LM.
+
+Per document: the tokens it is scored on are the data's own tokens (document + EOS) when the model shares the
+data's tokenizer (same vocab hash), else the decoded text re-encoded with the model's tokenizer (+ its EOS). One
+context token is put in front (the data's EOS, as in the training stream where every document follows an EOS; for
+a foreign tokenizer its BOS, else EOS), so every document token is predicted. Score = mean token NLL (log
+perplexity). Documents longer than the model's context are scored in windows of `context` tokens that overlap by
+one token (each window predicts its tokens from the window's start; every token is predicted exactly once); with
+`max_doc_tokens` only a document's first that many tokens are scored (cheaper on very long documents).
+
+Batched: windows are length-sorted within a chunk and run `batch_size` at a time, right-padded with an attention
+mask. Resumable: every `chunk_docs` documents the chunk's (nll_sum, tokens) rows are written atomically; a re-run
+with the same settings skips finished chunks. The ranking is then written as scores.npy / ranking.npy (see
+warmstart.data.quality for the layout).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from warmstart import atomic
+from warmstart.data.quality import RANKING_FORMAT
+from warmstart.errors import UserError
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def _context_length(model, requested: int | None) -> int:
+    cfg = model.config
+    limit = next(
+        (
+            getattr(cfg, k)
+            for k in ("max_position_embeddings", "n_positions", "n_ctx")
+            if getattr(cfg, k, None)
+        ),
+        None,
+    )
+    n = min(x for x in (limit, requested) if x) if (limit or requested) else 1024
+    if n < 2:
+        raise UserError(f"--context: must be >= 2 (got {n})")
+    return int(n)
+
+
+def windows(ids: list[int] | np.ndarray, context: int) -> list[np.ndarray]:
+    """Cut [ctx token] + document into windows of <= `context` tokens overlapping by one token."""
+    ids = np.asarray(ids, dtype=np.int64)
+    step = context - 1
+    return [ids[j : j + context] for j in range(0, len(ids) - 1, step)]
+
+
+def _doc_encoder(model_tok, domain):
+    """A function doc tokens -> ids the model reads (context token first)."""
+    from warmstart.data.tokenizer import load_tokenizer, vocab_hash
+
+    data_tok_info = domain.tokenizer
+    if vocab_hash(model_tok) == data_tok_info.get("vocab_hash"):
+        first = int(data_tok_info["eos_id"])
+        return lambda doc: np.concatenate(([first], np.asarray(doc, dtype=np.int64)))
+    name = data_tok_info.get("name")
+    try:
+        data_tok = load_tokenizer(name)
+    except UserError as e:
+        raise UserError(
+            f"the reference model's tokenizer differs from the data's and the data's tokenizer {name!r} cannot be "
+            f"loaded to decode the documents ({e})"
+        ) from None
+    ctx = model_tok.bos_token_id if model_tok.bos_token_id is not None else model_tok.eos_token_id
+    if ctx is None:
+        raise UserError(
+            "the reference model's tokenizer has neither a BOS nor an EOS token to start documents with"
+        )
+    eos = model_tok.eos_token_id
+
+    def encode(doc):
+        text = data_tok.decode(np.asarray(doc[:-1]).tolist())
+        ids = model_tok(text, add_special_tokens=False)["input_ids"]
+        return np.asarray([ctx, *ids, *([eos] if eos is not None else [])], dtype=np.int64)
+
+    return encode
+
+
+def _score_chunk(
+    model,
+    docs: list[np.ndarray],
+    encode,
+    context: int,
+    max_doc_tokens: int | None,
+    batch_size: int,
+    device,
+    bar,
+) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    rows = np.zeros((len(docs), 2), dtype=np.float64)
+    pieces: list[tuple[int, np.ndarray]] = []
+    for i, doc in enumerate(docs):
+        ids = encode(doc)
+        if max_doc_tokens is not None:
+            ids = ids[: max_doc_tokens + 1]
+        pieces.extend((i, w) for w in windows(ids, context))
+    pieces.sort(key=lambda p: -len(p[1]))
+    with torch.no_grad():
+        for b in range(0, len(pieces), batch_size):
+            batch = pieces[b : b + batch_size]
+            width = max(len(w) for _, w in batch)
+            x = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, (_, w) in enumerate(batch):
+                x[j, : len(w)] = torch.from_numpy(w)
+                mask[j, : len(w)] = 1
+            x, mask = x.to(device), mask.to(device)
+            logits = model(input_ids=x, attention_mask=mask).logits.float()
+            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+            nll = (nll.view(len(batch), -1) * mask[:, 1:]).double().sum(1).cpu().numpy()
+            for j, (i, w) in enumerate(batch):
+                rows[i, 0] += nll[j]
+                rows[i, 1] += len(w) - 1
+    bar.update(len(docs))
+    return rows
+
+
+def score_domain(
+    model_spec: str,
+    data_dir: str | Path,
+    domain: str,
+    out: str | Path,
+    split: str = "train",
+    batch_size: int = 16,
+    chunk_docs: int = 1024,
+    context: int | None = None,
+    max_doc_tokens: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score every document of `domain` (resumable) and write the ranking directory `out`; returns meta.json."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.data.shards import open_data_dir
+    from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.models.build import resolve_checkpoint
+
+    out = Path(out)
+    domains = open_data_dir(data_dir)
+    if domain not in domains:
+        raise UserError(f"--domain: no domain {domain!r} in {data_dir} (have: {', '.join(domains)})")
+    if split not in ("train", "val"):
+        raise UserError(f"--split: expected train or val (got {split!r})")
+    if batch_size < 1 or chunk_docs < 1:
+        raise UserError("--batch-size and --chunk-docs must be >= 1")
+    dom = domains[domain]
+    try:
+        resolved = resolve_checkpoint(model_spec)
+    except UserError as e:
+        raise UserError(str(e).replace("init.from", "--model")) from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(resolved), dtype=torch.float32)
+    except Exception as e:  # transformers raises many types for unreadable checkpoints
+        raise UserError(
+            f"--model {model_spec}: cannot load as a causal LM ({type(e).__name__}: {e})"
+        ) from None
+    model_tok = load_tokenizer(str(resolved))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    ctx = _context_length(model, context)
+    encode = _doc_encoder(model_tok, dom)
+
+    offs = dom.doc_offsets(split)
+    n_docs = len(offs) - 1
+    identity = {
+        "model": str(Path(resolved).resolve()) if Path(str(resolved)).exists() else str(resolved),
+        "domain": domain,
+        "domain_fingerprint": dom.index.get("fingerprint"),
+        "split": split,
+        "context": ctx,
+        "max_doc_tokens": max_doc_tokens,
+        "chunk_docs": chunk_docs,
+    }
+    meta = {
+        "format": RANKING_FORMAT,
+        "data_dir": str(Path(data_dir).resolve()),
+        "model": identity["model"],
+        "domain": domain,
+        "domain_fingerprint": identity["domain_fingerprint"],
+        "split": split,
+        "docs": n_docs,
+        "identity": identity,
+        "complete": False,
+    }
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("identity") != identity:
+            raise UserError(
+                f"{out}: holds a ranking made with other settings ({old.get('identity')}); choose another --out"
+            )
+        if old.get("complete"):
+            return old
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out}: exists and is not a quality ranking; choose another --out")
+        atomic.write_json(meta_path, meta)
+    chunks = out / "chunks"
+    chunks.mkdir(parents=True, exist_ok=True)
+    toks = dom.tokens(split)
+    n_chunks = (n_docs + chunk_docs - 1) // chunk_docs
+    parts = []
+    with tqdm(total=n_docs, desc=f"scoring {domain}", unit=" doc", disable=not progress) as bar:
+        for c in range(n_chunks):
+            path = chunks / f"{c:06d}.npy"
+            a, b = c * chunk_docs, min((c + 1) * chunk_docs, n_docs)
+            if path.is_file():
+                rows = np.load(path)
+                if rows.shape != (b - a, 2):
+                    raise UserError(f"{path}: damaged chunk; delete it and run again")
+                bar.update(b - a)
+            else:
+                docs = [np.asarray(toks[offs[i] : offs[i + 1]]) for i in range(a, b)]
+                rows = _score_chunk(model, docs, encode, ctx, max_doc_tokens, batch_size, device, bar)
+                _save_npy(path, rows)
+            parts.append(rows)
+    rows = np.concatenate(parts) if parts else np.zeros((0, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(rows[:, 1] > 0, rows[:, 0] / np.maximum(rows[:, 1], 1), np.inf)
+    ranking = np.argsort(scores, kind="stable").astype(np.int64)
+    _save_npy(out / "scores.npy", scores)
+    _save_npy(out / "ranking.npy", ranking)
+    finite = scores[np.isfinite(scores)]
+    meta.update(
+        {
+            "complete": True,
+            "scored_tokens": int(rows[:, 1].sum()),
+            "ppl_median": float(np.exp(np.median(finite))) if len(finite) else None,
+            "ppl_best": float(np.exp(finite.min())) if len(finite) else None,
+            "ppl_worst": float(np.exp(finite.max())) if len(finite) else None,
+        }
+    )
+    atomic.write_json(meta_path, meta)
+    return meta

@@ -1,0 +1,210 @@
+"""`warmstart report RUN [RUN...] --out DIR`: plots, stability-gap numbers and compute saved, as PNG + MD + HTML.
+
+Inputs are run directories (and, when present, AutoScale mixture directories and grow directories). Outputs in
+DIR: one PNG per figure, report.md, report.html (self-contained: the PNGs embedded) and summary.json (the same
+table values as the pages).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from warmstart import atomic
+from warmstart.errors import UserError
+from warmstart.report import page, plots
+from warmstart.report.data import Run, classify, compute_saved, final_value, gaps
+
+__all__ = ["make_report", "quickstart_step"]
+
+
+def _find_baseline(runs: list[Run], baseline: str | Path | None) -> Run:
+    if baseline is None:
+        return runs[0]
+    want = Path(baseline).resolve()
+    for r in runs:
+        if r.path.resolve() == want or r.name == str(baseline):
+            return r
+    raise UserError(f"--baseline: {baseline} is not one of the runs given")
+
+
+def _runs_table(runs: list[Run], saved: dict[str, dict], metric: str) -> dict:
+    domains: dict[str, None] = {}
+    tasks: dict[str, None] = {}
+    for r in runs:
+        domains.update(dict.fromkeys(r.domains()))
+        for m in r.evals:
+            tasks.update(dict.fromkeys(k for k in m if k.startswith("task/")))
+    loss_keys = [f"val/{d}/loss" for d in domains] + ["val/avg/loss"]
+    cols = [
+        "run",
+        "steps",
+        "tokens",
+        "FLOPs",
+        *(f"final {k}" for k in loss_keys),
+        *(f"final {k}" for k in tasks),
+        "tokens to target",
+        "token fraction",
+        "tokens saved",
+        "FLOPs to target",
+        "FLOP fraction",
+        "FLOPs saved",
+    ]
+    formats = [
+        "str",
+        "int",
+        "int",
+        "sci",
+        *(["loss"] * len(loss_keys)),
+        *(["frac"] * len(tasks)),
+        "int",
+        "frac",
+        "pct",
+        "sci",
+        "frac",
+        "pct",
+    ]
+    rows = []
+    for r in runs:
+        s = saved[r.name]
+        nr = None if s["reached"] else "not reached"
+        rows.append(
+            [
+                r.name,
+                int(r.evals[-1]["step"]),
+                r.tokens,
+                r.flops,
+                *(final_value(r, k) for k in loss_keys),
+                *(final_value(r, k) for k in tasks),
+                s["tokens_to_target"] if s["reached"] else nr,
+                s["token_fraction"] if s["reached"] else nr,
+                s["tokens_saved"] if s["reached"] else nr,
+                s["flops_to_target"] if s["reached"] else nr,
+                s["flop_fraction"] if s["reached"] else nr,
+                s["flops_saved"] if s["reached"] else nr,
+            ]
+        )
+    return {
+        "title": "Runs",
+        "columns": cols,
+        "formats": formats,
+        "rows": rows,
+        "note": f"target = the baseline's final {metric}; 'to target' = first reaching it, linear between "
+        "eval points; fraction = that / the baseline's own; saved = 1 - fraction. Each run's own "
+        "tokens and FLOPs (training of an init checkpoint is not counted).",
+    }
+
+
+def _gap_table(runs: list[Run], gap: dict[str, dict[str, dict]]) -> dict:
+    cols = [
+        "run",
+        "domain",
+        "start",
+        "worst",
+        "worst step",
+        "worst tokens",
+        "depth",
+        "recovered",
+        "recovered at tokens",
+        "final",
+        "change",
+    ]
+    formats = ["str", "str", "loss", "loss", "int", "int", "loss", "bool", "int", "loss", "loss"]
+    rows = []
+    for r in runs:
+        for d, g in gap[r.name].items():
+            rows.append(
+                [
+                    r.name,
+                    d,
+                    g["start"],
+                    g["worst"],
+                    g["worst_step"],
+                    g["worst_tokens"],
+                    g["depth"],
+                    g["recovered"],
+                    g["recover_tokens"] if g["recovered"] else "never",
+                    g["final"],
+                    g["change"],
+                ]
+            )
+    return {
+        "title": "Stability gap (validation loss per domain)",
+        "columns": cols,
+        "formats": formats,
+        "rows": rows,
+        "note": "start = the first evaluation; worst = highest loss after it; recovered = the "
+        "first evaluation after the worst back at or below the start.",
+    }
+
+
+def make_report(
+    paths: list[str | Path],
+    out: str | Path,
+    baseline: str | Path | None = None,
+    metric: str = "val/avg/loss",
+    gap_window: int = 1,
+) -> dict:
+    """Write the report for `paths` into `out`; returns summary.json's content (plus the written paths)."""
+    if not paths:
+        raise UserError("report: give at least one run directory")
+    runs, mixes, grows, notes = classify(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, dict] = {}
+    summary: dict = {"metric": metric, "runs": [], "notes": notes}
+    gap: dict[str, dict[str, dict]] = {}
+    if runs:
+        base = _find_baseline(runs, baseline)
+        saved = compute_saved(runs, base, metric)
+        gap = {r.name: gaps(r, gap_window) for r in runs}
+        tables["runs"] = _runs_table(runs, saved, metric)
+        tables["gap"] = _gap_table(runs, gap)
+        summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
+        summary["runs"] = [
+            {
+                "name": r.name,
+                "path": str(r.path),
+                "steps": int(r.evals[-1]["step"]),
+                "tokens": r.tokens,
+                "flops": r.flops,
+                "final": {k: v for k, v in r.evals[-1].items() if k.startswith(("val/", "task/"))},
+                "compute_saved": saved[r.name],
+                "gap": gap[r.name],
+            }
+            for r in runs
+        ]
+    else:
+        notes.append("no run directories given: no loss curves, gap or compute-saved tables")
+    if mixes:
+        summary["mixtures"] = mixes
+    if grows:
+        summary["grow"] = grows
+
+    images = [
+        plots.val_loss(runs, out, "tokens"),
+        plots.val_loss(runs, out, "flops"),
+        plots.line_per_run(runs, out, "lr", "learning-rate schedule", "lr_schedule.png"),
+        plots.line_per_run(runs, out, "train/loss", "training loss", "train_loss.png"),
+        plots.gap_windows(runs, gap, out),
+        plots.mixture_weights(mixes, out),
+        plots.grow_rounds(grows, out),
+    ]
+    images = [p for p in images if p is not None]
+    summary["tables"] = tables
+    summary["images"] = [p.name for p in images]
+
+    title = "warmstart report"
+    intro = [f"runs: {', '.join(r.name for r in runs) or 'none'}"]
+    if runs:
+        intro.append(f"baseline: {summary['baseline']} (final {metric} {summary['target']:.4f})")
+    atomic.write_text(out / "report.md", page.markdown_page(title, intro, tables, images, notes))
+    atomic.write_text(out / "report.html", page.html_page(title, intro, tables, images, notes))
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return {**summary, "html": str(out / "report.html"), "markdown": str(out / "report.md")}
+
+
+def quickstart_step(root: Path, runs: list[Path], baseline: Path) -> Path:
+    """The quickstart's last step: the report of its runs in ROOT/report; returns the HTML page's path."""
+    result = make_report(runs, Path(root) / "report", baseline=baseline)
+    return Path(result["html"])

@@ -1,0 +1,124 @@
+"""Inheritune v2 (`grow`): real tiny training rounds, the stop rule, skip-on-rerun and resume of a round."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from train_helpers import assert_same_weights, tiny_recipe, tiny_recipe_tree
+
+from warmstart.config import GrowRecipe, validate
+from warmstart.errors import UserError
+from warmstart.recipes.inheritune import grow, reference_loss
+from warmstart.train.checkpoint import step_dir
+from warmstart.train.loop import train
+
+K = 4
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir, tokenizer_dir):
+    """A 4-block llama-tiny trained 8 steps: the reference run directory."""
+    out = tmp_path_factory.mktemp("ref")
+    recipe = tiny_recipe(
+        data_dir, tokenizer_dir, out, "reference", model={"sizes": {"layers": K}}, eval={"max_tokens": 128}
+    )
+    train(recipe)
+    return recipe.run_dir
+
+
+def grow_recipe(data_dir, tokenizer_dir, out, ref_dir, ref=None, **grow_keys) -> GrowRecipe:
+    tree = tiny_recipe_tree(data_dir, tokenizer_dir, out, "grow")
+    tree = {k: v for k, v in tree.items() if k != "model"}
+    tree["train"].update({"steps": STEPS, "checkpoint_every": STEPS // 2})
+    tree["eval"].update({"every": STEPS, "max_tokens": 128})
+    tree["reference"] = {"from": str(ref_dir), **(ref or {})}
+    tree["grow"] = grow_keys
+    return validate(GrowRecipe, tree)
+
+
+def test_grow_rounds_stop_rule_rerun_and_resume(tmp_path, data_dir, tokenizer_dir, reference):
+    # 1) an unreachable reference loss: rounds 1, 2, 3 (= k-1), each re-inherited from the reference, then stop
+    cfg = grow_recipe(data_dir, tokenizer_dir, tmp_path, reference, start_layers=1, step=1, ref={"loss": 0.0})
+    res = grow(cfg)
+    s = json.loads((tmp_path / "grow" / "grow_summary.json").read_text())
+    assert s == json.loads(json.dumps(res.summary))
+    assert [r["layers"] for r in s["rounds"]] == [1, 2, 3] and not s["matched"] and s["status"] == "complete"
+    assert s["reference"] == {**s["reference"], "layers": K, "val_loss": 0.0, "loss_source": "given"}
+    for r in s["rounds"]:
+        run = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert r["val_loss"] == run["final_eval"]["val/avg/loss"] and r["tokens"] == STEPS * 256
+        assert r["flops"] == run["flops"] and r["params"] == run["params"]
+        # re-inherited from the reference every round: the run started from the reference's blocks
+        assert run["init"].endswith(f"inherited/L{r['layers']:02d}")
+    assert s["total_tokens"] == 3 * STEPS * 256 and s["total_flops"] == sum(r["flops"] for r in s["rounds"])
+    params = [r["params"] for r in s["rounds"]]
+    assert params[0] < params[1] < params[2] < s["reference"]["params"]
+    base = s["baseline"]
+    assert base["kind"] == "random-init" and base["layers"] == 3 and base["params"] == params[2]
+    assert json.loads((Path(base["run_dir"]) / "summary.json").read_text())["init"].startswith("scratch:")
+
+    # 2) interrupt the last round after its mid-run checkpoint: a re-run resumes it to the same weights
+    last = Path(s["rounds"][-1]["run_dir"])
+    shutil.copytree(last / "final", tmp_path / "final-uninterrupted")
+    for p in (last / "summary.json", last / "final", step_dir(last / "checkpoints", STEPS)):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    done = {r["layers"]: (Path(r["run_dir"]) / "summary.json").stat().st_mtime_ns for r in s["rounds"][:2]}
+    grow(cfg)
+    assert_same_weights(
+        tmp_path / "final-uninterrupted" / "model.safetensors", last / "final" / "model.safetensors"
+    )
+    for layers, mtime in done.items():  # finished rounds were skipped, not retrained
+        assert (tmp_path / "grow" / f"inheritune-L{layers:02d}" / "summary.json").stat().st_mtime_ns == mtime
+
+    # 3) a reachable reference: the first round at or below round 2's loss stops the growth
+    losses = {r["layers"]: r["val_loss"] for r in s["rounds"]}
+    cfg2 = grow_recipe(
+        data_dir, tokenizer_dir, tmp_path, reference, start_layers=1, step=1, ref={"loss": losses[2]}
+    )
+    s2 = grow(cfg2).summary
+    first = next(n for n in (1, 2, 3) if losses[n] <= losses[2])
+    assert [r["layers"] for r in s2["rounds"]] == list(range(1, first + 1))
+    assert s2["matched"] and s2["rounds"][-1]["matched"] and s2["final_layers"] == first
+    assert s2["baseline"]["layers"] == first
+
+
+def test_reference_loss_from_summary_equals_evaluating_the_checkpoint(
+    tmp_path, data_dir, tokenizer_dir, reference
+):
+    cfg = grow_recipe(data_dir, tokenizer_dir, tmp_path, reference)
+    src = reference / "final"
+    loss, source = reference_loss(cfg, src)
+    summary = json.loads((reference / "summary.json").read_text())
+    assert source == "summary" and loss == summary["final_eval"]["val/avg/loss"]
+    evaluated, source = reference_loss(
+        cfg.model_copy(update={"reference": cfg.reference.model_copy(update={"evaluate": True})}), src
+    )
+    assert source == "evaluated" and evaluated == pytest.approx(loss, abs=1e-6)
+    prose = grow_recipe(data_dir, tokenizer_dir, tmp_path, reference, target=["prose"])
+    assert reference_loss(prose, src)[0] == summary["final_eval"]["val/prose/loss"]
+
+
+def test_grow_errors(tmp_path, data_dir, tokenizer_dir, reference):
+    cfg = grow_recipe(data_dir, tokenizer_dir, tmp_path, reference)
+    other = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_tokens": 64})})
+    with pytest.raises(UserError, match="different eval.max_tokens .* reference.evaluate: true"):
+        reference_loss(other, reference / "final")
+    with pytest.raises(UserError, match="grow.start_layers: 4 is outside 1..3"):
+        grow(grow_recipe(data_dir, tokenizer_dir, tmp_path, reference, start_layers=4))
+    with pytest.raises(UserError, match="grow.target: domain 'math' is not evaluated"):
+        grow(grow_recipe(data_dir, tokenizer_dir, tmp_path, reference, target=["math"]))
+    with pytest.raises(UserError, match="reference.from: .*not found"):
+        grow(grow_recipe(data_dir, tokenizer_dir, tmp_path, tmp_path / "nope"))
+    assert not (tmp_path / "grow").exists()
+
+
+def test_shipped_grow_recipe_validates():
+    from warmstart.config import load
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    cfg = load(GrowRecipe, root / "grow.yaml")
+    assert cfg.data.dir == "corpus/shards" and cfg.grow.step == 2

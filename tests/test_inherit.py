@@ -1,0 +1,316 @@
+"""Inheritune v1 surgery: the inherited model computes exactly what the reference computes through those blocks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from warmstart.errors import UserError
+from warmstart.models.surgery import find_blocks, inherit, parse_blocks
+
+K = 4
+SMALL = {"hidden": 32, "heads": 4, "ffn": 64, "layers": K}
+FAMILIES = {
+    # name: (model_type, config kwargs)
+    "gpt2": (
+        "gpt2",
+        {"n_embd": 32, "n_head": 4, "n_layer": K, "n_positions": 64, "tie_word_embeddings": True},
+    ),
+    "gpt_neox": (
+        "gpt_neox",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "num_hidden_layers": K,
+            "tie_word_embeddings": False,
+        },
+    ),
+    "llama-tied-gqa": (
+        "llama",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "num_hidden_layers": K,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "llama-untied": (
+        "llama",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "intermediate_size": 64,
+            "num_hidden_layers": K,
+            "tie_word_embeddings": False,
+        },
+    ),
+    "mistral": (
+        "mistral",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "num_hidden_layers": K,
+            "sliding_window": None,
+        },
+    ),
+    # alternating sliding-window / full attention: the per-layer `layer_types` list must follow the blocks
+    "qwen2-sliding": (
+        "qwen2",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "num_hidden_layers": K,
+            "use_sliding_window": True,
+            "sliding_window": 3,
+            "max_window_layers": 0,
+            "layer_types": ["full_attention", "sliding_attention"] * 2,
+            "tie_word_embeddings": False,
+        },
+    ),
+    "opt": (
+        "opt",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "ffn_dim": 64,
+            "num_hidden_layers": K,
+            "word_embed_proj_dim": 32,
+            "max_position_embeddings": 64,
+        },
+    ),
+    "bert-mlm": (
+        "bert",
+        {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "num_hidden_layers": K,
+            "max_position_embeddings": 64,
+        },
+    ),
+}
+NO_DROPOUT = (
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout",
+    "attention_dropout",
+    "dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
+
+
+def _final_head(model, family: str, h: torch.Tensor) -> torch.Tensor:
+    """REF's own final norm and head applied to a hidden state (written out per family, independently)."""
+    if family == "gpt2":
+        return model.lm_head(model.transformer.ln_f(h))
+    if family == "gpt_neox":
+        return model.get_output_embeddings()(model.gpt_neox.final_layer_norm(h))
+    if family == "opt":
+        dec = model.model.decoder
+        h = dec.final_layer_norm(h) if dec.final_layer_norm is not None else h
+        h = dec.project_out(h) if dec.project_out is not None else h
+        return model.lm_head(h)
+    if family == "bert":
+        return model.cls(h)
+    return model.lm_head(model.model.norm(h))
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory, tokenizer_dir):
+    """One saved tiny reference (k=4 blocks, perturbed weights, real tokenizer) per family, built once."""
+    root = tmp_path_factory.mktemp("refs")
+    return {name: _make_ref(root, name, tokenizer_dir) for name in FAMILIES}
+
+
+def _make_ref(root, name: str, tokenizer_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    family, kwargs = FAMILIES[name]
+    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    config = AutoConfig.for_model(family, vocab_size=512, **ids, **kwargs, **{k: 0.0 for k in NO_DROPOUT})
+    torch.manual_seed(0)
+    auto = AutoModelForMaskedLM if family == "bert" else AutoModelForCausalLM
+    model = auto.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # norms start at exactly 1/0: perturb every weight so nothing can pass by accident
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref = root / f"ref-{name}"
+    model.save_pretrained(str(ref))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy2(f, ref / f.name)
+    return ref, auto, family
+
+
+def _load(auto, path):
+    model = auto.from_pretrained(str(path), dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_inherited_logits_equal_reference_through_first_n_blocks(tmp_path, refs, name):
+    ref_dir, auto, family = refs[name]
+    ref = _load(auto, ref_dir)
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = ref(input_ids=ids, output_hidden_states=True).hidden_states
+    for n in (1, K - 1):
+        res = inherit(ref_dir, tmp_path / f"{name}-L{n}", layers=n)
+        assert res.blocks == list(range(n)) and res.ref_layers == K
+        small = _load(auto, res.out)
+        assert small.config.num_hidden_layers == n
+        assert small.config.tie_word_embeddings == ref.config.tie_word_embeddings
+        with torch.no_grad():
+            got = small(input_ids=ids).logits
+            want = _final_head(ref, family, hidden[n])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # the tokenizer is copied byte for byte
+        assert (res.out / "tokenizer.json").read_bytes() == (ref_dir / "tokenizer.json").read_bytes()
+
+
+def _expected_by_hand(ref, blocks: list[int]):
+    """A LLaMA-style model assembled module by module from REF: embeddings, blocks[i], norm, head."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = ref.config.__class__.from_dict(ref.config.to_dict())
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [ref.config.layer_types[i] for i in blocks]
+    cfg.num_hidden_layers = len(blocks)
+    exp = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    exp.model.embed_tokens.load_state_dict(ref.model.embed_tokens.state_dict())
+    for j, b in enumerate(blocks):
+        exp.model.layers[j].load_state_dict(ref.model.layers[b].state_dict())
+    exp.model.norm.load_state_dict(ref.model.norm.state_dict())
+    exp.lm_head.load_state_dict(ref.lm_head.state_dict())
+    return exp
+
+
+@pytest.mark.parametrize(
+    "name,spec,blocks", [("llama-untied", "0,2-3", [0, 2, 3]), ("qwen2-sliding", "3,0", [3, 0])]
+)
+def test_non_prefix_blocks_match_a_hand_built_model(tmp_path, refs, name, spec, blocks):
+    ref_dir, auto, _ = refs[name]
+    ref = _load(auto, ref_dir)
+    res = inherit(ref_dir, tmp_path / "out", blocks=spec)
+    assert res.blocks == blocks
+    small = _load(auto, res.out)
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = small(input_ids=ids).logits
+        want = _expected_by_hand(ref, blocks)(input_ids=ids).logits
+        prefix = _expected_by_hand(ref, list(range(len(blocks))))(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, prefix, atol=1e-3)  # the selection really differs from the first blocks
+    if name == "qwen2-sliding":
+        cfg = json.loads((res.out / "config.json").read_text())
+        assert cfg["layer_types"] == ["sliding_attention", "full_attention"]
+        # a model given the unsliced pattern's first entries would attend differently: the slice matters
+        assert small.model.layers[0].self_attn.sliding_window == 3
+        assert small.model.layers[1].self_attn.sliding_window is None
+
+
+def test_output_loads_in_a_fresh_process_without_weight_warnings(tmp_path, refs):
+    outs = []
+    for name in FAMILIES:
+        ref_dir, auto, _ = refs[name]
+        blocks = "1,3" if name.startswith(("llama", "qwen2")) else None
+        res = inherit(ref_dir, tmp_path / f"out-{name}", layers=None if blocks else 2, blocks=blocks)
+        outs.append((auto.__name__, str(res.out)))
+    script = textwrap.dedent(
+        """
+        import json, logging, sys
+        import transformers
+        from transformers.utils import logging as hf_logging
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        hf_logging.set_verbosity_warning()
+        hf_logging.get_logger().addHandler(Keep())
+        report = []
+        for cls, path in json.loads(sys.argv[1]):
+            model, info = getattr(transformers, cls).from_pretrained(path, output_loading_info=True)
+            report.append({k: list(v) for k, v in info.items() if k != "error_msgs"})
+        print(json.dumps({"records": records, "info": report}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(outs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["records"] == []
+    for info in result["info"]:
+        assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    assert "missing" not in proc.stderr.lower() and "unexpected" not in proc.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("0-5,8", "block 4 is out of range"),
+        ("0,0", "block 0 is listed twice"),
+        ("", "empty entry"),
+        ("1,,2", "empty entry"),
+        ("3-1", "runs backwards"),
+        ("a", "'a' is not an index"),
+        ("0-3", "chooses 4 of 4 blocks"),
+    ],
+)
+def test_bad_block_lists_are_one_line_errors(spec, message):
+    with pytest.raises(UserError, match=message) as e:
+        parse_blocks(spec, K)
+    assert "\n" not in str(e.value)
+
+
+def test_parse_blocks_keeps_order():
+    assert parse_blocks("0-2,5", 8) == [0, 1, 2, 5]
+    assert parse_blocks(" 6, 1-2 ", 8) == [6, 1, 2]
+
+
+def test_layers_outside_range_and_missing_blocks_are_errors(tmp_path, refs):
+    ref_dir, auto, _ = refs["llama-tied-gqa"]
+    for n in (0, K):
+        with pytest.raises(UserError, match=rf"--layers: {n} is outside 1..{K - 1}"):
+            inherit(ref_dir, tmp_path / "x", layers=n)
+    with pytest.raises(UserError, match="--from: .*not found"):
+        inherit(tmp_path / "nope", tmp_path / "x", layers=1)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("keep")
+    with pytest.raises(UserError, match="--out: .* not empty"):
+        inherit(ref_dir, tmp_path / "full", layers=1)
+    assert (tmp_path / "full" / "f").read_text() == "keep"
+    model = _load(auto, ref_dir)
+    with pytest.raises(UserError, match="LlamaForCausalLM: no list of 7 blocks"):
+        find_blocks(model, 7)
+
+
+def test_cli_inherit_and_its_errors(tmp_path, refs, capsys):
+    from warmstart.cli import main
+
+    ref_dir, _, _ = refs["gpt2"]
+    assert main(["inherit", "--from", str(ref_dir), "--blocks", "0-5,8", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "block 4 is out of range" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["inherit", "--from", str(ref_dir), "--layers", "2", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["n_layer"] == 2

@@ -1,8 +1,8 @@
 """How close `warmstart prepare` gets to the tokenizer's own speed, and what a second worker buys.
 
-Corpus: the running Python's standard-library modules (tests and IDLE left out) plus the `pydoc_data` topic
-texts: real code and prose that needs no download, one document per module/topic, written as JSONL. Measured in
-one run, each the median of --repeats:
+Corpus: the running Python's standard-library modules (tests and IDLE left out), cut at top-level definitions
+into documents of about 2 KB or more (web-page sized), plus the `pydoc_data` topic texts: real code and prose
+that needs no download, written as JSONL. Measured in one run, each the median of --repeats (round-robin):
 
   baseline          tok(texts, add_special_tokens=False) on every text at once, texts already in memory (the
                     tokenizer's own batch encoding; it may use Rust threads on every core)
@@ -10,7 +10,7 @@ one run, each the median of --repeats:
   prepare-wN        the whole `prepare` call with workers=N into a fresh directory: tokenizer load, source
                     fingerprint, counting pass, tokenizing, writing
 
-    python bench/prepare_throughput.py [--mb 8] [--tokenizer DIR] [--out bench/results/prepare_throughput.json]
+    python bench/prepare_throughput.py [--mb 12] [--tokenizer DIR] [--out bench/results/prepare_throughput.json]
 """
 
 from __future__ import annotations
@@ -29,8 +29,22 @@ import time
 from pathlib import Path
 
 
+def split_module(text: str, min_chars: int = 2000) -> list[str]:
+    """A module as documents of web-page size: cut before top-level definitions once a piece has min_chars."""
+    pieces, cur, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        if size >= min_chars and line.startswith(("def ", "class ", "async def ", "@")):
+            pieces.append("".join(cur))
+            cur, size = [], 0
+        cur.append(line)
+        size += len(line)
+    if cur:
+        pieces.append("".join(cur))
+    return pieces
+
+
 def corpus(max_mb: float) -> list[str]:
-    """Stdlib modules and pydoc topics, shuffled with a fixed seed so chunks mix large and small documents."""
+    """Stdlib modules (split into ~2 KB+ documents) and pydoc topics, shuffled with a fixed seed."""
     from pydoc_data.topics import topics
 
     lib = Path(sysconfig.get_paths()["stdlib"])
@@ -39,7 +53,7 @@ def corpus(max_mb: float) -> list[str]:
     texts = [topics[k] for k in sorted(topics)]
     for p in files:
         try:
-            texts.append(p.read_text(encoding="utf-8"))
+            texts.extend(split_module(p.read_text(encoding="utf-8")))
         except (UnicodeDecodeError, OSError):
             continue
     random.Random(0).shuffle(texts)
@@ -74,11 +88,13 @@ def versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results/prepare_throughput.json")
-    ap.add_argument("--mb", type=float, default=8.0, help="corpus size in MB of UTF-8 text")
+    ap.add_argument("--mb", type=float, default=12.0, help="corpus size in MB of UTF-8 text")
     ap.add_argument("--tokenizer", help="tokenizer dir/json (default: train a byte-level BPE on the corpus)")
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-docs", type=int, default=32, help="documents per tokenization task")
+    ap.add_argument(
+        "--batch-docs", type=int, default=256, help="documents per tokenization task (as prepare)"
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args(argv)
 
@@ -142,16 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         rows = {
             name: {
                 "seconds": statistics.median(ts),
+                "best_seconds": min(ts),
                 "runs": [round(t, 3) for t in ts],
                 "cpu_seconds": statistics.median(cpu[name]),
             }
             for name, ts in runs.items()
         }
 
-    base = rows["baseline"]["seconds"]
+    # Median: what a run typically got. Best: the least disturbed run, closest to the code's own speed on a
+    # shared machine (other processes only ever make a run slower).
+    base, base_best = rows["baseline"]["seconds"], rows["baseline"]["best_seconds"]
     for r in rows.values():
         r["tokens_per_s"] = n_tokens / r["seconds"]
         r["vs_baseline"] = base / r["seconds"]
+        r["best_tokens_per_s"] = n_tokens / r["best_seconds"]
+        r["best_vs_baseline"] = base_best / r["best_seconds"]
     result = {
         "benchmark": "prepare_throughput",
         "corpus": {
@@ -180,17 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     md = [
         f"# prepare throughput ({len(texts)} docs, {n_bytes / 1e6:.1f} MB, {n_tokens:,} tokens; "
-        f"{os.cpu_count()} CPUs; median of {args.repeats})",
+        f"{os.cpu_count()} CPUs; {args.repeats} runs each, round-robin)",
         "",
         f"1-minute load average at start/end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f} (other work on the "
         "machine shares the cores when it exceeds the CPU count). CPU seconds: this process and its workers.",
         "",
-        "| run | seconds | tokens/s | vs baseline | CPU seconds |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| run | median s | tokens/s | vs baseline | best s | best tokens/s | best vs baseline | CPU s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in rows.items():
         md.append(
             f"| {name} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | {r['vs_baseline']:.2f}x "
+            f"| {r['best_seconds']:.2f} | {r['best_tokens_per_s']:,.0f} | {r['best_vs_baseline']:.2f}x "
             f"| {r['cpu_seconds']:.2f} |"
         )
     out.with_suffix(".md").write_text("\n".join(md) + "\n")

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +165,12 @@ def encode_chunk(tok, texts: list[str], eos: int, dtype: np.dtype) -> tuple[np.n
         verbose=False,
     )["input_ids"]
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    total = int(lengths.sum())
-    flat = np.fromiter(chain.from_iterable(chain(x, (eos,)) for x in ids), dtype=np.int64, count=total)
+    joined: list[int] = []
+    for x in ids:  # list.extend runs in C: a few ns a token, against ~100 for a generator into np.fromiter
+        joined.extend(x)
+        joined.append(eos)
+    flat = np.array(joined, dtype=np.int64)
+    total = len(joined)
     if total and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
         raise UserError(
             f"tokenizer produced id {int(flat.max())} that does not fit {dtype}; set dtype: uint32"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -65,18 +64,11 @@ def pretraining_like_recipe(
 
 
 def _train_once(recipe: Recipe) -> None:
-    from warmstart.train.loop import train
+    from warmstart.train.runs import run_once
 
-    run_dir = recipe.run_dir
-    if (run_dir / "summary.json").is_file():
-        return
-    ckpts = run_dir / "checkpoints"
-    resume = (run_dir / "config.yaml").is_file() and ckpts.is_dir() and any(ckpts.iterdir())
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    result = train(recipe, resume=resume)
-    if result.interrupted_by:
-        raise SystemExit(result.exit_code)
+    outcome = run_once(recipe)
+    if outcome.status == "interrupted":
+        raise SystemExit(outcome.exit_code)
 
 
 def quickstart_step(root: Path, upstream_run: Path, rewarm_run: Path) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,31 +139,11 @@ def point_recipes(
 
 
 def run_point(recipe: Recipe) -> tuple[str, int]:
-    """Train one point unless it is complete: ('skipped'|'trained'|'resumed'|'interrupted', exit code)."""
-    import yaml as _yaml
+    """Train one grid point once (skipped when finished, resumed when interrupted): (status, exit code)."""
+    from warmstart.train.runs import run_once
 
-    from warmstart.config import to_yaml
-    from warmstart.train.loop import config_changes, train
-
-    run_dir = recipe.run_dir
-    if (run_dir / "config.yaml").is_file():
-        old = _yaml.safe_load((run_dir / "config.yaml").read_text())
-        changed = config_changes(old, _yaml.safe_load(to_yaml(recipe)))
-        if changed:
-            raise UserError(
-                f"{run_dir}: holds a run of a different recipe ({', '.join(changed)}); give the sweep another "
-                "name, or delete that directory"
-            )
-    if (run_dir / "summary.json").is_file():
-        return "skipped", 0
-    ckpts = run_dir / "checkpoints"
-    resume = (run_dir / "config.yaml").is_file() and ckpts.is_dir() and any(ckpts.iterdir())
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
-    result = train(recipe, resume=resume)
-    if result.interrupted_by:
-        return "interrupted", result.exit_code
-    return ("resumed" if resume else "trained"), 0
+    outcome = run_once(recipe)
+    return outcome.status, outcome.exit_code
 
 
 def _row(pt: Point, recipe: Recipe, window: int) -> dict:

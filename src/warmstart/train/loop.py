@@ -106,9 +106,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def _resolved(tree: dict) -> dict:
+    """A recipe with today's defaults filled in, so keys added by a newer warmstart do not count as changes."""
+    try:
+        return yaml.safe_load(to_yaml(Recipe.model_validate(tree)))
+    except ValueError:
+        return tree
+
+
 def config_changes(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring the ones a resume may change freely."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = _flatten(_resolved(old)), _flatten(_resolved(new))
     return sorted(
         k
         for k in set(a) | set(b)

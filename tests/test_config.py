@@ -107,3 +107,19 @@ def test_shipped_recipes_validate():
         # a `warmstart grow` recipe (it names a reference) is a GrowRecipe; every other one a train Recipe
         r = load(GrowRecipe, path) if "reference" in read_yaml(path) else load_recipe(path)
         assert r.name and r.data.dir == "corpus/shards"
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from warmstart.atomic import build_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "f.txt", "x")
+        with build_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

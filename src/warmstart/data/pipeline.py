@@ -316,7 +316,6 @@ class SplitWriter:
         self.bin.close()
 
 
-_SplitWriter = SplitWriter  # the name data/quality.py imports
 
 
 # ----------------------------------------------------------------------------------------------- planning

@@ -59,7 +59,7 @@ def select_top_tokens(
     data_dir: str | Path, ranking_dir: str | Path, top_tokens: int, out_domain: str, overwrite: bool = False
 ) -> dict:
     """Write the lowest-perplexity documents (up to `top_tokens` tokens) as prepared domain `out_domain`."""
-    from warmstart.data.pipeline import _SplitWriter
+    from warmstart.data.pipeline import SplitWriter
 
     data_dir = Path(data_dir)
     if top_tokens <= 0:
@@ -113,8 +113,8 @@ def select_top_tokens(
         toks = src.tokens("train")
         with build_dir(final, replace=True) as tmp:
             writers = {
-                "train": _SplitWriter(tmp, "train", len(chosen), src.dtype),
-                "val": _SplitWriter(tmp, "val", src.n_docs("val"), src.dtype),
+                "train": SplitWriter(tmp, "train", len(chosen), src.dtype),
+                "val": SplitWriter(tmp, "val", src.n_docs("val"), src.dtype),
             }
             try:
                 for i in chosen:

@@ -85,6 +85,9 @@ def plot(path: Path, mixes: dict, big: float, runs: dict) -> None:
         ax.plot([d1["budget"], d2["budget"]], [d1["weights"][d], d2["weights"][d]], "o", color=color)
         ax.plot([big], [mixes["predicted"]["weights"][d]], "*", ms=12, color=color)
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
     ax.set_xlabel("token budget")
     ax.set_ylabel("weight")
     ax.set_title("DDO optima (o) and the predicted mixture (*)")
@@ -104,7 +107,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="runs/bench-autoscale")
     ap.add_argument("--steps1", type=int, default=50, help="base-run steps at the smaller budget")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the committed .json")
     args = ap.parse_args()
+    if args.markdown_only:
+        atomic.write_text(RESULTS / "autoscale.md", markdown(json.loads((RESULTS / "autoscale.json").read_text())))
+        return
     root = Path(args.root)
     t0 = time.time()
     ensure_corpus(root)
@@ -227,7 +234,26 @@ def markdown(r: dict) -> str:
             + ("-" if fast is None else f"{100 * fast:+.1f}%")
             + " |"
         )
-    lines += ["", "![weights vs budget and loss curves](autoscale.png)", ""]
+    runs = r["runs_at_n3"]
+    gap = runs["predicted"]["final_avg_loss"] - runs["uniform"]["final_avg_loss"]
+    fast = runs["predicted"]["faster_than_uniform"]
+    if fast is not None and fast > 0:
+        verdict = f"the predicted mixture reached uniform's final loss {100 * fast:.1f}% sooner"
+    else:
+        verdict = (
+            f"the effect does not show at this scale: the predicted mixture ends {gap:+.4f} nats from uniform "
+            "(one seed; differences this small are within run-to-run noise)"
+        )
+    lines += [
+        "",
+        f"**Verdict.** {verdict}. The DDO optimum does move with the budget (the weights above shift between "
+        "N1 and N2, and the prediction extrapolates that shift), which is AutoScale's premise; whether the "
+        "extrapolated mixture pays off needs budgets where the per-domain power laws are well separated, "
+        "far beyond a 0.2M-parameter model on 3 MB of text.",
+        "",
+        "![weights vs budget and loss curves](autoscale.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 

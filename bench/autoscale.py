@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from warmstart import atomic
-from warmstart.config import DDOConfig, PrepareConfig, Recipe, validate
+from warmstart.config import DDOConfig, Recipe, validate
+from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.autoscale import predict, run_ddo, train_proxy
 from warmstart.recipes.autoscale_laws import predict_mixture
 from warmstart.train.metrics import read_metrics
@@ -30,22 +30,6 @@ from warmstart.train.metrics import read_metrics
 DOMAINS = ["prose", "code", "docstrings"]
 SEQ, BATCH = 128, 1024
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def ensure_corpus(root: Path) -> None:
-    from warmstart.data import prepare
-    from warmstart.data.demo_corpus import write_demo_corpus
-    from warmstart.data.tokenizer_train import train_tokenizer
-
-    corpus = root / "corpus"
-    if not (corpus / "corpus.json").exists():
-        write_demo_corpus(corpus, overwrite=True)
-    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
-    tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": 1})
-    prep = validate(PrepareConfig, tree)
-    if not (corpus / "tokenizer" / "tokenizer.json").exists():
-        train_tokenizer(prep.domains, vocab_size=2048, out=corpus / "tokenizer")
-    prepare(prep, progress=False)
 
 
 def proxy_tree(root: Path, steps: int) -> dict:
@@ -114,7 +98,7 @@ def main() -> None:
         return
     root = Path(args.root)
     t0 = time.time()
-    ensure_corpus(root)
+    prepare_demo(root, workers=1)
 
     cfgs = []
     for k, steps in (("n1", args.steps1), ("n2", 2 * args.steps1)):

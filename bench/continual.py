@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from warmstart import atomic
-from warmstart.config import PrepareConfig, Recipe, validate
+from warmstart.config import Recipe, validate
+from warmstart.data.demo_corpus import prepare_demo
 from warmstart.eval.gap import run_gap
 from warmstart.recipes.continual import pretraining_like_recipe
 from warmstart.recipes.sweep import run_point
@@ -35,23 +34,6 @@ from warmstart.train.metrics import read_metrics
 
 UP, DOWN = "prose", "code"
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def make_data(work: Path) -> tuple[Path, Path]:
-    from warmstart.data import prepare
-    from warmstart.data.demo_corpus import write_demo_corpus
-    from warmstart.data.tokenizer_train import train_tokenizer
-
-    corpus = work / "corpus"
-    if not (corpus / "corpus.json").exists():
-        write_demo_corpus(corpus, overwrite=True)
-    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
-    tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": 2})
-    cfg = validate(PrepareConfig, tree)
-    if not (corpus / "tokenizer" / "tokenizer.json").exists():
-        train_tokenizer(cfg.domains, vocab_size=2048, out=corpus / "tokenizer")
-    prepare(cfg, progress=False)
-    return corpus / "shards", corpus / "tokenizer"
 
 
 def base_tree(args, shards: Path, runs: Path, name: str) -> dict:
@@ -114,7 +96,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "continual"))
     args = p.parse_args()
     work = Path(args.work)
-    shards, tok = make_data(work)
+    shards, tok, _ = prepare_demo(work)
     runs = work / "runs"
 
     up = base_tree(args, shards, runs, "upstream")

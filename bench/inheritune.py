@@ -17,31 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from warmstart import atomic
-from warmstart.config import GrowRecipe, PrepareConfig, Recipe, validate
+from warmstart.config import GrowRecipe, Recipe, validate
+from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.inheritune import ensure_inherited, grow, random_init_model, run_or_resume, target_loss
 
 COMMAND = "python bench/inheritune.py"
-
-
-def make_data(work: Path, vocab: int) -> Path:
-    """The built-in demo corpus, a `vocab`-token BPE, and prepared shards; returns the shards directory."""
-    from warmstart.data import prepare
-    from warmstart.data.demo_corpus import write_demo_corpus
-    from warmstart.data.tokenizer_train import train_tokenizer
-
-    corpus = work / "corpus"
-    if not (corpus / "corpus.json").exists():
-        write_demo_corpus(corpus, overwrite=True)
-    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
-    tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": 2})
-    cfg = validate(PrepareConfig, tree)
-    if not (corpus / "tokenizer" / "tokenizer.json").exists():
-        train_tokenizer(cfg.domains, vocab_size=vocab, out=corpus / "tokenizer")
-    prepare(cfg, progress=False)
-    return corpus / "shards"
 
 
 def common(args, shards: Path) -> dict:
@@ -84,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
 
-    shards = make_data(args.work, vocab=2048)
+    shards, _, _ = prepare_demo(args.work)
     base = common(args, shards)
     runs = args.work / "runs"
     sizes = {

@@ -27,34 +27,13 @@ from pathlib import Path
 import torch
 
 from warmstart.config import Recipe, validate
+from warmstart.data.demo_corpus import prepare_demo
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
 from warmstart.models.build import build_model, flops_per_token
 from warmstart.train.loop import train
 from warmstart.train.metrics import read_metrics
 from warmstart.train.throughput import peak_flops
-
-
-def make_data(work: Path, vocab: int) -> tuple[Path, Path]:
-    """The built-in demo corpus, a BPE of `vocab` tokens, and prepared shards (all under `work`)."""
-    import yaml
-
-    from warmstart.config import PrepareConfig
-    from warmstart.config import validate as v
-    from warmstart.data import prepare
-    from warmstart.data.demo_corpus import write_demo_corpus
-    from warmstart.data.tokenizer_train import train_tokenizer
-
-    corpus = work / "corpus"
-    if not (corpus / "corpus.json").exists():
-        write_demo_corpus(corpus, overwrite=True)
-    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
-    tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": 2})
-    cfg = v(PrepareConfig, tree)
-    if not (corpus / "tokenizer" / "tokenizer.json").exists():
-        train_tokenizer(cfg.domains, vocab_size=vocab, out=corpus / "tokenizer")
-    prepare(cfg, progress=False)
-    return corpus / "shards", corpus / "tokenizer"
 
 
 def recipe(args, shards: Path, tok: Path, out: Path, name: str) -> Recipe:
@@ -156,7 +135,7 @@ def main() -> None:
     args = p.parse_args()
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ws-bench-"))
-    shards, tok = make_data(work, args.vocab)
+    shards, tok, _ = prepare_demo(work, vocab_size=args.vocab)
     runs = work / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     ws, hf = [], []

@@ -362,3 +362,27 @@ def write_demo_corpus(out: Path, overwrite: bool = False) -> dict:
         },
         "recipe": recipe_path.as_posix(),
     }
+
+
+def prepare_demo(root: Path, vocab_size: int = 2048, workers: int = 2, progress: bool = False):
+    """The demo corpus under `root/corpus`, a `vocab_size` BPE learned on it, and its prepared shards.
+
+    Each part is skipped when already there (prepare itself does no work on unchanged inputs). Returns
+    (shards dir, tokenizer dir, PrepareResult); the quickstart and every benchmark start from this.
+    """
+    import yaml
+
+    from warmstart.config import PrepareConfig, validate
+    from warmstart.data.pipeline import prepare
+    from warmstart.data.tokenizer_train import train_tokenizer
+
+    corpus = Path(root) / "corpus"
+    if not (corpus / "corpus.json").exists():
+        write_demo_corpus(corpus, overwrite=True)
+    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
+    tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": workers})
+    cfg = validate(PrepareConfig, tree, str(corpus / "prepare.yaml"))
+    if not (corpus / "tokenizer" / "tokenizer.json").exists():
+        train_tokenizer(cfg.domains, vocab_size=vocab_size, out=corpus / "tokenizer")
+    result = prepare(cfg, progress=progress)
+    return corpus / "shards", corpus / "tokenizer", result

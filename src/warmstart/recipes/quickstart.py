@@ -18,10 +18,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import yaml
-
 from warmstart import atomic
-from warmstart.config import PrepareConfig, Recipe, to_yaml, validate
+from warmstart.config import Recipe, to_yaml, validate
 from warmstart.train.metrics import read_metrics
 
 UPSTREAM, DOWNSTREAM = "prose", "code"
@@ -80,25 +78,14 @@ def _gap_table(run_dir: Path, domains: list[str]) -> str:
 
 
 def run_quickstart(out: Path, fresh: bool = False) -> None:
-    from warmstart.data import prepare
-    from warmstart.data.demo_corpus import write_demo_corpus
-    from warmstart.data.tokenizer_train import train_tokenizer
+    from warmstart.data.demo_corpus import prepare_demo
 
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    corpus = out / "corpus"
-    if not (corpus / "corpus.json").exists():
-        print(f"[quickstart] writing the demo corpus to {corpus}")
-        write_demo_corpus(corpus, overwrite=True)
-    prep_tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
-    prep_tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": 2})
-    prep = validate(PrepareConfig, prep_tree, str(corpus / "prepare.yaml"))
-    if not (corpus / "tokenizer" / "tokenizer.json").exists():
-        print("[quickstart] training a 2048-token byte-level BPE on the corpus")
-        train_tokenizer(prep.domains, vocab_size=2048, out=corpus / "tokenizer")
-    print("[quickstart] preparing token shards")
-    print(prepare(prep, progress=True).summary())
+    print(f"[quickstart] demo corpus, a 2048-token byte-level BPE and token shards in {out / 'corpus'}")
+    _, _, prepared = prepare_demo(out, vocab_size=2048, workers=2, progress=True)
+    print(prepared.summary())
 
     rs = recipes(out)
     (out / "recipes").mkdir(parents=True, exist_ok=True)
@@ -109,7 +96,7 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     print(f"[quickstart] continuing it on '{DOWNSTREAM}' with re-warming (warmup + cosine)")
     _run(rs["downstream-rewarm"])
 
-    domains = list(prep.domains)
+    domains = [d.name for d in prepared.domains]
     print(f"\nContinual pre-training {UPSTREAM} -> {DOWNSTREAM}: validation loss per domain")
     print(_gap_table(rs["downstream-rewarm"].run_dir, domains))
 

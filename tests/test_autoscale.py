@@ -389,3 +389,18 @@ def test_shipped_autoscale_recipes_validate():
     cfg = load(DDOConfig, root / "ddo-small.yaml")
     assert cfg.multipliers == [0.2, 3.0] and cfg.target == "avg"
     assert load_recipe(root / "train-mixture.yaml").data.weights_from == "mixtures/predicted.json"
+
+
+def test_real_tiny_ddo_with_masked_lm_proxies(data_dir, tokenizer_dir, tmp_path):
+    """BERT-style proxies: the objective is part of the proxy recipe; DDO trains them through the same loop."""
+    proxy = tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path, "proxy", data={"weights": {}},
+                             model={"preset": "bert-tiny", "objective": "masked"})
+    proxy["train"] = {"tokens": 256 * 4, "batch_tokens": 256, "micro_batch_size": 8, "progress": False}
+    proxy["eval"] = {"every": 1000, "max_tokens": 256, "batch_size": 8}
+    cfg = validate(DDOConfig, {"name": "mlm", "out_dir": str(tmp_path / "mix"), "proxy": proxy,
+                               "multipliers": [1 / 3, 2], "max_epochs": 50})
+    mix = run_ddo(cfg)
+    assert set(mix["weights"]) == {"code", "prose"} and sum(mix["weights"].values()) == pytest.approx(1.0)
+    for run in (tmp_path / "mix" / "mlm" / "runs").iterdir():
+        assert yaml.safe_load((run / "config.yaml").read_text())["model"]["objective"] == "masked"
+        assert json.loads((run / "final" / "config.json").read_text())["model_type"] == "bert"

@@ -1,5 +1,5 @@
 """Training throughput of `warmstart train` vs a plain Hugging Face `Trainer` on the identical model, batch,
-sequence length, optimizer settings and data, measured in one process run, reported as a ratio.
+sequence length, optimizer settings and data, measured in one benchmark run, reported as a ratio.
 
     python bench/train_throughput.py                       # CPU: llama-small, writes bench/results/train_throughput_cpu.json
     python bench/train_throughput.py --preset llama-400m --seq-len 2048 --batch-tokens 65536 --micro 8 \
@@ -7,8 +7,10 @@ sequence length, optimizer settings and data, measured in one process run, repor
 
 Both sides train from the same seeded initial weights on the same token sequences (the warmstart sampler's
 plan, materialised for the Trainer), AdamW (0.9, 0.95), wd 0.1, clip 1.0, cosine schedule; steady-state
-tokens/s excludes the first `--skip` steps (allocator and compile warm-up). Each side runs `--repeats` times,
-alternating which goes first, and the median is reported.
+tokens/s excludes the first `--skip` steps (allocator and compile warm-up). Every measurement is its own fresh
+process (a process that already trained once runs faster: malloc has adapted), the order of the sides rotates
+from repeat to repeat, and the medians are reported. A third side, warmstart with `train.keep_heap=false`,
+shows how much of the difference is the CPU allocator setting and how much the loop itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +38,11 @@ from warmstart.train.loop import train
 from warmstart.train.metrics import read_metrics
 from warmstart.train.throughput import peak_flops
 
+SIDES = {"warmstart": "warmstart", "warmstart_system_malloc": "warmstart, train.keep_heap=false",
+         "hf_trainer": "HF Trainer"}
 
-def recipe(args, shards: Path, tok: Path, out: Path, name: str) -> Recipe:
+
+def recipe(args, shards: Path, tok: Path, out: Path, name: str, keep_heap: bool = True) -> Recipe:
     return validate(
         Recipe,
         {
@@ -54,14 +60,15 @@ def recipe(args, shards: Path, tok: Path, out: Path, name: str) -> Recipe:
                 "device": args.device,
                 "compile": args.compile,
                 "progress": False,
+                "keep_heap": keep_heap,
             },
             "eval": {"every": 10**9, "max_tokens": args.seq_len, "batch_size": 1},
         },
     )
 
 
-def run_warmstart(args, shards, tok, out, i) -> float:
-    r = recipe(args, shards, tok, out, f"ws{i}")
+def run_warmstart(args, shards, tok, out, i, keep_heap: bool = True) -> float:
+    r = recipe(args, shards, tok, out, f"ws{i}-{keep_heap}", keep_heap=keep_heap)
     train(r)
     rows = [m for m in read_metrics(r.run_dir) if m["event"] == "train" and m["step"] > args.skip]
     total_tokens = sum(args.batch_tokens for _ in rows)
@@ -118,6 +125,26 @@ def run_hf_trainer(args, shards, tok, out, i) -> float:
     return args.batch_tokens * (len(steady) - 1) / (steady[-1] - steady[0])
 
 
+def measure_one(args) -> None:
+    """Child process: one side, one repeat; prints its tokens/s as the last line."""
+    work = Path(args.work)
+    shards, tok, _ = prepare_demo(work, vocab_size=args.vocab, progress=False)
+    runs = work / "runs"
+    if args.side == "hf_trainer":
+        tps = run_hf_trainer(args, shards, tok, runs, args.repeat)
+    else:
+        tps = run_warmstart(args, shards, tok, runs, args.repeat, keep_heap=args.side == "warmstart")
+    print(json.dumps({"side": args.side, "tokens_per_s": tps}))
+
+
+def child_args(args, side: str, i: int) -> list[str]:
+    flags = ["--preset", args.preset, "--vocab", str(args.vocab), "--seq-len", str(args.seq_len),
+             "--batch-tokens", str(args.batch_tokens), "--micro", str(args.micro), "--steps", str(args.steps),
+             "--skip", str(args.skip), "--device", args.device, "--work", args.work, "--side", side,
+             "--repeat", str(i)]
+    return [sys.executable, __file__, *flags, *(["--compile"] if args.compile else [])]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="llama-small")
@@ -127,32 +154,36 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=16)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--skip", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--work", default=None, help="keep data here (default: a temp dir)")
     p.add_argument("--out", default="bench/results/train_throughput_cpu.json")
+    p.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.side:
+        return measure_one(args)
 
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ws-bench-"))
-    shards, tok, _ = prepare_demo(work, vocab_size=args.vocab)
-    runs = work / "runs"
+    args.work = str(Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ws-bench-")))
+    shards, tok, _ = prepare_demo(Path(args.work), vocab_size=args.vocab)
+    runs = Path(args.work) / "runs"
     shutil.rmtree(runs, ignore_errors=True)
-    ws, hf = [], []
+    names = list(SIDES)
+    tps: dict[str, list[float]] = {n: [] for n in names}
     for i in range(args.repeats):
-        # alternate which side goes first: the second run in a process inherits a warm allocator
-        if i % 2 == 0:
-            ws.append(run_warmstart(args, shards, tok, runs, i))
-            hf.append(run_hf_trainer(args, shards, tok, runs, i))
-        else:
-            hf.append(run_hf_trainer(args, shards, tok, runs, i))
-            ws.append(run_warmstart(args, shards, tok, runs, i))
-        print(f"repeat {i}: warmstart {ws[-1]:,.0f} tok/s, HF Trainer {hf[-1]:,.0f} tok/s", flush=True)
+        for side in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first
+            out = subprocess.run(child_args(args, side, i), capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{side} repeat {i} failed:\n{out.stderr[-3000:]}")
+            tps[side].append(json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"])
+        print(f"repeat {i}: " + ", ".join(f"{SIDES[n]} {tps[n][-1]:,.0f}" for n in names) + " tok/s", flush=True)
 
     probe = build_model(recipe(args, shards, tok, runs, "probe").model, None, seed=0).model
     fpt = flops_per_token(probe, args.seq_len)
     dev = torch.device(args.device)
     peak = peak_flops(dev)
+    med = {n: statistics.median(v) for n, v in tps.items()}
     result = {
         "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),
         "model": args.preset,
@@ -164,11 +195,16 @@ def main() -> None:
         "steps": args.steps,
         "skipped_warmup_steps": args.skip,
         "repeats": args.repeats,
-        "warmstart_tokens_per_s": ws,
-        "hf_trainer_tokens_per_s": hf,
-        "warmstart_median": statistics.median(ws),
-        "hf_trainer_median": statistics.median(hf),
-        "ratio_warmstart_over_hf": statistics.median(ws) / statistics.median(hf),
+        "one_process_per_measurement": True,
+        "warmstart_tokens_per_s": tps["warmstart"],
+        "warmstart_system_malloc_tokens_per_s": tps["warmstart_system_malloc"],
+        "hf_trainer_tokens_per_s": tps["hf_trainer"],
+        "warmstart_median": med["warmstart"],
+        "warmstart_system_malloc_median": med["warmstart_system_malloc"],
+        "hf_trainer_median": med["hf_trainer"],
+        "ratio_warmstart_over_hf": med["warmstart"] / med["hf_trainer"],
+        "ratio_warmstart_system_malloc_over_hf": med["warmstart_system_malloc"] / med["hf_trainer"],
+        "ratio_per_repeat": [a / b for a, b in zip(tps["warmstart"], tps["hf_trainer"], strict=True)],
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -176,8 +212,8 @@ def main() -> None:
     }
     if peak:
         result["peak_bf16_flops"] = peak
-        result["warmstart_mfu"] = fpt * result["warmstart_median"] / peak
-        result["hf_trainer_mfu"] = fpt * result["hf_trainer_median"] / peak
+        result["warmstart_mfu"] = fpt * med["warmstart"] / peak
+        result["hf_trainer_mfu"] = fpt * med["hf_trainer"] / peak
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

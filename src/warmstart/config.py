@@ -167,6 +167,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads per process (default: torch's)")
+    keep_heap: bool = Field(
+        True, description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc)"
+    )
     progress: bool = True
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="also log metrics to TensorBoard / W&B (offline); metrics.jsonl stays"

@@ -38,6 +38,7 @@ from warmstart.models.build import (
 )
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.distributed import Dist, all_reduce_sum, barrier, parallelize, setup, teardown, unwrap
+from warmstart.train.host_allocator import keep_heap
 from warmstart.train.metrics import MetricsLog
 from warmstart.train.objectives import IGNORE, Objective, eval_pairs
 from warmstart.train.optim import build_optimizer
@@ -56,6 +57,7 @@ RESUME_FREE_KEYS = {
     "train.micro_batch_size",
     "train.trackers",
     "train.cpu_threads",
+    "train.keep_heap",
 }
 
 
@@ -207,6 +209,8 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
     d = setup(recipe.train.device)
     if recipe.train.cpu_threads:
         torch.set_num_threads(recipe.train.cpu_threads)
+    if d.device.type == "cpu":
+        keep_heap(recipe.train.keep_heap)
     try:
         return _train(recipe, d, resume, allow_config_change)
     finally:

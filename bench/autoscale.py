@@ -168,7 +168,15 @@ def main() -> None:
         "prediction": {k: mixes["predicted"][k] for k in ("weights", "t", "ratios", "budget")},
         "runs_at_n3": rows,
         "uniform_final_avg_loss": target,
-        "seconds": {"ddo_and_predict": round(t_ddo), "total": round(time.time() - t0)},
+        "seconds": {
+            # the runs' own clocks (summary.json elapsed_s): a re-run that skips finished runs leaves these as they are
+            "training_all_runs": round(sum(
+                json.loads((Path(r) / "summary.json").read_text())["elapsed_s"]
+                for r in [*(p["run_dir"] for k in ("ddo_n1", "ddo_n2") for p in mixes[k]["proxy_runs"]),
+                          *runs.values()]
+            )),
+            "this_invocation": {"ddo_and_predict": round(t_ddo), "total": round(time.time() - t0)},
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic.write_json(RESULTS / "autoscale.json", result)
@@ -187,7 +195,7 @@ def markdown(r: dict) -> str:
         f"{', '.join(s['domains'])}; DDO (multipliers {s['multipliers']}, max {s['max_epochs']} epochs, target: "
         f"average val loss) at N1 = {b['n1']:,} and N2 = {b['n2']:,} tokens; prediction and runs at "
         f"N3 = {b['n3']:,.0f} tokens. Command: `.venv/bin/python bench/autoscale.py`. "
-        f"Wall time {r['seconds']['total']} s on 2 shared CPU cores.",
+        f"Training wall time {r['seconds']['training_all_runs']} s (all proxy and final runs, on 2 CPU cores).",
         "",
         "## Weights",
         "",

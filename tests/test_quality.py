@@ -180,3 +180,29 @@ def test_the_selected_domain_trains(ref_model, copied_data, tmp_path):
     )
     result = train(recipe)
     assert "val/code_hq/loss" in result.last_eval
+
+
+def test_re_prepare_keeps_a_selected_domain_until_its_source_changes(ref_model, tokenizer_dir, tmp_path):
+    from conftest import _stdlib_texts
+
+    from warmstart.data import prepare
+
+    src = tmp_path / "code.jsonl"
+    texts = _stdlib_texts()["code"][:20]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    recipe = {"tokenizer": str(tokenizer_dir), "out": str(tmp_path / "shards"), "val_docs": 2,
+              "domains": {"code": [{"path": str(src)}]}}
+    prepare(recipe, progress=False)
+    score_domain(str(ref_model), tmp_path / "shards", "code", tmp_path / "r", context=64, max_doc_tokens=30,
+                 progress=False)
+    select_top_tokens(tmp_path / "shards", tmp_path / "r", 200_000, "code_hq")
+
+    again = prepare(recipe, progress=False)  # unchanged inputs: nothing rebuilt, code_hq still listed
+    assert again.up_to_date and again.kept == ["code_hq"] and not again.stale
+    assert list(open_data_dir(tmp_path / "shards")) == ["code", "code_hq"]
+
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:-1]))  # the source domain changes
+    rebuilt = prepare(recipe, progress=False, overwrite=True)
+    assert rebuilt.stale == ["code_hq"] and "selected from a domain since rebuilt: code_hq" in rebuilt.summary()
+    assert list(open_data_dir(tmp_path / "shards")) == ["code"]
+    assert (tmp_path / "shards" / "code_hq" / "index.json").is_file()  # dropped from the manifest, not deleted

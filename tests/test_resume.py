@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from train_helpers import assert_same_weights, metrics_without_timing, tiny_reci
 from warmstart.config import Recipe, validate
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.loop import train
+from warmstart.train.metrics import read_metrics
 
 STEPS = 30
 
@@ -72,12 +74,18 @@ def test_sigkill_then_resume_is_bit_identical(reference, data_dir, tokenizer_dir
     assert not (run_dir / "final").exists(), "the run finished before it could be killed"
     killed_at = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
     assert int(killed_at.name.split("-")[1]) < STEPS
+    saved = ckpt.load_state(killed_at)["elapsed_s"]
 
     res = subprocess.run(_cmd(path, "--resume"), env=_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming" in res.stdout
     assert_same_weights(reference / "final" / "model.safetensors", run_dir / "final" / "model.safetensors")
     assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
+    # the run's wall time carries over the kill: it counts on from the checkpoint's, never restarting at zero
+    times = [m["elapsed_s"] for m in read_metrics(run_dir) if m["event"] == "train"]
+    assert times == sorted(times) and saved > 0
+    assert [t for t in times if t > saved] and all(t >= saved for t in times[-2:])
+    assert json.loads((run_dir / "summary.json").read_text())["elapsed_s"] >= times[-1]
 
 
 def test_sigterm_saves_checkpoint_and_exits_cleanly(reference, data_dir, tokenizer_dir, tmp_path):

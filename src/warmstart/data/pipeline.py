@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import math
 import multiprocessing as mp
 import os
@@ -83,6 +84,8 @@ class PrepareResult:
     domains: list[DomainResult]
     seconds: float = 0.0
     unlisted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # quality-selected domains whose source is unchanged
+    stale: list[str] = field(default_factory=list)  # quality-selected domains whose source was rebuilt
 
     @property
     def built(self) -> list[str]:
@@ -107,6 +110,13 @@ class PrepareResult:
         n_built = len(self.built)
         state = "up to date" if not n_built else f"{n_built} built, {len(self.domains) - n_built} up to date"
         lines.append(f"data in {self.out} ({self.dtype}; {state}; {self.seconds:.1f}s)")
+        if self.kept:
+            lines.append(f"kept in the manifest (selected from this recipe's domains): {', '.join(self.kept)}")
+        if self.stale:
+            lines.append(
+                f"note: dropped from the manifest, selected from a domain since rebuilt: {', '.join(self.stale)}; "
+                "run `warmstart quality score` and `select` again"
+            )
         if self.unlisted:
             lines.append(f"note: left as is, not in this recipe's manifest: {', '.join(self.unlisted)}")
         return "\n".join(lines)
@@ -589,11 +599,13 @@ def prepare(
         if plan.name not in results:
             results[plan.name] = _result(plan, DomainData.open(plan.path).index)
 
+    fingerprints = {p.name: p.fingerprint for p in plans}
+    derived, stale = _derived_domains(out, fingerprints, read_manifest(out).get("domains", []))
     manifest = {
         "format": FORMAT,
         "tokenizer": identity,
-        "domains": list(cfg.domains),
-        "fingerprints": {p.name: p.fingerprint for p in plans},
+        "domains": list(cfg.domains) + list(derived),
+        "fingerprints": {**fingerprints, **derived},
     }
     if read_manifest(out) != manifest:
         write_json(out / "manifest.json", manifest)
@@ -602,7 +614,8 @@ def prepare(
         for p in out.iterdir()
         if p.is_dir()
         and not p.name.startswith(".")
-        and p.name not in cfg.domains
+        and p.name not in manifest["domains"]
+        and p.name not in stale
         and (p / "index.json").is_file()
     )
     return PrepareResult(
@@ -611,7 +624,35 @@ def prepare(
         domains=[results[p.name] for p in plans],
         seconds=time.perf_counter() - t_start,
         unlisted=unlisted,
+        kept=list(derived),
+        stale=stale,
     )
+
+
+def _derived_domains(out: Path, fingerprints: dict[str, str], listed: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Domains made from this recipe's domains (`warmstart quality select`) that stay listed in the manifest:
+    ({name: fingerprint} of those whose source is unchanged, in their previous manifest order; names of those
+    whose source was rebuilt since, which are dropped until selected again)."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for path in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if path.name in fingerprints or not (path / "index.json").is_file():
+            continue
+        try:
+            index = json.loads((path / "index.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        src = index.get("selected_from") or {}
+        if src.get("domain") in fingerprints:
+            found[path.name] = (index.get("fingerprint"), src["domain"], src.get("fingerprint"))
+    order = sorted(found, key=lambda n: (listed.index(n) if n in listed else len(listed), n))
+    derived, stale = {}, []
+    for name in order:
+        fp, src_name, src_fp = found[name]
+        if src_fp == fingerprints[src_name]:
+            derived[name] = fp
+        else:
+            stale.append(name)
+    return derived, stale
 
 
 def _result(plan: _Plan, index: dict) -> DomainResult:

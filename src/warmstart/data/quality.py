@@ -11,8 +11,8 @@ A ranking directory (written by `warmstart quality score`, see warmstart.recipes
 running total of their tokens (the data's own tokens, EOS included) stays <= K. The new domain's train split holds
 the chosen documents in corpus order; its val split is a copy of the source domain's val split, so the two are
 evaluated on the same text. The domain is built beside its final place and swapped in, then manifest.json is
-updated atomically. Re-running `warmstart prepare` with the original recipe rewrites the manifest without it
-(prepare lists only its recipe's domains); re-running the select restores it.
+updated atomically. Re-running `warmstart prepare` with the original recipe keeps it listed while its source
+domain is unchanged, and drops it (saying so) once the source has been rebuilt from different inputs.
 """
 
 from __future__ import annotations

@@ -218,6 +218,7 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
 
 
 def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> RunResult:
+    t_start = time.perf_counter()
     run_dir = recipe.run_dir
     resume_from = _prepare_run_dir(recipe, d, resume, allow_config_change)
     data_cfg = resolve_weights(recipe.data)
@@ -263,9 +264,10 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, trackers=list(recipe.train.trackers))
-    step, window = 0, {"loss": 0.0, "steps": 0}
+    step, window, elapsed_before = 0, {"loss": 0.0, "steps": 0}, 0.0
     if resume_from is not None:
         state = ckpt.load_state(resume_from)
+        elapsed_before = float(state.get("elapsed_s", 0.0))  # wall time of the earlier processes of this run
         ckpt.load_into(resume_from, model, optimizer, d.rank, d.device)
         sampler.load_state_dict(state["sampler"], strict=not allow_config_change)
         step, window = state["step"], state["window"]
@@ -281,6 +283,9 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
 
     peak = peak_flops(d.device)
     log_every, eval_every, dense = recipe.train.log_every, recipe.eval.every, recipe.eval.dense_steps
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t_start
 
     def event(kind: str, s: int, **values) -> dict:
         tokens = s * recipe.train.batch_tokens
@@ -316,6 +321,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 "sampler": sampler.state_dict(),
                 "metrics_offset": metrics.offset(),
                 "window": {"loss": float(loss_sum.item()), "steps": window["steps"]},
+                "elapsed_s": elapsed(),
             }
             ckpt.save(run_dir / "checkpoints", s, model, optimizer, state, rngs, recipe.train.keep_checkpoints)
         barrier(d)
@@ -374,7 +380,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 train_loss = win_loss.item() / (window["steps"] * d.world)
                 dt = time.perf_counter() - t_window
                 tps = tok_window / dt if dt > 0 else float("nan")
-                values = {"train/loss": train_loss, "tokens_per_s": tps}
+                values = {"train/loss": train_loss, "tokens_per_s": tps, "elapsed_s": elapsed()}
                 if grad_norm is not None:
                     values["grad_norm"] = float(grad_norm)
                 if peak:
@@ -414,6 +420,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             "flops": fpt * step * recipe.train.batch_tokens,
             "params": n_params,
             "flops_per_token": fpt,
+            "elapsed_s": elapsed(),
             "final_eval": last_eval,
             "init": loaded.source,
             "weights": sampler.weights,  # the effective mixture (weights_from and replay resolved)

@@ -152,3 +152,11 @@ def test_in_training_tasks_at_their_steps(data_dir, tokenizer_dir, tmp_path, mon
 def test_tasks_config_checks(data_dir, tokenizer_dir, tmp_path):
     with pytest.raises(UserError, match="tasks_every: 3 is not a multiple of every"):
         tiny_recipe(data_dir, tokenizer_dir, tmp_path, eval={"every": 2, "tasks": [TASK], "tasks_every": 3})
+
+
+def test_unknown_task_in_a_recipe_fails_before_training(data_dir, tokenizer_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, "typo", eval={"tasks": ["no_such_task_xyz"]})
+    with pytest.raises(UserError, match="no_such_task_xyz not known"):
+        train(recipe)
+    assert not (recipe.run_dir / "metrics.jsonl").exists()  # refused before the step-0 evaluation

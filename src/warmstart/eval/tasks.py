@@ -74,6 +74,25 @@ def _flatten_results(results: dict) -> dict[str, float]:
     return out
 
 
+def task_manager(tasks: list[str], include_paths: list[str | Path] | None = None):
+    """lm-eval's task index for `tasks`, after checking every name is known (a training run calls this before
+    its first step, so a misspelt task fails in seconds, not at the first task evaluation)."""
+    _require_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    local = set(local_task_names(include_paths))
+    paths = [str(LOCAL_TASKS_DIR), *(str(p) for p in include_paths or [])]
+    manager = TaskManager(include_path=paths, include_defaults=not set(tasks) <= local)
+    known = set(manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise UserError(
+            f"tasks: {', '.join(unknown)} not known to lm-eval (nor found in {', '.join(paths)}); "
+            "list the names with `lm_eval ls tasks`, or give a directory of task YAMLs"
+        )
+    return manager
+
+
 def run_tasks(
     model: torch.nn.Module,
     tokenizer,
@@ -96,18 +115,8 @@ def run_tasks(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    local = set(local_task_names(include_paths))
-    paths = [str(LOCAL_TASKS_DIR), *(str(p) for p in include_paths or [])]
-    manager = TaskManager(include_path=paths, include_defaults=not set(tasks) <= local)
-    known = set(manager.all_tasks)
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise UserError(
-            f"tasks: {', '.join(unknown)} not known to lm-eval (nor found in {', '.join(paths)}); "
-            "list the names with `lm_eval ls tasks`, or give a directory of task YAMLs"
-        )
+    manager = task_manager(tasks, include_paths)
     if device is not None:
         model.to(device)
     was_training = model.training

@@ -246,6 +246,11 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         if domains[n].tokenizer.get("vocab_hash") != domains[used[0]].tokenizer.get("vocab_hash"):
             raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
 
+    if recipe.eval.tasks:  # on every rank, so none waits at a barrier for one that failed
+        from warmstart.eval.tasks import task_manager
+
+        task_manager(recipe.eval.tasks)  # unknown task names fail now, before any training
+
     seq_len = data_cfg.seq_len
     fpt = flops_per_token(model, seq_len)
     n_params = count_params(model)

@@ -166,11 +166,19 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_quality_score(args: argparse.Namespace) -> int:
-    from warmstart.recipes.quality import score_domain
+    from warmstart.recipes.quality import score_domain, score_domain_ngram
 
-    meta = score_domain(args.model, args.data, args.domain, args.out, split=args.split, batch_size=args.batch_size,
-                        chunk_docs=args.chunk_docs, context=args.context, max_doc_tokens=args.max_doc_tokens,
-                        progress=not args.quiet)
+    if (args.model is None) == (args.ngram_reference is None):
+        raise UserError("quality score: give exactly one of --model (a neural LM) or --ngram-reference DOMAIN[,...]")
+    if args.model is not None:
+        meta = score_domain(args.model, args.data, args.domain, args.out, split=args.split,
+                            batch_size=args.batch_size, chunk_docs=args.chunk_docs, context=args.context,
+                            max_doc_tokens=args.max_doc_tokens, progress=not args.quiet)
+    else:
+        reference = [r for r in args.ngram_reference.split(",") if r]
+        meta = score_domain_ngram(reference, args.data, args.domain, args.out, order=args.order, split=args.split,
+                                  chunk_docs=args.chunk_docs, max_doc_tokens=args.max_doc_tokens,
+                                  reference_max_tokens=args.reference_max_tokens, progress=not args.quiet)
     print(f"ranked {meta['docs']} documents of {args.domain} (median ppl {meta['ppl_median']:.2f}) in {args.out}")
     return 0
 
@@ -311,8 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ql = sub.add_parser("quality", help="rank documents by reference-model perplexity; keep the best as a domain")
     qls = ql.add_subparsers(dest="quality_command", required=True, metavar="ACTION")
-    qs = qls.add_parser("score", help="per-document perplexity under a HF causal LM (batched, resumable)")
-    qs.add_argument("--model", required=True, help="reference model: HF dir, warmstart run dir, or hub name")
+    qs = qls.add_parser("score", help="per-document perplexity under a HF causal LM or an n-gram LM (resumable)")
+    qs.add_argument("--model", help="reference model: HF dir, warmstart run dir, or hub name")
+    qs.add_argument("--ngram-reference", dest="ngram_reference", metavar="DOMAIN[,DOMAIN]",
+                    help="instead of --model: a Kneser-Ney n-gram LM fitted on these domains' train split")
+    qs.add_argument("--order", type=int, default=3, help="n-gram order (with --ngram-reference)")
+    qs.add_argument("--reference-max-tokens", dest="reference_max_tokens", type=int, default=50_000_000,
+                    help="count at most this many reference tokens (bounds memory, ~40 bytes each)")
     qs.add_argument("--data", required=True, help="a prepared data directory")
     qs.add_argument("--domain", required=True, help="the domain to rank")
     qs.add_argument("--out", required=True, help="ranking directory (re-run to resume)")

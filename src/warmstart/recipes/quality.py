@@ -1,4 +1,6 @@
-"""`warmstart quality score`: rank a domain's documents by perplexity under a reference HF causal LM.
+"""`warmstart quality score`: rank a domain's documents by perplexity under a reference HF causal LM, or under
+a Kneser-Ney n-gram model of reference domains (`score_domain_ngram`, the paper's KenLM route; see
+warmstart.models.ngram).
 
 Per document: the tokens it is scored on are the data's own tokens (document + EOS) when the model shares the
 data's tokenizer (same vocab hash), else the decoded text re-encoded with the model's tokenizer (+ its EOS). One
@@ -142,22 +144,14 @@ def score_domain(
 ) -> dict:
     """Score every document of `domain` (resumable) and write the ranking directory `out`; returns meta.json."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
     from warmstart.data.shards import open_data_dir
     from warmstart.data.tokenizer import load_tokenizer
     from warmstart.models.build import resolve_checkpoint
 
-    out = Path(out)
     domains = open_data_dir(data_dir)
-    if domain not in domains:
-        raise UserError(f"--domain: no domain {domain!r} in {data_dir} (have: {', '.join(domains)})")
-    if split not in ("train", "val"):
-        raise UserError(f"--split: expected train or val (got {split!r})")
-    if batch_size < 1 or chunk_docs < 1:
-        raise UserError("--batch-size and --chunk-docs must be >= 1")
-    dom = domains[domain]
+    dom = _check_request(domains, data_dir, domain, split, batch_size, chunk_docs)
     try:
         resolved = resolve_checkpoint(model_spec)
     except UserError as e:
@@ -173,9 +167,6 @@ def score_domain(
     model.to(device).eval()
     ctx = _context_length(model, context)
     encode = _doc_encoder(model_tok, dom)
-
-    offs = dom.doc_offsets(split)
-    n_docs = len(offs) - 1
     identity = {
         "model": str(Path(resolved).resolve()) if Path(str(resolved)).exists() else str(resolved),
         "domain": domain,
@@ -185,6 +176,90 @@ def score_domain(
         "max_doc_tokens": max_doc_tokens,
         "chunk_docs": chunk_docs,
     }
+
+    def score(docs, bar):
+        return _score_chunk(model, docs, encode, ctx, max_doc_tokens, batch_size, device, bar)
+
+    return _write_ranking(out, data_dir, dom, split, identity, score, chunk_docs, progress)
+
+
+def score_domain_ngram(
+    reference: list[str],
+    data_dir: str | Path,
+    domain: str,
+    out: str | Path,
+    order: int = 3,
+    split: str = "train",
+    chunk_docs: int = 1024,
+    max_doc_tokens: int | None = None,
+    reference_max_tokens: int = 50_000_000,
+    progress: bool = True,
+) -> dict:
+    """Score `domain`'s documents under a Kneser-Ney n-gram model fitted on the train split of the `reference`
+    domains of the same data directory (the paper's KenLM route; no neural model), then rank as `score_domain`.
+    At most `reference_max_tokens` reference tokens are counted (the first ones of each domain, in turn), which
+    bounds memory at roughly 40 bytes per counted token."""
+    from warmstart.data.shards import open_data_dir
+    from warmstart.models.ngram import NgramLM
+
+    domains = open_data_dir(data_dir)
+    dom = _check_request(domains, data_dir, domain, split, 1, chunk_docs)
+    missing = [r for r in reference if r not in domains]
+    if not reference or missing:
+        raise UserError(
+            f"--ngram-reference: no domain {', '.join(missing) or '(none given)'} in {data_dir} "
+            f"(have: {', '.join(domains)})"
+        )
+    if reference_max_tokens < 1:
+        raise UserError(f"--reference-max-tokens: must be >= 1 (got {reference_max_tokens})")
+    parts, left = [], reference_max_tokens
+    for name in reference:
+        toks = domains[name].tokens("train")
+        take = min(left, len(toks))
+        parts.append(np.asarray(toks[:take], dtype=np.int64))
+        left -= take
+        if left == 0:
+            break
+    tok = dom.tokenizer
+    lm = NgramLM.fit(np.concatenate(parts), order, int(tok["vocab_size"]), int(tok["eos_id"]))
+    identity = {
+        "model": f"ngram:order={order}:reference={','.join(reference)}",
+        "reference_fingerprints": {r: domains[r].index.get("fingerprint") for r in reference},
+        "reference_tokens": int(sum(len(p) for p in parts)),
+        "domain": domain,
+        "domain_fingerprint": dom.index.get("fingerprint"),
+        "split": split,
+        "max_doc_tokens": max_doc_tokens,
+        "chunk_docs": chunk_docs,
+    }
+
+    def score(docs, bar):
+        rows = lm.doc_nll([d[:max_doc_tokens] if max_doc_tokens is not None else d for d in docs])
+        bar.update(len(docs))
+        return rows
+
+    return _write_ranking(out, data_dir, dom, split, identity, score, chunk_docs, progress)
+
+
+def _check_request(domains: dict, data_dir, domain: str, split: str, batch_size: int, chunk_docs: int):
+    if domain not in domains:
+        raise UserError(f"--domain: no domain {domain!r} in {data_dir} (have: {', '.join(domains)})")
+    if split not in ("train", "val"):
+        raise UserError(f"--split: expected train or val (got {split!r})")
+    if batch_size < 1 or chunk_docs < 1:
+        raise UserError("--batch-size and --chunk-docs must be >= 1")
+    return domains[domain]
+
+
+def _write_ranking(out, data_dir, dom, split: str, identity: dict, score, chunk_docs: int, progress: bool) -> dict:
+    """Score every document chunk by chunk (finished chunks of an identical earlier run are reused), then write
+    scores.npy, ranking.npy and a complete meta.json."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    domain = identity["domain"]
+    offs = dom.doc_offsets(split)
+    n_docs = len(offs) - 1
     meta = {
         "format": RANKING_FORMAT,
         "data_dir": str(Path(data_dir).resolve()),
@@ -225,7 +300,7 @@ def score_domain(
                 bar.update(b - a)
             else:
                 docs = [np.asarray(toks[offs[i] : offs[i + 1]]) for i in range(a, b)]
-                rows = _score_chunk(model, docs, encode, ctx, max_doc_tokens, batch_size, device, bar)
+                rows = score(docs, bar)
                 _save_npy(path, rows)
             parts.append(rows)
     rows = np.concatenate(parts) if parts else np.zeros((0, 2))

@@ -125,3 +125,10 @@ def test_cli_ngram_ranking_prefers_text_like_the_reference(data_dir, tmp_path, c
     assert main(["quality", "score", "--data", str(data_dir), "--domain", "code", "--ngram-reference", "nope",
                  "--out", str(tmp_path / "n"), "--quiet"]) == 2
     assert "no domain nope" in capsys.readouterr().err
+
+
+def test_bad_order_leaves_no_ranking_behind(data_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["quality", "score", "--data", str(data_dir), "--domain", "code", "--ngram-reference", "code",
+                 "--order", "0", "--out", str(out), "--quiet"]) == 2
+    assert "--order: must be >= 1" in capsys.readouterr().err and not out.exists()

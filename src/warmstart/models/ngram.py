@@ -63,9 +63,8 @@ class NgramLM:
     def __init__(self, order: int, vocab_size: int, eos_id: int, orders: list[_Order]):
         self.order, self.vocab_size, self.eos_id, self._orders = order, vocab_size, eos_id, orders
 
-    @classmethod
-    def fit(cls, tokens: np.ndarray, order: int, vocab_size: int, eos_id: int) -> NgramLM:
-        """Count a reference token stream (documents each ending in EOS) preceded by order-1 EOS tokens."""
+    @staticmethod
+    def check_order(order: int, vocab_size: int) -> None:
         if order < 1:
             raise UserError(f"--order: must be >= 1 (got {order})")
         if float(vocab_size) ** order >= 2.0**63:
@@ -73,6 +72,11 @@ class NgramLM:
                 f"--order {order}: {order}-grams over a {vocab_size:,}-token vocabulary do not fit a 64-bit key; "
                 "use a lower order"
             )
+
+    @classmethod
+    def fit(cls, tokens: np.ndarray, order: int, vocab_size: int, eos_id: int) -> NgramLM:
+        """Count a reference token stream (documents each ending in EOS) preceded by order-1 EOS tokens."""
+        cls.check_order(order, vocab_size)
         stream = np.concatenate([np.full(order - 1, eos_id, dtype=np.int64), np.asarray(tokens, dtype=np.int64)])
         if len(stream) < order:
             raise UserError("the n-gram reference text has fewer tokens than the model's order")

@@ -212,16 +212,17 @@ def score_domain_ngram(
         )
     if reference_max_tokens < 1:
         raise UserError(f"--reference-max-tokens: must be >= 1 (got {reference_max_tokens})")
-    parts, left = [], reference_max_tokens
+    parts, left = [], reference_max_tokens  # memmap slices: nothing is read until the model is fitted
     for name in reference:
         toks = domains[name].tokens("train")
         take = min(left, len(toks))
-        parts.append(np.asarray(toks[:take], dtype=np.int64))
+        parts.append(toks[:take])
         left -= take
         if left == 0:
             break
     tok = dom.tokenizer
-    lm = NgramLM.fit(np.concatenate(parts), order, int(tok["vocab_size"]), int(tok["eos_id"]))
+    NgramLM.check_order(order, int(tok["vocab_size"]))
+    lm: list[NgramLM] = []  # fitted on the first chunk that needs scoring (a finished ranking needs none)
     identity = {
         "model": f"ngram:order={order}:reference={','.join(reference)}",
         "reference_fingerprints": {r: domains[r].index.get("fingerprint") for r in reference},
@@ -234,7 +235,10 @@ def score_domain_ngram(
     }
 
     def score(docs, bar):
-        rows = lm.doc_nll([d[:max_doc_tokens] if max_doc_tokens is not None else d for d in docs])
+        if not lm:
+            stream = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+            lm.append(NgramLM.fit(stream, order, int(tok["vocab_size"]), int(tok["eos_id"])))
+        rows = lm[0].doc_nll([d[:max_doc_tokens] if max_doc_tokens is not None else d for d in docs])
         bar.update(len(docs))
         return rows
 

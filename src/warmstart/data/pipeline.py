@@ -600,14 +600,15 @@ def prepare(
             results[plan.name] = _result(plan, DomainData.open(plan.path).index)
 
     fingerprints = {p.name: p.fingerprint for p in plans}
-    derived, stale = _derived_domains(out, fingerprints, read_manifest(out).get("domains", []))
+    previous = read_manifest(out)
+    derived, stale = _derived_domains(out, fingerprints, previous.get("domains", []))
     manifest = {
         "format": FORMAT,
         "tokenizer": identity,
         "domains": list(cfg.domains) + list(derived),
         "fingerprints": {**fingerprints, **derived},
     }
-    if read_manifest(out) != manifest:
+    if previous != manifest:
         write_json(out / "manifest.json", manifest)
     unlisted = sorted(
         p.name

@@ -102,7 +102,6 @@ class NgramLM:
         cc = _lookup(o1.keys, o1.counts, stream[positions]).astype(np.float64)
         total = float(o1.counts.sum())
         p = np.maximum(cc - o1.discount, 0) / total + o1.discount * len(o1.keys) / total / v
-        gram = stream[positions].copy()
         for k in range(2, self.order + 1):
             o = self._orders[k - 1]
             hist = np.zeros(len(positions), dtype=np.int64)

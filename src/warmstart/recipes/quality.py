@@ -151,7 +151,9 @@ def score_domain(
     from warmstart.models.build import resolve_checkpoint
 
     domains = open_data_dir(data_dir)
-    dom = _check_request(domains, data_dir, domain, split, batch_size, chunk_docs)
+    if batch_size < 1:
+        raise UserError(f"--batch-size: must be >= 1 (got {batch_size})")
+    dom = _check_request(domains, data_dir, domain, split, chunk_docs)
     try:
         resolved = resolve_checkpoint(model_spec)
     except UserError as e:
@@ -203,7 +205,7 @@ def score_domain_ngram(
     from warmstart.models.ngram import NgramLM
 
     domains = open_data_dir(data_dir)
-    dom = _check_request(domains, data_dir, domain, split, 1, chunk_docs)
+    dom = _check_request(domains, data_dir, domain, split, chunk_docs)
     missing = [r for r in reference if r not in domains]
     if not reference or missing:
         raise UserError(
@@ -245,13 +247,14 @@ def score_domain_ngram(
     return _write_ranking(out, data_dir, dom, split, identity, score, chunk_docs, progress)
 
 
-def _check_request(domains: dict, data_dir, domain: str, split: str, batch_size: int, chunk_docs: int):
+def _check_request(domains: dict, data_dir, domain: str, split: str, chunk_docs: int):
+    """The domain to rank, after the checks both scorers share."""
     if domain not in domains:
         raise UserError(f"--domain: no domain {domain!r} in {data_dir} (have: {', '.join(domains)})")
     if split not in ("train", "val"):
         raise UserError(f"--split: expected train or val (got {split!r})")
-    if batch_size < 1 or chunk_docs < 1:
-        raise UserError("--batch-size and --chunk-docs must be >= 1")
+    if chunk_docs < 1:
+        raise UserError(f"--chunk-docs: must be >= 1 (got {chunk_docs})")
     return domains[domain]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -31,6 +32,13 @@ class HeapUsage:
     mmapped: int
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@functools.cache
 def _libc():
     if not sys.platform.startswith("linux"):
         return None
@@ -62,12 +70,6 @@ def heap_usage() -> HeapUsage | None:
     libc = _libc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                     "fordblks", "keepcost")]
-
-    libc.mallinfo2.restype = MallInfo2
+    libc.mallinfo2.restype = _MallInfo2
     info = libc.mallinfo2()
     return HeapUsage(heap=int(info.arena), mmapped=int(info.hblkhd))

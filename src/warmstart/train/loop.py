@@ -234,6 +234,10 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     for name in eval_names:
         if name not in domains:
             raise UserError(f"eval.domains: no domain {name!r} in {data_cfg.dir} (have: {', '.join(domains)})")
+    if recipe.eval.tasks:  # on every rank, so none waits at a barrier for one that failed
+        from warmstart.eval.tasks import task_manager
+
+        task_manager(recipe.eval.tasks)  # unknown task names fail now, before the model is even loaded
     sampler = MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
     used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
 
@@ -245,11 +249,6 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     for n in set(used):
         if domains[n].tokenizer.get("vocab_hash") != domains[used[0]].tokenizer.get("vocab_hash"):
             raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
-
-    if recipe.eval.tasks:  # on every rank, so none waits at a barrier for one that failed
-        from warmstart.eval.tasks import task_manager
-
-        task_manager(recipe.eval.tasks)  # unknown task names fail now, before any training
 
     seq_len = data_cfg.seq_len
     fpt = flops_per_token(model, seq_len)

@@ -202,6 +202,11 @@ class EvalConfig(Section):
         return self
 
 
+def _check_batch_tokens(train: TrainConfig, data: DataConfig) -> None:
+    if train.batch_tokens % data.seq_len:
+        raise ValueError(f"train.batch_tokens: {train.batch_tokens} is not a multiple of data.seq_len {data.seq_len}")
+
+
 class Recipe(Section):
     """`warmstart train`: one run directory, one model, one mixture, one schedule."""
 
@@ -225,11 +230,7 @@ class Recipe(Section):
             raise ValueError(f"model.{arch[0]}: the architecture comes from init.from; drop one of them")
         if len(arch) > 1:
             raise ValueError(f"model: give one of preset/family/config, not {arch}")
-        if self.train.batch_tokens % self.data.seq_len:
-            raise ValueError(
-                f"train.batch_tokens: {self.train.batch_tokens} is not a multiple of data.seq_len "
-                f"{self.data.seq_len}"
-            )
+        _check_batch_tokens(self.train, self.data)
         if self.init.keep_optimizer and self.init.from_ is None:
             raise ValueError("init.keep_optimizer: needs init.from (a warmstart run directory)")
         return self
@@ -290,11 +291,7 @@ class GrowRecipe(Section):
 
     @model_validator(mode="after")
     def _check(self) -> GrowRecipe:
-        if self.train.batch_tokens % self.data.seq_len:
-            raise ValueError(
-                f"train.batch_tokens: {self.train.batch_tokens} is not a multiple of data.seq_len "
-                f"{self.data.seq_len}"
-            )
+        _check_batch_tokens(self.train, self.data)
         if self.grow.target is not None and not self.grow.target:
             raise ValueError("grow.target: list at least one domain (or leave it out for the average)")
         return self
@@ -383,16 +380,22 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def split_assignment(item: str, flag: str, example: str) -> tuple[str, str]:
+    """`a.b.c=value` -> ("a.b.c", "value"), or a one-line error naming `flag` and showing `example`."""
+    if "=" not in item:
+        raise UserError(f"{flag} {item}: expected {example}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise UserError(f"{flag} {item}: bad key {key!r}")
+    return key, raw
+
+
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
     """Apply `a.b.c=value` strings; values are parsed as YAML (so 3e-4, true, [1, 2] are typed)."""
     tree = copy.deepcopy(tree)
     for item in overrides or []:
-        if "=" not in item:
-            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not p for p in key.split(".")):
-            raise UserError(f"--set {item}: bad key {key!r}")
+        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from warmstart import atomic
-from warmstart.config import Recipe, apply_overrides, read_yaml, set_dotted, validate
+from warmstart.config import Recipe, apply_overrides, read_yaml, set_dotted, split_assignment, validate
 from warmstart.errors import UserError
 
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9._+\-]")  # in a value; `=` and `,` only separate
@@ -61,12 +61,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     """`key=v1,v2` strings -> {key: [raw values]} in the order given."""
     grid: dict[str, list[str]] = {}
     for item in items:
-        if "=" not in item:
-            raise UserError(f"--grid {item}: expected KEY=V1,V2,..., e.g. --grid schedule.max_lr=1.5e-4,3e-4")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not p for p in key.split(".")):
-            raise UserError(f"--grid {item}: bad key {key!r}")
+        key, raw = split_assignment(item, "--grid", "KEY=V1,V2,..., e.g. --grid schedule.max_lr=1.5e-4,3e-4")
         if key in grid:
             raise UserError(f"--grid {key}: given twice; list all its values in one --grid")
         if key in ("name", "out_dir"):

@@ -33,8 +33,9 @@ def tok(tokenizer_dir):
 
 
 def expected(tok, texts) -> list[list[int]]:
-    """The definition: each document's ids without special tokens, then EOS."""
-    return [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    """The definition for a tokenizer with no template (GPT-2 style): each document's ids, special-token strings
+    as text, then EOS."""
+    return [tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [tok.eos_token_id] for t in texts]
 
 
 def write_jsonl(path: Path, texts, field="text") -> Path:
@@ -410,7 +411,9 @@ def test_workers_read_ahead_is_bounded(tokenizer_dir, tok):
             pulled += 1
             yield [f"chunk {i}"]
 
-    with _Encoder(tok, tok.eos_token_id, np.dtype("uint16"), workers=2) as enc:
+    from warmstart.data.doc_format import resolve_format
+
+    with _Encoder(tok, resolve_format(tok), np.dtype("uint16"), workers=2) as enc:
         results = enc.map(chunks())
         first = next(results)
         assert pulled <= INFLIGHT_PER_WORKER * 2 + 1

@@ -77,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from warmstart.config import load_recipe
     from warmstart.train.loop import train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    flags = ["data.allow_format_mismatch=true"] if args.allow_format_mismatch else []
+    recipe = load_recipe(args.recipe, flags + args.overrides)
     result = train(recipe, resume=args.resume, allow_config_change=args.allow_config_change)
     return result.exit_code
 
@@ -135,6 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_checkpoint(
         args.checkpoint, args.data, _names(args.domains), args.seq_len, args.max_tokens, args.batch_size,
         _names(args.tasks), args.num_fewshot, args.limit, args.out, args.device,
+        windows=args.windows, allow_format_mismatch=args.allow_format_mismatch,
     )
     print(format_result(result))
     return 0
@@ -173,7 +175,8 @@ def cmd_quality_score(args: argparse.Namespace) -> int:
     if args.model is not None:
         meta = score_domain(args.model, args.data, args.domain, args.out, split=args.split,
                             batch_size=args.batch_size, chunk_docs=args.chunk_docs, context=args.context,
-                            max_doc_tokens=args.max_doc_tokens, progress=not args.quiet)
+                            max_doc_tokens=args.max_doc_tokens, progress=not args.quiet,
+                            allow_format_mismatch=args.allow_format_mismatch)
     else:
         reference = [r for r in args.ngram_reference.split(",") if r]
         meta = score_domain_ngram(reference, args.data, args.domain, args.out, order=args.order, split=args.split,
@@ -190,6 +193,36 @@ def cmd_quality_select(args: argparse.Namespace) -> int:
     info = select_top_tokens(data, args.ranking, args.top_tokens, args.out_domain, overwrite=args.overwrite)
     print(f"domain {info['domain']} ({info['status']}): {info['docs']} of {info['of_docs']} documents, "
           f"{info['tokens']:,} of {info['of_tokens']:,} tokens, in {data}")
+    return 0
+
+
+def cmd_format_show(args: argparse.Namespace) -> int:
+    from warmstart.data.shards import open_data_dir
+
+    for name, dom in open_data_dir(args.data_dir).items():
+        fmt = dom.document_format
+        print(f"{name:<16} {fmt.describe()}")
+        how = "specials as text" if fmt.specials_as_text else "special-token strings matched as control tokens"
+        print(f"{'':<16} bos: {fmt.bos}, doc_end: {fmt.doc_end}; {how}; {fmt.rule}")
+    return 0
+
+
+def cmd_format_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from warmstart.eval.format_probe import run_probe
+
+    result = run_probe(args.checkpoint, texts=args.text, data_dir=args.data, domain=args.domain, n_docs=args.docs,
+                       tokens=args.tokens, batch_size=args.batch_size, device=args.device,
+                       write_recipe=args.write_recipe)
+    print(result["table"])
+    if args.json:
+        from warmstart import atomic
+
+        atomic.write_text(Path(args.json), json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        print(f"wrote {args.json}")
+    if args.write_recipe:
+        print(f"wrote bos/doc_end into {args.write_recipe}")
     return 0
 
 
@@ -251,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let --resume continue with a changed data mixture or schedule",
     )
+    tr.add_argument("--allow-format-mismatch", dest="allow_format_mismatch", action="store_true",
+                    help="train on data whose document format (BOS, document end) is not the checkpoint's "
+                    "(= --set data.allow_format_mismatch=true)")
     _add_set(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -293,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="only the first N items of each task")
     ev.add_argument("--out", help="directory for the results JSON (default: the run directory)")
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ev.add_argument("--windows", choices=["documents", "packed"],
+                    help="documents: one window per document from its start (default for a plain checkpoint); "
+                    "packed: consecutive windows of the stream, as training evaluates (default for a run)")
+    ev.add_argument("--allow-format-mismatch", dest="allow_format_mismatch", action="store_true",
+                    help="evaluate on data whose document format (BOS, document end) is not the checkpoint's")
     ev.set_defaults(func=cmd_eval)
 
     rp = sub.add_parser("report", help="plots, stability-gap numbers and compute saved, as PNG + Markdown + HTML")
@@ -335,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--context", type=int, help="window length (default: the model's context)")
     qs.add_argument("--max-doc-tokens", dest="max_doc_tokens", type=int, help="score only a document's first N")
     qs.add_argument("--quiet", action="store_true", help="no progress bar")
+    qs.add_argument("--allow-format-mismatch", dest="allow_format_mismatch", action="store_true",
+                    help="score data whose document format (BOS, document end) is not the --model's")
     qs.set_defaults(func=cmd_quality_score)
     qe = qls.add_parser("select", help="write the lowest-perplexity documents up to K tokens as a new domain")
     qe.add_argument("--ranking", required=True, help="a ranking directory from `warmstart quality score`")
@@ -343,6 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
     qe.add_argument("--data", help="data directory (default: the one the ranking was made on)")
     qe.add_argument("--overwrite", action="store_true", help="replace an existing domain of that name")
     qe.set_defaults(func=cmd_quality_select)
+
+    fm = sub.add_parser("format", help="the document format (BOS, document end) of data and of checkpoints")
+    fms = fm.add_subparsers(dest="format_command", required=True, metavar="ACTION")
+    fs = fms.add_parser("show", help="the recorded document format of every domain of a prepared data directory")
+    fs.add_argument("data_dir", help="a prepared data directory")
+    fs.set_defaults(func=cmd_format_show)
+    fp = fms.add_parser("probe", help="measure a checkpoint's loss under each candidate document format")
+    fp.add_argument("checkpoint", help="a HF checkpoint dir, a warmstart run dir, or a hub name")
+    fp.add_argument("--text", nargs="+", help="text sources: JSONL/Parquet/text files or directories")
+    fp.add_argument("--data", help="instead of --text: a prepared data directory (with --domain)")
+    fp.add_argument("--domain", help="the domain of --data to sample")
+    fp.add_argument("--docs", type=int, default=12, help="documents to score (the first ones with >= 2 tokens)")
+    fp.add_argument("--tokens", type=int, default=200, help="tokens scored per document")
+    fp.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    fp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    fp.add_argument("--write-recipe", dest="write_recipe", metavar="PREPARE.yaml",
+                    help="write the winner into this prepare recipe (bos, doc_end)")
+    fp.add_argument("--json", help="also write the table as JSON here")
+    fp.set_defaults(func=cmd_format_probe)
 
     pr = sub.add_parser("presets", help="list the tiny model presets")
     pr.set_defaults(func=cmd_presets)

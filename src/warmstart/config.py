@@ -43,7 +43,13 @@ class PrepareConfig(Section):
     val_docs: int | None = Field(None, ge=0)
     val_fraction: float | None = Field(None, ge=0.0, lt=1.0)
     seed: int = 0
-    eos_token: str | None = Field(None, description="default: the tokenizer's eos (else sep) token")
+    bos: Literal["auto", "true", "false"] | bool = Field(
+        "auto", description="BOS at each document start: auto = as the tokenizer's template adds it (data/doc_format.py)"
+    )
+    doc_end: str = Field(
+        "auto", description="token after each document: auto (rule in data/doc_format.py), none, or a token string"
+    )
+    eos_token: str | None = Field(None, description="older name of doc_end (a token string)")
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
     workers: int = Field(1, ge=1)
     batch_docs: int = Field(256, ge=1, description="documents per tokenization task")
@@ -54,6 +60,11 @@ class PrepareConfig(Section):
     def _check(self) -> PrepareConfig:
         if self.val_docs is not None and self.val_fraction is not None:
             raise ValueError("give val_docs or val_fraction, not both")
+        if self.eos_token is not None:
+            if self.doc_end != "auto":
+                raise ValueError("give doc_end or its older name eos_token, not both")
+            object.__setattr__(self, "doc_end", self.eos_token)
+            object.__setattr__(self, "eos_token", None)
         if not self.domains:
             raise ValueError("domains: at least one domain is needed")
         for name, sources in self.domains.items():
@@ -88,6 +99,9 @@ class DataConfig(Section):
     seq_len: int = Field(256, gt=0)
     subsets: dict[str, SubsetConfig] = Field(default_factory=dict)
     replay: ReplayConfig | None = None
+    allow_format_mismatch: bool = Field(
+        False, description="train on data whose document format (BOS, document end) is not the checkpoint's"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -187,6 +201,11 @@ class EvalConfig(Section):
     dense_steps: int = Field(0, ge=0, description="also evaluate at every step before this one")
     max_tokens: int = Field(16384, gt=0, description="validation tokens per domain (the first ones)")
     batch_size: int = Field(16, gt=0)
+    windows: Literal["packed", "documents"] = Field(
+        "packed",
+        description="packed: consecutive windows of the val stream (as training reads it); documents: one window "
+        "per document from its start (BOS first), the number a by-hand computation gives",
+    )
     domains: list[str] | None = Field(None, description="default: every domain in data.dir")
     tasks: list[str] = Field(default_factory=list, description="lm-eval task names (extra `lm-eval`), rank 0")
     tasks_every: int = Field(0, ge=0, description="run the tasks every N steps (a multiple of every); 0: at the end")

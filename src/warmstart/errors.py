@@ -3,3 +3,10 @@
 
 class UserError(Exception):
     """Bad input from the user: say what is wrong, where, and what to do. Never a bug in warmstart."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr in the same voice as the errors: `warmstart: warning: ...`."""
+    import sys
+
+    print(f"warmstart: warning: {message}", file=sys.stderr, flush=True)

@@ -1,7 +1,9 @@
 """`warmstart prepare`: text sources -> tokenized train/val token arrays per domain (format: `data/shards.py`).
 
 What a domain's shard holds, exactly: for every document, in input order within its split,
-`tok(text, add_special_tokens=False)["input_ids"] + [eos_id]`, concatenated. Whatever the worker count, the
+`prefix + tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + suffix`, concatenated,
+where prefix/suffix are the checkpoint's own document format (data/doc_format.py: BOS where the tokenizer adds
+one, one document-end token) recorded in index.json. Whatever the worker count, the
 bytes on disk are the same: chunks are tokenized in parallel but written in input order.
 
 Two streaming passes per domain: a cheap one that validates every record and counts documents (so the
@@ -9,7 +11,7 @@ validation documents can be drawn as an exact, seeded count before any token is 
 before any work), then the tokenizing one. Nothing in an existing output directory changes unless the whole run
 succeeds: each domain is built in a temp directory beside its final place and swapped in only at the end.
 
-A domain is up to date when its fingerprint (tokenizer vocabulary, EOS, dtype, split settings, seed and the
+A domain is up to date when its fingerprint (tokenizer vocabulary, document format, dtype, split settings, seed and the
 sha256 of its source files) matches its index.json. A hub dataset is streamed twice, and is fingerprinted by its
 name only: to pick up a new version of it, delete its domain directory.
 """
@@ -39,9 +41,10 @@ import numpy as np
 
 from warmstart.atomic import build_dir, write_json
 from warmstart.config import PrepareConfig, SourceConfig, read_yaml, set_dotted, validate
-from warmstart.data.shards import FORMAT, SPLITS, DomainData, dtype_for_vocab, read_manifest
+from warmstart.data.doc_format import DocumentFormat, encode_texts, resolve_format
+from warmstart.data.shards import FORMAT, LEGACY_FORMATS, SPLITS, DomainData, dtype_for_vocab, read_manifest
 from warmstart.data.sources import detect_format, fingerprint_source, iter_documents
-from warmstart.data.tokenizer import eos_id, load_tokenizer, tokenizer_identity
+from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
 from warmstart.errors import UserError
 
 DEFAULT_VAL_FRACTION = 0.01
@@ -86,6 +89,7 @@ class PrepareResult:
     unlisted: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # quality-selected domains whose source is unchanged
     stale: list[str] = field(default_factory=list)  # quality-selected domains whose source was rebuilt
+    document: DocumentFormat | None = None
 
     @property
     def built(self) -> list[str]:
@@ -110,6 +114,8 @@ class PrepareResult:
         n_built = len(self.built)
         state = "up to date" if not n_built else f"{n_built} built, {len(self.domains) - n_built} up to date"
         lines.append(f"data in {self.out} ({self.dtype}; {state}; {self.seconds:.1f}s)")
+        if self.document is not None:
+            lines.append(f"documents: {self.document.describe()} ({self.document.rule})")
         if self.kept:
             lines.append(f"kept in the manifest (selected from this recipe's domains): {', '.join(self.kept)}")
         if self.stale:
@@ -153,32 +159,31 @@ def _config(cfg: PrepareConfig | dict | str | Path, overrides: dict[str, Any]) -
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tok, eos: int, dtype: str) -> None:
+def _init_worker(tok, fmt: DocumentFormat, dtype: str) -> None:
     # One tokenizer per process; its own Rust thread pool would only fight the other workers for cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # Ctrl-C is the parent's to handle (it stops the pool); a worker dying of it would read as a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.update(tok=tok, eos=eos, dtype=np.dtype(dtype))
+    _WORKER.update(tok=tok, fmt=fmt, dtype=np.dtype(dtype))
 
 
 def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return encode_chunk(_WORKER["tok"], texts, _WORKER["eos"], _WORKER["dtype"])
+    return encode_chunk(_WORKER["tok"], texts, _WORKER["fmt"], _WORKER["dtype"])
 
 
-def encode_chunk(tok, texts: list[str], eos: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(per-document lengths incl. EOS, the documents' tokens each followed by EOS) for a list of texts."""
-    ids = tok(
-        texts,
-        add_special_tokens=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        verbose=False,
-    )["input_ids"]
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+def encode_chunk(tok, texts: list[str], fmt: DocumentFormat, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(per-document lengths, the documents' tokens as prefix + text + suffix, concatenated) for a list of texts.
+
+    Special-token strings inside a text are encoded as text (`encode_texts`)."""
+    ids = encode_texts(tok, texts)
+    prefix, suffix = fmt.prefix, fmt.suffix
+    extra = len(prefix) + len(suffix)
+    lengths = np.fromiter((len(x) + extra for x in ids), dtype=np.int64, count=len(ids))
     joined: list[int] = []
     for x in ids:  # list.extend runs in C: a few ns a token, against ~100 for a generator into np.fromiter
+        joined.extend(prefix)
         joined.extend(x)
-        joined.append(eos)
+        joined.extend(suffix)
     flat = np.array(joined, dtype=np.int64)
     total = len(joined)
     if total and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
@@ -208,8 +213,8 @@ class _Encoder:
     instead of hanging it.
     """
 
-    def __init__(self, tok, eos: int, dtype: np.dtype, workers: int):
-        self.tok, self.eos, self.dtype, self.workers = tok, eos, dtype, workers
+    def __init__(self, tok, fmt: DocumentFormat, dtype: np.dtype, workers: int):
+        self.tok, self.fmt, self.dtype, self.workers = tok, fmt, dtype, workers
         self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> _Encoder:
@@ -222,7 +227,7 @@ class _Encoder:
                 self.workers,
                 mp_context=mp.get_context(method),
                 initializer=_init_worker,
-                initargs=(self.tok, self.eos, self.dtype.str),
+                initargs=(self.tok, self.fmt, self.dtype.str),
             )
             # Start the workers now, with the variable set in the parent: a forked child of a process whose
             # tokenizer already ran multi-threaded otherwise prints a warning from the tokenizers library.
@@ -251,7 +256,7 @@ class _Encoder:
     def map(self, chunks: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self.pool is None:
             for chunk in chunks:
-                yield encode_chunk(self.tok, chunk, self.eos, self.dtype)
+                yield encode_chunk(self.tok, chunk, self.fmt, self.dtype)
             return
         pending: deque[Future] = deque()
         limit = INFLIGHT_PER_WORKER * self.workers
@@ -406,7 +411,7 @@ def _check_out_dir(out: Path) -> None:
         return
     manifest = out / "manifest.json"
     if manifest.is_file():
-        if read_manifest(out).get("format") != FORMAT:
+        if read_manifest(out).get("format") not in (FORMAT, *LEGACY_FORMATS):
             raise UserError(f"{manifest}: not a {FORMAT} manifest; choose another out")
         return
     # Without a manifest, a directory is ours only if it holds nothing but prepared domains (a run that
@@ -518,19 +523,22 @@ def prepare(
     _check_out_dir(out)
 
     tok = load_tokenizer(cfg.tokenizer)
-    eos = eos_id(tok, cfg.eos_token)
+    doc_fmt = resolve_format(tok, cfg.bos, cfg.doc_end)
     vocab = tok.get_vocab()
-    id_bound = max(len(tok), max(vocab.values(), default=-1) + 1, eos + 1)
+    id_bound = max(len(tok), max(vocab.values(), default=-1) + 1, *(i + 1 for i in doc_fmt.prefix + doc_fmt.suffix))
     try:
         dtype = np.dtype(dtype_for_vocab(id_bound, cfg.dtype))
     except UserError as e:
         raise UserError(f"{cfg.tokenizer}: {e}") from None
-    identity = {**tokenizer_identity(tok, name=cfg.tokenizer), "eos_id": eos}
+    # eos_id: the token between documents (the n-gram scorer's start context), kept for readers of the index
+    end = (doc_fmt.suffix or doc_fmt.prefix or [tok.eos_token_id])[-1]
+    identity = {**tokenizer_identity(tok, name=cfg.tokenizer), "eos_id": end}
     settings = {
         "val_docs": cfg.val_docs,
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
-        "eos_token": cfg.eos_token,
+        "bos": doc_fmt.bos,
+        "doc_end": doc_fmt.doc_end,
         "dtype": cfg.dtype,
     }
     index_head = {
@@ -538,6 +546,7 @@ def prepare(
         "tokenizer": identity,
         "dtype": dtype.name,
         "vocab_size": len(tok),
+        "document": doc_fmt.to_json(),
         "settings": settings,
     }
 
@@ -555,7 +564,7 @@ def prepare(
                 "format": FORMAT,
                 "domain": name,
                 "vocab_hash": identity["vocab_hash"],
-                "eos_id": eos,
+                "document": [doc_fmt.prefix, doc_fmt.suffix, doc_fmt.specials_as_text],
                 "dtype": dtype.name,
                 "val_docs": cfg.val_docs,
                 "val_fraction": cfg.val_fraction,
@@ -566,6 +575,12 @@ def prepare(
         plan = _Plan(name, sources, out / name, fingerprint, source_info)
         state = _domain_state(plan.path, fingerprint)
         if state == "different" and not cfg.overwrite:
+            old = _open_domain(plan.path)
+            if old is not None and old.document_format.legacy:
+                raise UserError(
+                    f"{plan.path}: domain {name!r} was prepared by an older warmstart (text + EOS, no recorded "
+                    "document format); use --overwrite to rebuild it in the checkpoint's format"
+                )
             raise UserError(
                 f"{plan.path}: domain {name!r} exists with different inputs; use --overwrite to rebuild it"
             )
@@ -583,7 +598,7 @@ def prepare(
         todo = [p for p in plans if p.status != "up to date"]
         with contextlib.ExitStack() as swaps:
             if todo:
-                encoder = swaps.enter_context(_Encoder(tok, eos, dtype, cfg.workers))
+                encoder = swaps.enter_context(_Encoder(tok, doc_fmt, dtype, cfg.workers))
             for plan in todo:
                 t0 = time.perf_counter()
                 # Built beside the final place; swapped in when the ExitStack closes, i.e. only if all succeed.
@@ -622,6 +637,7 @@ def prepare(
     return PrepareResult(
         out=out,
         dtype=dtype.name,
+        document=doc_fmt,
         domains=[results[p.name] for p in plans],
         seconds=time.perf_counter() - t_start,
         unlisted=unlisted,

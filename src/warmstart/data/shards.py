@@ -2,14 +2,16 @@
 
     DATA_DIR/manifest.json            tokenizer identity and the list of domains
     DATA_DIR/<domain>/index.json      dtype, counts, fingerprint, per split: file names and counts
-    DATA_DIR/<domain>/<split>.bin     the tokens of every document, each followed by EOS (numpy memmap)
+    DATA_DIR/<domain>/<split>.bin     the tokens of every document in its recorded format (numpy memmap)
     DATA_DIR/<domain>/<split>.docs.npy  int64 offsets of document starts, plus the total at the end (len docs+1)
 
 Document boundaries live in a .npy beside the index (named by it) so the JSON stays small for any corpus size.
 
-A document's tokens are `tok(text, add_special_tokens=False)["input_ids"] + [eos_id]` (see data/pipeline.py).
-index.json keys: format, domain, tokenizer {name, vocab_hash, vocab_size, eos_id}, dtype, vocab_size,
-fingerprint (of every input that decides the bytes), settings, sources, bad_records, and splits.<split>
+A document's tokens are `prefix + text tokens + suffix`, the checkpoint's own pre-training format (BOS where its
+tokenizer adds one, special-token strings encoded as text, one document-end token; see data/doc_format.py).
+index.json keys: format, domain, tokenizer {name, vocab_hash, vocab_size, eos_id}, dtype, vocab_size, document
+{prefix, suffix, prefix_tokens, suffix_tokens, specials_as_text, bos, doc_end, rule}, fingerprint (of every input
+that decides the bytes), settings, sources, bad_records, and splits.<split>
 {file, tokens, docs, doc_offsets, max_token_id}. manifest.json: format, tokenizer, domains (recipe order),
 fingerprints {domain: fingerprint}.
 """
@@ -23,9 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from warmstart.data.doc_format import DocumentFormat, document_format_of_index
 from warmstart.errors import UserError
 
-FORMAT = "warmstart-shards-v1"
+FORMAT = "warmstart-shards-v2"
+# v1: documents written as text + EOS with no BOS and special-token strings matched; still readable (its
+# document format is reported as `legacy`, and every check that meets a model says how to rebuild it).
+LEGACY_FORMATS = ("warmstart-shards-v1",)
 SPLITS = ("train", "val")
 
 
@@ -59,9 +65,14 @@ class DomainData:
             index = json.loads(ipath.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{ipath}: corrupt index ({e}); re-run `warmstart prepare --overwrite`") from None
-        if index.get("format") != FORMAT:
+        if index.get("format") not in (FORMAT, *LEGACY_FORMATS):
             raise UserError(f"{ipath}: unknown format {index.get('format')!r} (expected {FORMAT})")
         return cls(name=index["domain"], path=path, index=index)
+
+    @property
+    def document_format(self) -> DocumentFormat:
+        """How each document was written (prefix, suffix, specials as text); `legacy` for v1 data."""
+        return document_format_of_index(self.index)
 
     @property
     def dtype(self) -> np.dtype:

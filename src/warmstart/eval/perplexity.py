@@ -1,4 +1,13 @@
-"""Per-domain validation loss on a fixed set of sequences: the same tokens at every evaluation."""
+"""Per-domain validation loss on a fixed set of sequences: the same tokens at every evaluation.
+
+Two ways to cut a validation split into windows:
+- `packed` (`val_sequences`): consecutive (seq_len + 1)-token windows of the split's token stream, exactly as
+  training reads its data: a window may start mid-document, after the previous document's end token. Every token
+  is scored once with up to seq_len tokens of context. Training's in-loop evaluation uses it by default.
+- `documents` (`document_windows`): one window per document, from its first token (BOS where the format has one)
+  to at most seq_len + 1 tokens: the mean loss a user computes by hand with `transformers` on each document. The
+  default of `warmstart eval` on a plain Hugging Face checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +37,41 @@ def val_sequences(domain: DomainData, seq_len: int, max_tokens: int, split: str 
     return np.asarray(toks[idx], dtype=np.int64)
 
 
+def document_windows(
+    domain: DomainData, seq_len: int, max_tokens: int, split: str = "val"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels), each (n_docs, seq_len) int64: document i's first min(len, seq_len + 1) tokens, inputs
+    right-padded with 0 and labels with -100, for documents in split order until `max_tokens` targets are
+    taken (at least one document). Documents shorter than 2 tokens predict nothing and are skipped.
+
+    Rows are sorted longest first so that `evaluate` can cut each batch to its longest row.
+    """
+    toks, offs = domain.tokens(split), domain.doc_offsets(split)
+    rows, taken = [], 0
+    for a, b in zip(offs[:-1], offs[1:], strict=True):
+        n = min(int(b - a), seq_len + 1)
+        if n < 2:
+            continue
+        rows.append(np.asarray(toks[a : a + n], dtype=np.int64))
+        taken += n - 1
+        if taken >= max_tokens:
+            break
+    rows.sort(key=len, reverse=True)
+    inputs = np.zeros((len(rows), seq_len), dtype=np.int64)
+    labels = np.full((len(rows), seq_len), -100, dtype=np.int64)
+    for i, w in enumerate(rows):
+        inputs[i, : len(w) - 1] = w[:-1]
+        labels[i, : len(w) - 1] = w[1:]
+    return inputs, labels
+
+
+def eval_windows(domain: DomainData, seq_len: int, max_tokens: int, windows: str = "packed"):
+    """`val_sequences` (packed) or `document_windows` (documents) of a domain's val split."""
+    if windows == "documents":
+        return document_windows(domain, seq_len, max_tokens)
+    return val_sequences(domain, seq_len, max_tokens)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -35,11 +79,13 @@ def evaluate(
     batch_size: int,
     d: Dist,
     autocast: contextlib.AbstractContextManager | None = None,
+    causal: bool = True,
 ) -> dict[str, float]:
     """Mean token cross-entropy per domain; ranks split the sequences and sum, so any world size agrees.
 
     A set is either (seq_len + 1)-token windows (next-token loss) or an (inputs, labels) pair whose labels are
-    -100 where no loss is taken (masked-LM evaluation).
+    -100 where no loss is taken (masked-LM evaluation, or right-padded `document_windows`). For a `causal` model
+    each batch is cut after its last scored column: later positions cannot change earlier causal logits.
     """
     was_training = model.training
     model.eval()
@@ -49,8 +95,11 @@ def evaluate(
         total = torch.zeros(2, dtype=torch.float64, device=d.device)
         mine_x, mine_y = inputs[d.rank :: d.world], labels[d.rank :: d.world]
         for i in range(0, len(mine_x), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(mine_x[i : i + batch_size])).to(d.device)
-            y = torch.from_numpy(np.ascontiguousarray(mine_y[i : i + batch_size])).to(d.device)
+            bx, by = mine_x[i : i + batch_size], mine_y[i : i + batch_size]
+            scored = np.flatnonzero((by != -100).any(axis=0)) if causal else [bx.shape[1] - 1]
+            width = int(scored[-1]) + 1 if len(scored) else 1
+            x = torch.from_numpy(np.ascontiguousarray(bx[:, :width])).to(d.device)
+            y = torch.from_numpy(np.ascontiguousarray(by[:, :width])).to(d.device)
             with autocast or contextlib.nullcontext():
                 logits = model(input_ids=x).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-100)

@@ -3,6 +3,10 @@
 A warmstart run directory means its `final/`; its results JSON goes into the run directory and the task scores
 are appended to its metrics.jsonl as a `task` event at the checkpoint's step, next to the run's loss curves.
 Any other checkpoint (a HF directory or a hub name) needs `--out` for the JSON.
+
+Windows (`--windows`, see eval/perplexity.py): `documents` (one window per document from its start, the number a
+by-hand `transformers` computation gives) is the default for a plain checkpoint; a run directory defaults to its
+own `eval.windows`, so `eval` of a run's final/ repeats its last in-loop evaluation.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import yaml
 
 from warmstart import atomic
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import evaluate, perplexity, val_sequences
+from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
 from warmstart.train.distributed import Dist
 
 
@@ -42,6 +46,7 @@ def _run_info(run: Path | None) -> dict:
         "tokens": summary.get("tokens"),
         "flops": summary.get("flops"),
         "seq_len": (cfg.get("data") or {}).get("seq_len"),
+        "windows": (cfg.get("eval") or {}).get("windows", "packed"),
     }
 
 
@@ -62,10 +67,13 @@ def domain_losses(
     max_tokens: int,
     batch_size: int,
     device: torch.device,
+    windows: str = "documents",
+    allow_format_mismatch: bool = False,
 ) -> dict[str, dict]:
-    """{domain: {loss, ppl, tokens}} on the first `max_tokens` validation tokens of each prepared domain."""
+    """{domain: {loss, ppl, tokens}} on the first `max_tokens` validation targets of each prepared domain, in
+    `windows` (documents | packed); refuses data not in the checkpoint's document format unless allowed."""
     from warmstart.data.shards import open_data_dir
-    from warmstart.models.build import check_data_compatible
+    from warmstart.models.build import check_data_compatible, check_data_format
 
     data = open_data_dir(data_dir)
     names = domains or list(data)
@@ -76,12 +84,16 @@ def domain_losses(
     for n in names:
         max_id = int(data[n].index["splits"]["val"].get("max_token_id", 0))
         check_data_compatible(tokenizer, data[n].tokenizer, max_id, vocab, str(data_dir))
-    sets = {n: val_sequences(data[n], seq_len, max_tokens) for n in names}
+    check_data_format(tokenizer, {n: data[n] for n in names}, str(data_dir), allow_format_mismatch,
+                      "--allow-format-mismatch")
+    sets = {n: eval_windows(data[n], seq_len, max_tokens, windows) for n in names}
     losses = evaluate(model, sets, batch_size, Dist(device=device))
-    return {
-        n: {"loss": losses[n], "ppl": perplexity(losses[n]), "tokens": int(sets[n][:, 1:].size)}
-        for n in names
-    }
+    return {n: {"loss": losses[n], "ppl": perplexity(losses[n]), "tokens": _targets(sets[n])} for n in names}
+
+
+def _targets(s) -> int:
+    """Tokens scored in a set: every target of packed windows; the labels != -100 of (inputs, labels)."""
+    return int((s[1] != -100).sum()) if isinstance(s, tuple) else int(s[:, 1:].size)
 
 
 def eval_checkpoint(
@@ -96,8 +108,12 @@ def eval_checkpoint(
     limit: int | None = None,
     out: str | Path | None = None,
     device: str = "auto",
+    windows: str | None = None,
+    allow_format_mismatch: bool = False,
 ) -> dict:
-    """Evaluate one checkpoint; writes the results JSON (and a run's `task` event) and returns the results."""
+    """Evaluate one checkpoint; writes the results JSON (and a run's `task` event) and returns the results.
+
+    `windows`: documents | packed; None = the run's own `eval.windows`, or documents for a plain checkpoint."""
     from warmstart.data.tokenizer import load_tokenizer
     from warmstart.models.build import auto_class
 
@@ -129,8 +145,11 @@ def eval_checkpoint(
         n = seq_len or info.get("seq_len") or min(int(max_pos), 1024)
         if n > max_pos:
             raise UserError(f"--seq-len: {n} is longer than the model's context ({max_pos})")
-        per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev)
-        result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "val": per})
+        win = windows or info.get("windows") or "documents"
+        if win not in ("documents", "packed"):
+            raise UserError(f"--windows: expected documents or packed (got {win!r})")
+        per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev, win, allow_format_mismatch)
+        result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "windows": win, "val": per})
         result["val/avg/loss"] = sum(v["loss"] for v in per.values()) / len(per)
     if tasks:
         from warmstart.eval.tasks import run_tasks

@@ -138,6 +138,29 @@ def check_data_compatible(tokenizer, data_tokenizer: dict, max_token_id: int, vo
         )
 
 
+def check_data_format(
+    tokenizer, domains: dict, data_dir: str, allow_mismatch: bool, flag: str, say: bool = True
+) -> None:
+    """Refuse (`UserError`) data whose recorded document format (BOS, document end, specials as text) is not the
+    checkpoint's (`data.doc_format.check_format`); print one warning line per distinct format otherwise due.
+
+    `domains`: {name: DomainData}; `flag` names the override in the refusal; `say`: False on non-main ranks.
+    """
+    import json
+
+    from warmstart.data.doc_format import check_format
+    from warmstart.errors import warn
+
+    groups: dict[str, list[str]] = {}
+    for name, dom in domains.items():
+        groups.setdefault(json.dumps(dom.document_format.to_json(), sort_keys=True), []).append(name)
+    for names in groups.values():
+        fmt = domains[names[0]].document_format
+        msg = check_format(fmt, tokenizer, f"{data_dir} ({', '.join(sorted(names))})", allow_mismatch, flag)
+        if msg and say:
+            warn(msg)
+
+
 def save_hf(model: torch.nn.Module, tokenizer, out: Path) -> None:
     """A plain Hugging Face checkpoint: config.json + model.safetensors + tokenizer files."""
     model.save_pretrained(str(out), safe_serialization=True)

@@ -145,12 +145,12 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
     from transformers import AutoModelForCausalLM
 
     from warmstart.data.shards import open_data_dir
-    from warmstart.eval.perplexity import evaluate, val_sequences
+    from warmstart.eval.perplexity import eval_windows, evaluate
     from warmstart.train.distributed import setup, teardown
 
     domains = open_data_dir(cfg.data.dir)
     names = _eval_domains(cfg)
-    sets = {n: val_sequences(domains[n], cfg.data.seq_len, cfg.eval.max_tokens) for n in names}
+    sets = {n: eval_windows(domains[n], cfg.data.seq_len, cfg.eval.max_tokens, cfg.eval.windows) for n in names}
     d = setup(cfg.train.device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).to(d.device)

@@ -2,10 +2,11 @@
 a Kneser-Ney n-gram model of reference domains (`score_domain_ngram`, the paper's KenLM route; see
 warmstart.models.ngram).
 
-Per document: the tokens it is scored on are the data's own tokens (document + EOS) when the model shares the
-data's tokenizer (same vocab hash), else the decoded text re-encoded with the model's tokenizer (+ its EOS). One
-context token is put in front (the data's EOS, as in the training stream where every document follows an EOS; for
-a foreign tokenizer its BOS, else EOS), so every document token is predicted. Score = mean token NLL (log
+Per document: the tokens it is scored on are the data's own tokens (in its recorded document format: BOS, text,
+document end) when the model shares the data's tokenizer (same vocab hash) and that format is the model's, else
+the text decoded and re-encoded in the model's own format (data/doc_format.py). The document-end token is put in
+front, as in the training stream where every document follows the previous one's end, so every token after it
+is predicted (with neither a BOS nor a document end, the first token is context only). Score = mean token NLL (log
 perplexity). Documents longer than the model's context are scored in windows of `context` tokens that overlap by
 one token (each window predicts its tokens from the window's start; every token is predicted exactly once); with
 `max_doc_tokens` only a document's first that many tokens are scored (cheaper on very long documents).
@@ -58,14 +59,20 @@ def windows(ids: list[int] | np.ndarray, context: int) -> list[np.ndarray]:
     return [ids[j : j + context] for j in range(0, len(ids) - 1, step)]
 
 
-def _doc_encoder(model_tok, domain):
-    """A function doc tokens -> ids the model reads (context token first)."""
+def _doc_encoder(model_tok, domain, allow_format_mismatch: bool = False):
+    """A function doc tokens -> ids the model reads: the previous document's end token first (as in the packed
+    stream), then the document in the model's own format."""
+    from warmstart.data.doc_format import encode_texts, resolve_format
     from warmstart.data.tokenizer import load_tokenizer, vocab_hash
+    from warmstart.models.build import check_data_format
 
     data_tok_info = domain.tokenizer
+    fmt = domain.document_format
     if vocab_hash(model_tok) == data_tok_info.get("vocab_hash"):
-        first = int(data_tok_info["eos_id"])
-        return lambda doc: np.concatenate(([first], np.asarray(doc, dtype=np.int64)))
+        check_data_format(model_tok, {domain.name: domain}, str(domain.path.parent), allow_format_mismatch,
+                          "--allow-format-mismatch")
+        first = np.asarray(fmt.suffix[-1:], dtype=np.int64)
+        return lambda doc: np.concatenate((first, np.asarray(doc, dtype=np.int64)))
     name = data_tok_info.get("name")
     try:
         data_tok = load_tokenizer(name)
@@ -74,17 +81,13 @@ def _doc_encoder(model_tok, domain):
             f"the reference model's tokenizer differs from the data's and the data's tokenizer {name!r} cannot be "
             f"loaded to decode the documents ({e})"
         ) from None
-    ctx = model_tok.bos_token_id if model_tok.bos_token_id is not None else model_tok.eos_token_id
-    if ctx is None:
-        raise UserError(
-            "the reference model's tokenizer has neither a BOS nor an EOS token to start documents with"
-        )
-    eos = model_tok.eos_token_id
+    model_fmt = resolve_format(model_tok)
+    head, tail = len(fmt.prefix), len(fmt.suffix)
 
     def encode(doc):
-        text = data_tok.decode(np.asarray(doc[:-1]).tolist())
-        ids = model_tok(text, add_special_tokens=False)["input_ids"]
-        return np.asarray([ctx, *ids, *([eos] if eos is not None else [])], dtype=np.int64)
+        text = data_tok.decode(np.asarray(doc[head : len(doc) - tail]).tolist())
+        ids = encode_texts(model_tok, [text])[0]
+        return np.asarray([*model_fmt.suffix[-1:], *model_fmt.prefix, *ids, *model_fmt.suffix], dtype=np.int64)
 
     return encode
 
@@ -141,8 +144,10 @@ def score_domain(
     context: int | None = None,
     max_doc_tokens: int | None = None,
     progress: bool = True,
+    allow_format_mismatch: bool = False,
 ) -> dict:
-    """Score every document of `domain` (resumable) and write the ranking directory `out`; returns meta.json."""
+    """Score every document of `domain` (resumable) and write the ranking directory `out`; returns meta.json.
+    Data prepared with the model's tokenizer must be in its document format (`allow_format_mismatch` to skip)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -168,7 +173,7 @@ def score_domain(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     ctx = _context_length(model, context)
-    encode = _doc_encoder(model_tok, dom)
+    encode = _doc_encoder(model_tok, dom, allow_format_mismatch)
     identity = {
         "model": str(Path(resolved).resolve()) if Path(str(resolved)).exists() else str(resolved),
         "domain": domain,

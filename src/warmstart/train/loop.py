@@ -27,10 +27,11 @@ from warmstart.config import DataConfig, Recipe, to_yaml
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import evaluate, perplexity, val_sequences
+from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
 from warmstart.models.build import (
     build_model,
     check_data_compatible,
+    check_data_format,
     count_params,
     flops_per_token,
     resolve_checkpoint,
@@ -246,6 +247,8 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     vocab = model.get_input_embeddings().weight.shape[0]
     max_id = max(int(domains[n].index["splits"][s].get("max_token_id", 0)) for n in set(used) for s in ("train", "val"))
     check_data_compatible(tok, domains[used[0]].tokenizer, max_id, vocab, data_cfg.dir)
+    check_data_format(tok, {n: domains[n] for n in sorted(set(used))}, data_cfg.dir,
+                      data_cfg.allow_format_mismatch, "--set data.allow_format_mismatch=true", d.is_main)
     for n in set(used):
         if domains[n].tokenizer.get("vocab_hash") != domains[used[0]].tokenizer.get("vocab_hash"):
             raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
@@ -263,7 +266,9 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     fwd_model = torch.compile(ddp_model) if recipe.train.compile else ddp_model
     autocast = _autocast(recipe, d.device)
     objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
-    val_sets = {n: val_sequences(domains[n], seq_len, recipe.eval.max_tokens) for n in eval_names}
+    if objective.kind == "masked" and recipe.eval.windows == "documents":
+        raise UserError("eval.windows: documents is for causal LMs; use packed with model.objective: masked")
+    val_sets = {n: eval_windows(domains[n], seq_len, recipe.eval.max_tokens, recipe.eval.windows) for n in eval_names}
     if objective.kind == "masked":
         val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
 
@@ -297,7 +302,8 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 "lr": lr_at(recipe.schedule, max(s - 1, 0), total_steps), **values}
 
     def run_eval(s: int) -> dict:
-        losses = evaluate(unwrap(ddp_model), val_sets, recipe.eval.batch_size, d, autocast)
+        losses = evaluate(unwrap(ddp_model), val_sets, recipe.eval.batch_size, d, autocast,
+                          causal=objective.kind == "causal")
         values = {}
         for n, loss in losses.items():
             values[f"val/{n}/loss"] = loss

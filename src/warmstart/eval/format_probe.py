@@ -1,0 +1,228 @@
+"""`warmstart format probe`: which document format does a checkpoint expect? Measured, not guessed.
+
+A checkpoint was pre-trained on documents in one format (BOS or not; which token between documents), and a
+continued run on data in another format starts from a false loss. Which separator a chat-tuned checkpoint
+expects differs between checkpoints, so the probe measures it: for a sample of documents, the checkpoint's mean
+token loss under every candidate format
+
+    context = [document-end candidate] + [BOS candidate] + text tokens
+
+where the document-end candidates are the tokenizer's EOS, every pre-training document token it has
+(`<|endoftext|>`, `<|end_of_text|>`, `</s>`, `<eos>`, ...; data/doc_format.py), its template's suffix, and none; the
+BOS candidates are with (the template's prefix, else the BOS token) and without. The end token stands where the
+previous document's end stands in the packed stream. Every candidate is scored on the same targets: the text
+tokens 2 .. T+1 of each document (the first text token has no context in the bare candidate). The winner is the
+lowest mean loss; `--write-recipe` writes it into a prepare recipe as `bos` / `doc_end`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from warmstart.data.doc_format import DOCUMENT_TOKENS, encode_texts, template
+from warmstart.errors import UserError
+
+
+@dataclass
+class Candidate:
+    bos: bool
+    end: str | None  # the document-end token string, None for none
+    prefix: list[int]
+    end_ids: list[int]
+
+    @property
+    def label(self) -> str:
+        return f"{'BOS + ' if self.bos else ''}text, after {self.end or 'nothing'}"
+
+
+@dataclass
+class ProbeRow:
+    candidate: Candidate
+    loss: float  # mean token cross-entropy, nats
+    tokens: int
+
+
+def candidates(tok) -> list[Candidate]:
+    """Every (BOS, document-end) pair worth measuring for `tok`, without duplicates."""
+    prefix, suffix = template(tok)
+    if not prefix and tok.bos_token is not None:
+        prefix = [int(tok.convert_tokens_to_ids(tok.bos_token))]
+    vocab = tok.get_vocab()
+    ends: dict[int, str] = {}
+    for t in [*tok.convert_ids_to_tokens(suffix), tok.eos_token, *DOCUMENT_TOKENS]:
+        if t is not None and t in vocab and int(vocab[t]) not in ends:
+            ends[int(vocab[t])] = t
+    out = []
+    for bos in ([True, False] if prefix else [False]):
+        for end_id, end_tok in [*ends.items(), (None, None)]:
+            end_ids = [] if end_id is None else [end_id]
+            pre = prefix if bos else []
+            if bos and end_ids and pre == end_ids:
+                continue  # the same token twice (GPT-2's <|endoftext|> is both): no new information
+            out.append(Candidate(bos, end_tok, list(pre), end_ids))
+    return out
+
+
+def text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list[int]]:
+    """The first `n_docs` texts with >= 2 tokens, each cut to `tokens` + 1 text tokens (specials as text)."""
+    out = []
+    for ids in encode_texts(tok, texts):
+        if len(ids) >= 2:
+            out.append(list(ids[: tokens + 1]))
+        if len(out) == n_docs:
+            break
+    return out
+
+
+@torch.no_grad()
+def probe(model, docs: list[list[int]], cands: list[Candidate], batch_size: int = 8, device="cpu") -> list[ProbeRow]:
+    """Mean token loss of `model` on `docs` (text token ids) under each candidate context, best first.
+
+    Shapes: each forward is (batch, len(end) + len(prefix) + len(doc)); right padding needs no attention mask for
+    a causal LM and its padded positions are not scored. Raises `UserError` when no document has 2 tokens.
+    """
+    if not docs:
+        raise UserError("format probe: no document with at least 2 tokens to score; give more or longer text")
+    was_training = model.training
+    model.eval()
+    rows = []
+    for cand in cands:
+        ctx = cand.end_ids + cand.prefix
+        seqs = [ctx + d for d in docs]
+        first_target = len(ctx) + 1  # position of text token 2 (index 1) in each sequence
+        total, count = 0.0, 0
+        for b in range(0, len(seqs), batch_size):
+            batch = seqs[b : b + batch_size]
+            width = max(len(s) for s in batch)
+            x = torch.zeros((len(batch), width), dtype=torch.long)
+            y = torch.full((len(batch), width), -100, dtype=torch.long)
+            for j, s in enumerate(batch):
+                x[j, : len(s)] = torch.tensor(s)
+                y[j, first_target : len(s)] = torch.tensor(s[first_target:])
+            logits = model(input_ids=x.to(device)).logits.float()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), y[:, 1:].flatten().to(device), reduction="sum", ignore_index=-100
+            )
+            total += float(nll)
+            count += int((y[:, 1:] != -100).sum())
+        rows.append(ProbeRow(cand, total / count, count))
+    model.train(was_training)
+    return sorted(rows, key=lambda r: r.loss)
+
+
+def format_table(rows: list[ProbeRow], n_docs: int) -> str:
+    """The table `warmstart format probe` prints (best first) and its winner."""
+    lines = [f"{'format':<44} {'mean loss':>10} {'tokens':>8}"]
+    for r in rows:
+        lines.append(f"{r.candidate.label:<44} {r.loss:>10.4f} {r.tokens:>8,}")
+    w = rows[0].candidate
+    lines.append(
+        f"winner over {n_docs} documents: {w.label} -> prepare recipe: bos: {str(w.bos).lower()}, "
+        f"doc_end: {w.end or 'none'}"
+    )
+    return "\n".join(lines)
+
+
+def write_winner(recipe: str | Path, winner: Candidate) -> None:
+    """Set `bos` and `doc_end` of an existing prepare recipe to the winner (validated, written atomically)."""
+    import yaml
+
+    from warmstart import atomic
+    from warmstart.config import PrepareConfig, read_yaml, validate
+
+    path = Path(recipe)
+    if not path.is_file():
+        raise UserError(f"--write-recipe: {path} not found (give an existing prepare recipe)")
+    tree = read_yaml(path)
+    tree.pop("eos_token", None)
+    tree["bos"] = bool(winner.bos)
+    tree["doc_end"] = winner.end or "none"
+    validate(PrepareConfig, tree, str(path))
+    atomic.write_text(path, yaml.safe_dump(tree, sort_keys=False, allow_unicode=True))
+
+
+def domain_documents(tok, data_dir: str | Path, domain: str, n_docs: int, tokens: int) -> list[list[int]]:
+    """Text tokens of the first `n_docs` validation documents of a prepared domain (its recorded prefix and
+    suffix removed); the data must have been prepared with the checkpoint's tokenizer."""
+    from warmstart.data.shards import open_data_dir
+    from warmstart.data.tokenizer import vocab_hash
+
+    data = open_data_dir(data_dir)
+    if domain not in data:
+        raise UserError(f"--domain: no domain {domain!r} in {data_dir} (have: {', '.join(data)})")
+    dom = data[domain]
+    if dom.tokenizer.get("vocab_hash") != vocab_hash(tok):
+        raise UserError(f"--data: {data_dir} was prepared with another tokenizer than the checkpoint's; use --text")
+    fmt = dom.document_format
+    out = []
+    for split in ("val", "train"):
+        for doc in dom.documents(split):
+            ids = np.asarray(doc[len(fmt.prefix) : len(doc) - len(fmt.suffix)], dtype=np.int64).tolist()
+            if len(ids) >= 2:
+                out.append(ids[: tokens + 1])
+            if len(out) == n_docs:
+                return out
+    return out
+
+
+def run_probe(
+    checkpoint: str,
+    texts: list[str] | None = None,
+    data_dir: str | None = None,
+    domain: str | None = None,
+    n_docs: int = 12,
+    tokens: int = 200,
+    batch_size: int = 8,
+    device: str = "auto",
+    write_recipe: str | None = None,
+) -> dict:
+    """`warmstart format probe`: load the checkpoint, sample documents, measure every candidate; returns
+    {rows: [{bos, doc_end, loss, tokens}], winner, docs, table}. Raises `UserError` for bad arguments."""
+    from warmstart.config import SourceConfig
+    from warmstart.data.sources import iter_documents
+    from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.eval.run_eval import _device
+    from warmstart.models.build import auto_class, resolve_checkpoint
+
+    if (texts is None) == (data_dir is None):
+        raise UserError("format probe: give exactly one of --text FILES or --data DIR --domain NAME")
+    if data_dir is not None and not domain:
+        raise UserError("format probe: --data needs --domain NAME")
+    if n_docs <= 0 or tokens <= 0 or batch_size <= 0:
+        raise UserError("format probe: --docs, --tokens and --batch-size must be > 0")
+    src = resolve_checkpoint(checkpoint)
+    tok = load_tokenizer(str(src))
+    if texts is not None:
+        docs_text: list[str] = []
+        for path in texts:
+            for t in iter_documents(SourceConfig(path=path)):
+                docs_text.append(t)
+                if len(docs_text) >= 20 * n_docs:
+                    break
+        docs = text_documents(tok, docs_text, n_docs, tokens)
+    else:
+        docs = domain_documents(tok, data_dir, domain, n_docs, tokens)
+    dev = _device(device)
+    try:
+        model = auto_class("causal").from_pretrained(str(src), dtype=torch.float32)
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"format probe: cannot load {checkpoint} as a causal LM ({first})") from None
+    model.to(dev)
+    rows = probe(model, docs, candidates(tok), batch_size, dev)
+    if write_recipe:
+        write_winner(write_recipe, rows[0].candidate)
+    return {
+        "checkpoint": str(src),
+        "docs": len(docs),
+        "tokens_per_doc": tokens,
+        "rows": [
+            {"bos": r.candidate.bos, "doc_end": r.candidate.end, "loss": r.loss, "tokens": r.tokens} for r in rows
+        ],
+        "winner": {"bos": rows[0].candidate.bos, "doc_end": rows[0].candidate.end or "none"},
+        "table": format_table(rows, len(docs)),
+    }

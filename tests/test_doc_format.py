@@ -1,0 +1,311 @@
+"""Documents in the checkpoint's own format: the shards equal each family's direct encoding (BOS where its
+tokenizer adds one, special-token strings as text, one document-end token); the choice is recorded, fingerprinted
+and checked where data meets a model; old data stays readable; the format probe and document-aligned evaluation
+equal direct `transformers` computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conventions import CONVENTIONS, build_tokenizer
+
+from warmstart.cli import main
+from warmstart.data import prepare
+from warmstart.data.doc_format import check_format, resolve_format
+from warmstart.data.shards import open_data_dir
+from warmstart.data.tokenizer import load_tokenizer
+from warmstart.errors import UserError
+
+# literal special-token strings of every convention inside ordinary text: all must stay text
+HOSTILE = "A page with <s> and </s>, a README on <|endoftext|>, <|im_end|>, <bos>, <eos> and [SEP] [CLS]."
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    HOSTILE,
+    "def add(a, b):\n    return a + b\n",
+    "Language models predict the next token. " * 3,
+    "Replay mixes in old data.",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("conventions")
+    return {name: build_tokenizer(name, root / name) for name in CONVENTIONS}
+
+
+def _jsonl(path: Path, texts) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _prepare(tok_dir: Path, root: Path, texts=DOCS, **settings):
+    root.mkdir(parents=True, exist_ok=True)
+    src = _jsonl(root / "docs.jsonl", texts)
+    cfg = {"tokenizer": str(tok_dir), "out": str(root / "shards"), "domains": {"web": [{"path": str(src)}]},
+           "val_docs": 2, **settings}
+    return prepare(cfg, progress=False)
+
+
+def _all_docs(data_dir: Path) -> list[list[int]]:
+    dom = open_data_dir(data_dir)["web"]
+    return [np.asarray(d).tolist() for split in ("train", "val") for d in dom.documents(split)]
+
+
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_shards_equal_each_conventions_direct_encoding(convention, toks, tmp_path):
+    tok = load_tokenizer(str(toks[convention]))
+    spec = CONVENTIONS[convention]
+    res = _prepare(toks[convention], tmp_path)
+    end = tok.convert_tokens_to_ids(spec["expect_suffix"])
+    pre = tok.convert_tokens_to_ids(spec["expect_prefix"])
+    # the definition, written out per convention: its own template (BOS where it adds one), specials as text
+    want = []
+    for t in DOCS:
+        body = tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        with_template = tok(t, split_special_tokens=True)["input_ids"]
+        if spec["template"] == "bert":
+            assert with_template == pre + body + end
+        elif spec["template"]:
+            assert with_template == pre + body
+        else:
+            assert with_template == body
+        want.append(pre + body + end)
+    got = _all_docs(tmp_path / "shards")
+    assert sorted(got) == sorted(want)
+    special = set(tok.all_special_ids)
+    for doc in got:  # no control token inside a document: literal <s>, <|endoftext|>, [SEP] ... stayed text
+        inner = doc[len(pre) : len(doc) - len(end)]
+        assert not special & set(inner)
+    hostile = tok(HOSTILE, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert tok.decode(hostile) == HOSTILE
+    # recorded, shown, and in the printed summary
+    index = json.loads((tmp_path / "shards/web/index.json").read_text())
+    assert index["format"] == "warmstart-shards-v2"
+    assert index["document"]["prefix"] == pre and index["document"]["suffix"] == end
+    assert index["document"]["prefix_tokens"] == spec["expect_prefix"]
+    assert index["document"]["suffix_tokens"] == spec["expect_suffix"]
+    assert index["document"]["specials_as_text"] is True
+    assert index["settings"]["bos"] == "auto" and index["settings"]["doc_end"] == "auto"
+    assert "documents: " in res.summary()
+
+
+def test_chat_eos_is_said_and_document_token_used(toks):
+    fmt = resolve_format(load_tokenizer(str(toks["qwen"])))
+    assert fmt.suffix_tokens == ["<|endoftext|>"]
+    assert "<|im_end|> ends a chat turn" in fmt.rule and "format probe" in fmt.rule
+    assert "document token" in resolve_format(load_tokenizer(str(toks["gpt2"]))).rule
+
+
+def test_settings_are_recorded_and_fingerprinted(toks, tmp_path):
+    tok = load_tokenizer(str(toks["llama"]))
+    _prepare(toks["llama"], tmp_path, bos=False, doc_end="none")
+    body = [tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] for t in DOCS]
+    assert sorted(_all_docs(tmp_path / "shards")) == sorted(body)
+    index = json.loads((tmp_path / "shards/web/index.json").read_text())
+    assert index["document"]["prefix"] == [] and index["document"]["suffix"] == []
+    assert (index["settings"]["bos"], index["settings"]["doc_end"]) == ("false", "none")
+    before = (tmp_path / "shards/web/train.bin").read_bytes()
+    with pytest.raises(UserError, match="different inputs; use --overwrite"):
+        _prepare(toks["llama"], tmp_path)  # the default format differs: refused, nothing touched
+    assert (tmp_path / "shards/web/train.bin").read_bytes() == before
+    _prepare(toks["llama"], tmp_path, doc_end="<unk>", overwrite=True)
+    assert json.loads((tmp_path / "shards/web/index.json").read_text())["document"]["suffix_tokens"] == ["<unk>"]
+    with pytest.raises(UserError, match="not in the tokenizer's vocabulary"):
+        _prepare(toks["llama"], tmp_path / "x", doc_end="<nope>")
+    with pytest.raises(UserError, match="no BOS token"):
+        _prepare(toks["qwen"], tmp_path / "y", bos=True)
+    # eos_token, the older name, still works and means doc_end
+    _prepare(toks["qwen"], tmp_path / "z", eos_token="<|im_end|>")
+    assert json.loads((tmp_path / "z/shards/web/index.json").read_text())["document"]["suffix_tokens"] == ["<|im_end|>"]
+
+
+def test_format_show_prints_every_domain(toks, tmp_path, capsys):
+    _prepare(toks["gemma"], tmp_path)
+    assert main(["format", "show", str(tmp_path / "shards")]) == 0
+    out = capsys.readouterr().out
+    assert "web" in out and "<bos> (2) + text + <eos> (1)" in out and "bos: auto, doc_end: auto" in out
+
+
+def _make_legacy(data_dir: Path) -> None:
+    """Rewrite a prepared directory as the previous version wrote it (v1 index, no recorded format)."""
+    for p in [data_dir / "manifest.json", *data_dir.glob("*/index.json")]:
+        d = json.loads(p.read_text())
+        d["format"] = "warmstart-shards-v1"
+        d.pop("document", None)
+        p.write_text(json.dumps(d))
+
+
+def test_old_format_is_recognised_warned_or_refused(toks, tmp_path, capsys):
+    # GPT-2-style data of the old version is text + EOS, i.e. the right tokens: used, with a warning
+    _prepare(toks["gpt2"], tmp_path / "g")
+    _make_legacy(tmp_path / "g/shards")
+    dom = open_data_dir(tmp_path / "g/shards")["web"]
+    assert dom.document_format.legacy and dom.document_format.suffix == [dom.tokenizer["eos_id"]]
+    msg = check_format(dom.document_format, load_tokenizer(str(toks["gpt2"])), "d")
+    assert "older warmstart" in msg and "--overwrite" in msg
+    # Llama-style data of the old version lacks BOS: refused with the command that rebuilds it
+    _prepare(toks["llama"], tmp_path / "l", bos=False, doc_end="</s>")
+    _make_legacy(tmp_path / "l/shards")
+    dom = open_data_dir(tmp_path / "l/shards")["web"]
+    with pytest.raises(UserError, match=r"start with no BOS.*<s>.*warmstart prepare RECIPE --overwrite"):
+        check_format(dom.document_format, load_tokenizer(str(toks["llama"])), "d")
+    # re-preparing over it without --overwrite says why
+    with pytest.raises(UserError, match="older warmstart"):
+        _prepare(toks["llama"], tmp_path / "l")
+
+
+def _tiny_llama(tok_dir: Path, out: Path, layers: int = 2) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(str(tok_dir))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # a less uniform next-token distribution than the default init
+        model.lm_head.weight.normal_(0, 0.5)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_mismatch_refused_in_train_eval_quality_and_after_inherit(toks, tmp_path):
+    from train_helpers import tiny_recipe
+
+    from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.models.surgery import inherit
+    from warmstart.recipes.quality import score_domain
+    from warmstart.train.loop import train
+
+    # same vocabulary, but saved without the BOS template: its data has no BOS (auto), the checkpoint adds one
+    plain = build_tokenizer("llama", tmp_path / "plain-tok", template=False)
+    _prepare(plain, tmp_path)
+    data = tmp_path / "shards"
+    ckpt = _tiny_llama(toks["llama"], tmp_path / "ckpt", layers=2)
+    with pytest.raises(UserError, match=r"documents start with no BOS.*<s>.*--allow-format-mismatch"):
+        eval_checkpoint(str(ckpt), data, seq_len=16, out=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()
+    res = eval_checkpoint(str(ckpt), data, seq_len=16, out=tmp_path / "ev", allow_format_mismatch=True)
+    assert res["val"]["web"]["tokens"] > 0
+    with pytest.raises(UserError, match="--allow-format-mismatch"):
+        score_domain(str(ckpt), data, "web", tmp_path / "rank", progress=False)
+    small = tmp_path / "inherited"
+    inherit(str(ckpt), small, layers=1)
+    recipe = tiny_recipe(data, None, tmp_path / "runs", "cont", data={"weights": {"web": 1.0}, "seq_len": 8},
+                         model={"tokenizer": None, "preset": None}, init={"from": str(small)},
+                         train={"steps": 1, "batch_tokens": 16, "micro_batch_size": 2},
+                         schedule={"warmup_steps": 0})
+    with pytest.raises(UserError, match=r"data\.allow_format_mismatch=true"):
+        train(recipe)
+    assert not (tmp_path / "runs/cont").exists()
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"allow_format_mismatch": True})})
+    assert train(recipe).step == 1
+
+
+def test_format_probe_equals_direct_transformers_computation(toks, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.eval.format_probe import candidates, probe, text_documents
+
+    ckpt = _tiny_llama(toks["qwen"], tmp_path / "ckpt")
+    tok = load_tokenizer(str(ckpt))
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
+    docs = text_documents(tok, DOCS, n_docs=4, tokens=12)
+    assert len(docs) == 4 and all(2 <= len(d) <= 13 for d in docs)
+    cands = candidates(tok)
+    labels = {(c.bos, c.end) for c in cands}
+    assert labels == {(False, "<|im_end|>"), (False, "<|endoftext|>"), (False, None)}  # qwen-style: no BOS
+    rows = probe(model, docs, cands, batch_size=3)
+    assert [r.loss for r in rows] == sorted(r.loss for r in rows)
+    for r in rows:
+        ctx = r.candidate.end_ids + r.candidate.prefix
+        total, n = 0.0, 0
+        for d in docs:  # one document at a time, no padding: the by-hand number
+            x = torch.tensor([ctx + d])
+            with torch.no_grad():
+                logits = model(input_ids=x).logits[0]
+            start = len(ctx)  # logits at position p predict token p + 1; targets are the text tokens 2..
+            total += F.cross_entropy(logits[start : len(ctx) + len(d) - 1], x[0, start + 1 :], reduction="sum").item()
+            n += len(d) - 1
+        assert r.tokens == n
+        assert r.loss == pytest.approx(total / n, abs=1e-5)
+    # the CLI prints the table and writes the winner into a prepare recipe, which then validates and prepares
+    texts = _jsonl(tmp_path / "t.jsonl", DOCS)
+    recipe = tmp_path / "prepare.yaml"
+    recipe.write_text(yaml.safe_dump({"tokenizer": str(ckpt), "out": str(tmp_path / "out"),
+                                      "domains": {"web": [{"path": str(texts)}]}, "val_docs": 1}))
+    assert main(["format", "probe", str(ckpt), "--text", str(texts), "--docs", "4", "--tokens", "12",
+                 "--write-recipe", str(recipe), "--json", str(tmp_path / "probe.json")]) == 0
+    out = capsys.readouterr().out
+    assert "winner over 4 documents" in out
+    winner = rows[0].candidate
+    tree = yaml.safe_load(recipe.read_text())
+    assert tree["bos"] is winner.bos and tree["doc_end"] == (winner.end or "none")
+    assert json.loads((tmp_path / "probe.json").read_text())["winner"]["doc_end"] == (winner.end or "none")
+    assert main(["prepare", str(recipe)]) == 0
+    # Llama-style tokenizers get BOS candidates too
+    llama = {(c.bos, c.end) for c in candidates(load_tokenizer(str(toks["llama"])))}
+    assert (True, "</s>") in llama and (False, None) in llama and (True, None) in llama
+
+
+def test_document_windows_equal_direct_loss_and_step0_of_a_continued_run(toks, tmp_path):
+    from train_helpers import tiny_recipe
+    from transformers import AutoModelForCausalLM
+
+    from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.train.loop import train
+    from warmstart.train.metrics import read_metrics
+
+    ckpt = _tiny_llama(toks["llama"], tmp_path / "ckpt")
+    texts = [f"Document {i}: " + DOCS[i % 5] * (1 + i % 3) for i in range(12)]
+    src = _jsonl(tmp_path / "docs.jsonl", texts)
+    prepare({"tokenizer": str(ckpt), "out": str(tmp_path / "shards"), "domains": {"web": [{"path": str(src)}]},
+             "val_docs": 6}, progress=False)
+    data = tmp_path / "shards"
+    res = eval_checkpoint(str(ckpt), data, seq_len=24, max_tokens=10_000, batch_size=4, out=tmp_path / "ev")
+    assert res["windows"] == "documents"  # the default on a plain checkpoint
+    # by hand: every val document as its tokenizer writes it (<s> + text + </s>), first 25 tokens, one at a time
+    tok = load_tokenizer(str(ckpt))
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
+    val_texts = [texts[i] for i in _val_positions(data, texts, tok)]
+    total, n = 0.0, 0
+    for t in val_texts:
+        ids = (tok(t, split_special_tokens=True)["input_ids"] + [tok.eos_token_id])[:25]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logits = model(input_ids=x[:, :-1]).logits[0]
+        total += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+        n += len(ids) - 1
+    assert res["val"]["web"]["tokens"] == n
+    assert res["val"]["web"]["loss"] == pytest.approx(total / n, abs=1e-5)
+    # a continued run evaluating document windows starts (step 0) from exactly that number
+    recipe = tiny_recipe(data, None, tmp_path / "runs", "cont", data={"weights": {"web": 1.0}, "seq_len": 24},
+                         model={"tokenizer": None, "preset": None}, init={"from": str(ckpt)},
+                         train={"steps": 1, "batch_tokens": 48, "micro_batch_size": 2}, schedule={"warmup_steps": 0},
+                         eval={"windows": "documents", "max_tokens": 10_000})
+    run = train(recipe)
+    step0 = next(r for r in read_metrics(run.run_dir) if r["event"] == "eval" and r["step"] == 0)
+    assert step0["val/web/loss"] == pytest.approx(total / n, abs=1e-5)
+    packed = eval_checkpoint(str(ckpt), data, seq_len=24, max_tokens=10_000, out=tmp_path / "ev2", windows="packed")
+    assert packed["windows"] == "packed" and packed["val"]["web"]["loss"] != pytest.approx(total / n, abs=1e-3)
+
+
+def _val_positions(data: Path, texts: list[str], tok) -> list[int]:
+    """Which input documents went to the val split: matched by their tokens."""
+    dom = open_data_dir(data)["web"]
+    val = [np.asarray(d).tolist() for d in dom.documents("val")]
+    out = []
+    for i, t in enumerate(texts):
+        ids = tok(t, split_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+        if ids in val:
+            out.append(i)
+    assert len(out) == len(val)
+    return out

@@ -4,6 +4,7 @@
 - gemma: `<bos>` added by its template, EOS `<eos>`, turn tokens `<start_of_turn>` / `<end_of_turn>`
 - gpt2: no template, `<|endoftext|>` is BOS, EOS and UNK (GPT-2 / Pythia)
 - qwen: no template, EOS `<|im_end|>` (a chat-turn end), document token `<|endoftext|>`, a chat template
+- opt: `</s>` is BOS and EOS and its template puts it first (OPT)
 - bert: `[CLS] text [SEP]` template (masked LMs)
 """
 
@@ -52,6 +53,13 @@ CONVENTIONS: dict[str, dict] = {
         "chat_template": QWEN_CHAT,
         "expect_prefix": [],
         "expect_suffix": ["<|endoftext|>"],
+    },
+    "opt": {
+        "specials": ["<pad>", "</s>", "<unk>"],
+        "kwargs": {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
+        "template": "</s>",
+        "expect_prefix": ["</s>"],
+        "expect_suffix": ["</s>"],
     },
     "bert": {
         "specials": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],

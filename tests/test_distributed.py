@@ -1,4 +1,5 @@
-"""Data-parallel training with real torchrun processes (gloo on CPU) equals the single-process run."""
+"""Data-parallel training with real torchrun processes (gloo on CPU): DDP and FSDP2 equal the single-process run,
+and a checkpoint of any layout resumes on any number of processes, in either layout, to the same result."""
 
 from __future__ import annotations
 
@@ -6,12 +7,23 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from train_helpers import tiny_recipe_tree
+from safetensors.torch import load_file
+from torch.distributed.checkpoint import FileSystemReader
+from train_helpers import assert_same_weights, tiny_recipe_tree
+from transformers import AutoModelForCausalLM
 
-from warmstart.train.metrics import read_metrics
+from warmstart.train import checkpoint as ckpt
+from warmstart.train.metrics import TIMING_KEYS, read_metrics
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN) and shutil.which("torchrun") is None,
+                                reason="torchrun not installed")
+STEPS, CUT = 6, 3  # checkpoints at 3 and 6; a resume from 3 re-runs steps 4-6
 
 
 def _run(cmd: list[str]) -> None:
@@ -20,28 +32,119 @@ def _run(cmd: list[str]) -> None:
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
-def test_two_process_ddp_matches_single_process(data_dir, tokenizer_dir, tmp_path):
-    tree = tiny_recipe_tree(
-        data_dir, tokenizer_dir, tmp_path / "runs", "single",
-        train={"steps": 6, "batch_tokens": 512, "micro_batch_size": 4, "log_every": 1, "checkpoint_every": 3},
-        eval={"every": 3},
-    )
-    single = tmp_path / "single.yaml"
-    single.write_text(yaml.safe_dump(tree))
-    ddp = tmp_path / "ddp.yaml"
-    ddp.write_text(yaml.safe_dump({**tree, "name": "ddp"}))
-    _run([sys.executable, "-m", "warmstart", "train", str(single)])
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    _run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "warmstart", "train", str(ddp)])
+def _train(recipe: Path, procs: int, *extra: str) -> None:
+    if procs == 1:
+        _run([sys.executable, "-m", "warmstart", "train", str(recipe), *extra])
+    else:
+        _run([TORCHRUN, "--standalone", "--nproc-per-node", str(procs), "-m", "warmstart", "train", str(recipe),
+              *extra])
 
-    a, b = read_metrics(tmp_path / "runs" / "single"), read_metrics(tmp_path / "runs" / "ddp")
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    assert len([r for r in b if r["event"] == "train"]) == 6
+
+def _recipe(tmp: Path, tree: dict, name: str, parallel: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**tree, "name": name, "train": {**tree["train"], "parallel": parallel}}))
+    return path
+
+
+def _same_numbers(a: list[dict], b: list[dict]) -> None:
+    """Same events at the same steps, losses and gradient norms within float tolerance."""
+    assert [(r["event"], r["step"]) for r in a] == [(r["event"], r["step"]) for r in b]
     for ra, rb in zip(a, b, strict=True):
         for key, va in ra.items():
-            if key.startswith(("train/loss", "val/")) and va is not None:
-                assert rb[key] == pytest.approx(va, rel=2e-4, abs=1e-5), (ra["step"], key)
-    # rank 0 alone wrote the run: one metrics file, one final checkpoint
-    assert (tmp_path / "runs" / "ddp" / "final" / "model.safetensors").exists()
+            if key.startswith(("train/loss", "val/", "grad_norm")) and va is not None:
+                assert rb[key] == pytest.approx(va, rel=2e-4, abs=1e-5), (ra["step"], key, va, rb[key])
+
+
+def _same_but_grad_norm(a: list[dict], b: list[dict]) -> None:
+    """Bit-for-bit equal events but for the timings and the gradient norm, whose sum over shards is ordered
+    differently (within float tolerance: `_same_numbers`)."""
+    skip = {"grad_norm", *TIMING_KEYS}
+    assert [{k: v for k, v in r.items() if k not in skip} for r in a] == [
+        {k: v for k, v in r.items() if k not in skip} for r in b]
+
+
+def _close_weights(a: Path, b: Path) -> None:
+    ta, tb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(tb[k], ta[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tokenizer_dir, tmp_path_factory):
+    """Uninterrupted runs of one recipe: one process, 2 DDP processes, 2 FSDP processes.
+
+    16 sequences per step: one process accumulates 4 micro-batches of 4, two processes 2 each. 5 validation
+    sequences per domain in batches of 2: under two processes one rank has a batch fewer (a sharded model must
+    still run it)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    tree = tiny_recipe_tree(
+        data_dir, tokenizer_dir, tmp / "runs", "x",
+        train={"steps": STEPS, "batch_tokens": 512, "micro_batch_size": 4, "log_every": 2,
+               "checkpoint_every": CUT, "keep_checkpoints": 2},
+        eval={"every": CUT, "max_tokens": 160, "batch_size": 2},
+    )
+    _train(_recipe(tmp, tree, "single", "ddp"), 1)
+    _train(_recipe(tmp, tree, "ddp", "ddp"), 2)
+    _train(_recipe(tmp, tree, "fsdp", "fsdp"), 2)
+    return tmp, tree
+
+
+def test_two_process_ddp_and_fsdp_match_single_process(runs):
+    tmp, _ = runs
+    single, ddp, fsdp = (tmp / "runs" / n for n in ("single", "ddp", "fsdp"))
+    a = read_metrics(single)
+    assert len([r for r in a if r["event"] == "train"]) == STEPS // 2
+    for other in (ddp, fsdp):
+        _same_numbers(a, read_metrics(other))
+        _close_weights(single, other)
+        # rank 0 alone wrote the run's final/: one plain HF checkpoint, the same files as one process writes
+        assert sorted(p.name for p in (other / "final").iterdir()) == sorted(p.name for p in (single / "final").iterdir())
+    # DDP and FSDP over two processes do the same float operations on every gradient and update (the mean of two
+    # is exact halves either way): the same losses and weights bit for bit; only the clipping norm's sum differs
+    _same_but_grad_norm(read_metrics(ddp), read_metrics(fsdp))
+    assert_same_weights(ddp / "final" / "model.safetensors", fsdp / "final" / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(str(fsdp / "final"))
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    # FSDP's checkpoint holds each process's half of a block's weight; DDP's holds it whole
+    key = "model.model.layers.0.mlp.up_proj.weight"
+    for run, rows in ((fsdp, [(0, 86), (86, 86)]), (ddp, [(0, 172)])):
+        meta = FileSystemReader(str(ckpt.step_dir(run / "checkpoints", CUT))).read_metadata()
+        assert [(c.offsets[0], c.sizes[0]) for c in meta.state_dict_metadata[key].chunks] == rows
+
+
+def _resume(tmp: Path, tree: dict, source: str, name: str, procs: int, parallel: str) -> Path:
+    """A copy of run `source` as it was at step CUT (its checkpoint and metrics), resumed under a new layout."""
+    src, dst = tmp / "runs" / source, tmp / "runs" / name
+    cut = ckpt.step_dir(src / "checkpoints", CUT)
+    shutil.copytree(cut, ckpt.step_dir(dst / "checkpoints", CUT))
+    shutil.copy(src / "metrics.jsonl", dst / "metrics.jsonl")
+    cfg = yaml.safe_load((src / "config.yaml").read_text())
+    (dst / "config.yaml").write_text(yaml.safe_dump({**cfg, "name": name}))
+    _train(_recipe(tmp, tree, name, parallel), procs, "--resume")
+    return dst
+
+
+def test_resume_on_other_process_counts_and_layouts(runs):
+    """2 FSDP -> 1, 1 -> 2 DDP, 2 DDP -> 2 FSDP: each continues to the uninterrupted result, including the first
+    train/loss logged after the resume (step 4: its window holds step 3, from before the checkpoint)."""
+    tmp, tree = runs
+    single = tmp / "runs" / "single"
+    reference = read_metrics(single)
+    for source, name, procs, parallel in [("fsdp", "fsdp-to-1", 1, "ddp"), ("single", "1-to-ddp", 2, "ddp"),
+                                          ("ddp", "ddp-to-fsdp", 2, "fsdp")]:
+        dst = _resume(tmp, tree, source, name, procs, parallel)
+        got = read_metrics(dst)
+        # the events before the checkpoint are the source run's own lines, kept byte for byte
+        assert [r for r in got if r["step"] <= CUT] == [r for r in read_metrics(tmp / "runs" / source)
+                                                        if r["step"] <= CUT], name
+        _same_numbers(reference, got)
+        first = next(r for r in got if r["event"] == "train" and r["step"] > CUT)
+        want = next(r for r in reference if r["event"] == "train" and r["step"] > CUT)
+        assert first["step"] == CUT + 1 and first["train/loss"] == pytest.approx(want["train/loss"], rel=2e-4)
+        _close_weights(single, dst)
+        if name == "ddp-to-fsdp":  # the same math as the DDP run it came from (see above): bit for bit
+            _same_but_grad_norm(read_metrics(tmp / "runs" / "ddp"), got)
+            assert_same_weights(tmp / "runs" / "ddp" / "final" / "model.safetensors", dst / "final" / "model.safetensors")
+        assert ckpt.load_state(ckpt.step_dir(dst / "checkpoints", STEPS))["world"] == procs

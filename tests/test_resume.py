@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -11,13 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_model
 from train_helpers import assert_same_weights, metrics_without_timing, tiny_recipe_tree
+from transformers import AutoModelForCausalLM
 
+from warmstart.atomic import write_json
 from warmstart.config import Recipe, validate
+from warmstart.errors import UserError
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.loop import train
 from warmstart.train.metrics import read_metrics
+from warmstart.train.optim import build_optimizer
 
 STEPS = 30
 
@@ -113,15 +120,40 @@ def test_damaged_newest_checkpoint_falls_back(data_dir, tokenizer_dir, tmp_path)
     train(recipe)
     cps = ckpt.list_checkpoints(recipe.run_dir / "checkpoints")
     assert [p.name for p in cps] == ["step-00000002", "step-00000004", "step-00000006"]
-    weights = cps[-1] / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    shard = cps[-1] / "__0_0.distcp"  # the tensors (model and optimizer) written by rank 0
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated
     with pytest.warns(UserWarning, match="step-00000006 is damaged .*truncated"):
         assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[-2]
-    opt = cps[-2] / "optimizer.pt"
-    data = bytearray(opt.read_bytes())
+    meta = cps[-2] / ".metadata"
+    data = bytearray(meta.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
-    opt.write_bytes(bytes(data))
+    meta.write_bytes(bytes(data))
     with pytest.warns(UserWarning) as caught:
         assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[0]
     messages = [str(w.message) for w in caught]
-    assert any("step-00000004 is damaged (optimizer.pt corrupt" in m for m in messages), messages
+    assert any("step-00000004 is damaged (.metadata corrupt" in m for m in messages), messages
+
+
+def test_checkpoint_of_the_older_format_is_refused_in_one_line(data_dir, tokenizer_dir, tmp_path):
+    """A checkpoint as warmstart wrote it before torch.distributed.checkpoint (one safetensors file and a pickled
+    optimizer state, with a valid manifest): --resume refuses it in one line and changes no file."""
+    recipe = validate(Recipe, tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "old",
+                                               train={"steps": 2, "checkpoint_every": 2}))
+    train(recipe)
+    cp = ckpt.list_checkpoints(recipe.run_dir / "checkpoints")[-1]
+    (recipe.run_dir / "final").rename(tmp_path / "final")  # the run as if killed after its checkpoint
+    (recipe.run_dir / "summary.json").unlink()
+    for f in [*cp.glob("*.distcp"), cp / ".metadata", cp / "manifest.json"]:
+        f.unlink()
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "final"))
+    save_model(model, str(cp / "model.safetensors"))
+    torch.save(build_optimizer(model, recipe.optim, lr=1e-3, device=torch.device("cpu")).state_dict(),
+               cp / "optimizer.pt")
+    write_json(cp / "manifest.json", {p.name: {"bytes": p.stat().st_size,
+                                               "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                                      for p in sorted(cp.iterdir())})
+    before = {p: p.read_bytes() for p in recipe.run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(UserError) as e:
+        train(recipe, resume=True)
+    assert "older warmstart (model.safetensors + optimizer.pt)" in str(e.value) and "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in recipe.run_dir.rglob("*") if p.is_file()} == before

@@ -180,6 +180,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (whole model per process) or fsdp (FSDP2, sharded per block)"
+    )
     cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads per process (default: torch's)")
     keep_heap: bool = Field(
         True, description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc)"

@@ -82,6 +82,7 @@ def evaluate(
     causal: bool = True,
 ) -> dict[str, float]:
     """Mean token cross-entropy per domain; ranks split the sequences and sum, so any world size agrees.
+    A collective under torchrun: every rank calls it with the same sets.
 
     A set is either (seq_len + 1)-token windows (next-token loss) or an (inputs, labels) pair whose labels are
     -100 where no loss is taken (masked-LM evaluation, or right-padded `document_windows`). For a `causal` model
@@ -94,8 +95,13 @@ def evaluate(
         inputs, labels = data if isinstance(data, tuple) else (data[:, :-1], data[:, 1:])
         total = torch.zeros(2, dtype=torch.float64, device=d.device)
         mine_x, mine_y = inputs[d.rank :: d.world], labels[d.rank :: d.world]
-        for i in range(0, len(mine_x), batch_size):
+        # every rank runs the same number of forward passes (a sharded model gathers its weights in each one);
+        # a rank out of sequences runs one with no target (labels all -100), which adds nothing
+        rank_batches = math.ceil(math.ceil(len(inputs) / d.world) / batch_size)
+        for i in range(0, rank_batches * batch_size, batch_size):
             bx, by = mine_x[i : i + batch_size], mine_y[i : i + batch_size]
+            if not len(bx):
+                bx, by = inputs[:1], np.full(labels[:1].shape, -100, dtype=np.int64)
             scored = np.flatnonzero((by != -100).any(axis=0)) if causal else [bx.shape[1] - 1]
             width = int(scored[-1]) + 1 if len(scored) else 1
             x = torch.from_numpy(np.ascontiguousarray(bx[:, :width])).to(d.device)

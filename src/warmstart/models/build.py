@@ -161,9 +161,12 @@ def check_data_format(
             warn(msg)
 
 
-def save_hf(model: torch.nn.Module, tokenizer, out: Path) -> None:
-    """A plain Hugging Face checkpoint: config.json + model.safetensors + tokenizer files."""
-    model.save_pretrained(str(out), safe_serialization=True)
+def save_hf(model: torch.nn.Module, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """A plain Hugging Face checkpoint: config.json + model.safetensors + tokenizer files.
+
+    `state_dict`: the weights to write instead of the model's own (a sharded model's gathered full state dict).
+    """
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(str(out))
 
 

@@ -1,19 +1,25 @@
 """Resumable checkpoints: written atomically, verified on load, the newest intact one wins.
 
     checkpoints/step-000500/
-        model.safetensors     weights (shared tensors stored once)
-        optimizer.pt          AdamW state (torch.load(weights_only=True))
+        .metadata, __<r>_0.distcp   model and AdamW state through torch.distributed.checkpoint (DCP), each
+                                    process writing its own shard; the metadata maps every tensor's pieces
         rng-rank<r>.pt        each rank's torch (and CUDA) RNG state
-        state.json            step, tokens, sampler state, metrics.jsonl byte offset, log window
+        state.json            step, tokens, sampler state, metrics.jsonl byte offset, log window, process count
         manifest.json         size and sha256 of every file above; written last, so its presence means complete
+
+The state is taken with `torch.distributed.checkpoint.state_dict.get_state_dict`, keyed by parameter name
+whatever the layout, so a checkpoint written by N processes (DDP or FSDP) loads into M processes of either kind,
+or into one: DCP re-slices each tensor into the loading layout. Single-process and DDP runs use the same format.
 
 The directory is built as `.tmp-step-000500` and renamed, so a kill at any point leaves no half checkpoint
 under a real name; a checkpoint damaged later (truncated file, flipped bytes) fails its manifest check and the
-previous one is used with a warning.
+previous one is used with a warning. Every process writes its shard into the same directory: on several nodes
+`checkpoints/` must be on a filesystem they share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,9 +28,18 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from warmstart.atomic import write_json
+from warmstart.errors import UserError
+from warmstart.train.distributed import Dist, barrier
 
 PREFIX = "step-"
 
@@ -59,6 +74,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every call without a process group; one process is a case warmstart means."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def save(
     root: Path,
     step: int,
@@ -67,26 +90,37 @@ def save(
     state: dict,
     rank_rngs: list[dict],
     keep: int,
+    d: Dist,
 ) -> Path:
-    """Write checkpoint `step` atomically (called on rank 0 with every rank's RNG state), prune old ones."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint `step` atomically and prune old ones; a collective, called on every rank.
+
+    `model` is the unwrapped (or FSDP-sharded) model, `state` the JSON state (used from rank 0), `rank_rngs` every
+    rank's RNG state (gathered on rank 0). Returns the checkpoint's directory.
+    """
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    for r, rng in enumerate(rank_rngs):
-        torch.save(rng, tmp / f"rng-rank{r}.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    files = sorted(p for p in tmp.iterdir() if p.is_file())
-    for p in files:
-        _fsync(p)
-    write_json(tmp / "manifest.json", {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files})
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    prune(root, keep)
+    if d.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier(d)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not d.enabled)
+    barrier(d)  # every shard is written (and fsynced by DCP) before rank 0 seals the directory
+    if d.is_main:
+        for r, rng in enumerate(rank_rngs):
+            torch.save(rng, tmp / f"rng-rank{r}.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        for p in files:
+            _fsync(p)
+        write_json(tmp / "manifest.json", {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files})
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        prune(root, keep)
+    barrier(d)
     return final
 
 
@@ -130,16 +164,55 @@ def newest_valid(root: Path) -> Path | None:
     return None
 
 
+def _check_format(path: Path) -> None:
+    if not (path / ".metadata").is_file() and (path / "model.safetensors").is_file():
+        raise UserError(
+            f"{path}: a checkpoint of an older warmstart (model.safetensors + optimizer.pt); this version reads "
+            "torch.distributed.checkpoint checkpoints only: finish the run with the version that started it"
+        )
+
+
 def load_state(path: Path) -> dict:
+    """The checkpoint's state.json. Raises UserError for a checkpoint in the older single-file format."""
+    _check_format(path)
     return json.loads((path / "state.json").read_text())
 
 
-def load_into(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rank: int, device: torch.device
-) -> None:
-    load_model(model, str(path / "model.safetensors"), device=str(device))
+def _load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, weights: bool) -> None:
+    """Load the model's weights (if `weights`) and the optimizer's state (if given) into this process's layout.
+    The optimizer keeps its own hyperparameters: lr, betas and weight decay come from the recipe, only the
+    moments and step counts from the file."""
+    _check_format(path)
+    if optimizer is None:
+        sd = {"model": get_model_state_dict(model)}
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)  # initialises AdamW's state (a step at lr 0)
+        sd = {"model": model_sd, "optim": optim_sd} if weights else {"optim": optim_sd}
+    with _single_process_quiet():
+        dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    if weights:
+        set_model_state_dict(model, sd["model"])
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        set_optimizer_state_dict(model, optimizer, sd["optim"])
+        for group, h in zip(optimizer.param_groups, hyper, strict=True):
+            group.update(h)
+
+
+def load_into(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rank: int) -> None:
+    """Restore weights (and AdamW state unless `optimizer` is None) of any layout into `model`'s own layout and
+    placement (a collective under torchrun), plus this rank's RNG state when the checkpoint has one for it."""
+    _load(path, model, optimizer, weights=True)
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
+
+
+def load_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """AdamW's moments and step counts only (re-warming with `init.keep_optimizer`), into any layout.
+    Raises UserError when the checkpoint's optimizer state does not fit `model`."""
+    try:
+        _load(path, model, optimizer, weights=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"init.keep_optimizer: optimizer state of {path} does not fit this model ({first})") from None

@@ -38,7 +38,18 @@ from warmstart.models.build import (
     save_hf,
 )
 from warmstart.train import checkpoint as ckpt
-from warmstart.train.distributed import Dist, all_reduce_sum, barrier, parallelize, setup, teardown, unwrap
+from warmstart.train.distributed import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    full_state_dict,
+    full_value,
+    gradient_sync,
+    parallelize,
+    setup,
+    teardown,
+    unwrap,
+)
 from warmstart.train.host_allocator import keep_heap
 from warmstart.train.metrics import MetricsLog
 from warmstart.train.objectives import IGNORE, Objective, eval_pairs
@@ -59,6 +70,7 @@ RESUME_FREE_KEYS = {
     "train.trackers",
     "train.cpu_threads",
     "train.keep_heap",
+    "train.parallel",  # a layout, not the math: checkpoints load into any layout
 }
 
 
@@ -160,9 +172,12 @@ def _batch_shape(recipe: Recipe, d: Dist) -> tuple[int, int, int]:
     return gseqs, micro, per_rank // micro
 
 
+def _wants_bf16(recipe: Recipe, device: torch.device) -> bool:
+    return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
+
+
 def _autocast(recipe: Recipe, device: torch.device):
-    want_bf16 = recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
-    if not want_bf16:
+    if not _wants_bf16(recipe, device):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -239,6 +254,9 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         from warmstart.eval.tasks import task_manager
 
         task_manager(recipe.eval.tasks)  # unknown task names fail now, before the model is even loaded
+        if recipe.train.parallel == "fsdp" and d.enabled:
+            raise UserError("eval.tasks: lm-eval tasks run on rank 0 alone, which a sharded model (train.parallel: "
+                            "fsdp) cannot do; use parallel: ddp, or run `warmstart eval` on final/")
     sampler = MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
     used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
 
@@ -257,12 +275,12 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     fpt = flops_per_token(model, seq_len)
     n_params = count_params(model)
 
-    model.to(d.device)
     model.train()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
+    ddp_model = parallelize(model, d, recipe.train.parallel, bf16=_wants_bf16(recipe, d.device))
+    model = unwrap(ddp_model)  # FSDP shards in place: the optimizer is built on the sharded parameters
     optimizer = build_optimizer(model, recipe.optim, lr=lr_at(recipe.schedule, 0, total_steps), device=d.device)
-    ddp_model = parallelize(model, d)
     fwd_model = torch.compile(ddp_model) if recipe.train.compile else ddp_model
     autocast = _autocast(recipe, d.device)
     objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
@@ -277,14 +295,14 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     if resume_from is not None:
         state = ckpt.load_state(resume_from)
         elapsed_before = float(state.get("elapsed_s", 0.0))  # wall time of the earlier processes of this run
-        ckpt.load_into(resume_from, model, optimizer, d.rank, d.device)
+        ckpt.load_into(resume_from, model, optimizer, d.rank)
         sampler.load_state_dict(state["sampler"], strict=not allow_config_change)
         step, window = state["step"], state["window"]
         metrics.truncate(state["metrics_offset"])
         if d.is_main:
             print(f"resuming {run_dir} from {resume_from.name}")
     elif recipe.init.keep_optimizer:
-        _load_optimizer_moments(recipe.init.from_, optimizer, d)
+        _load_optimizer_moments(recipe.init.from_, model, optimizer)
     barrier(d)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -302,8 +320,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 "lr": lr_at(recipe.schedule, max(s - 1, 0), total_steps), **values}
 
     def run_eval(s: int) -> dict:
-        losses = evaluate(unwrap(ddp_model), val_sets, recipe.eval.batch_size, d, autocast,
-                          causal=objective.kind == "causal")
+        losses = evaluate(model, val_sets, recipe.eval.batch_size, d, autocast, causal=objective.kind == "causal")
         values = {}
         for n, loss in losses.items():
             values[f"val/{n}/loss"] = loss
@@ -314,7 +331,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         if recipe.eval.tasks and d.is_main and (s == total_steps or (te and s % te == 0)):
             from warmstart.eval.tasks import run_tasks  # lm-eval task accuracies ride on the same eval event
 
-            accs = run_tasks(unwrap(ddp_model), tok, recipe.eval.tasks, recipe.eval.tasks_num_fewshot,
+            accs = run_tasks(model, tok, recipe.eval.tasks, recipe.eval.tasks_num_fewshot,
                              recipe.eval.tasks_limit, d.device)
             values.update({f"task/{k}": v for k, v in accs.items()})
         metrics.write(event("eval", s, **values))
@@ -322,7 +339,8 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
 
     def save_checkpoint(s: int) -> None:
         rngs = _gather_rngs(d)
-        loss_sum = all_reduce_sum(win_loss.clone(), d)  # the log window so far, summed over ranks
+        loss_sum = all_reduce_sum(win_loss.clone(), d)  # the log window so far: sum of global step losses
+        state = {}
         if d.is_main:
             metrics.sync()
             state = {
@@ -332,9 +350,9 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 "metrics_offset": metrics.offset(),
                 "window": {"loss": float(loss_sum.item()), "steps": window["steps"]},
                 "elapsed_s": elapsed(),
+                "world": d.world,
             }
-            ckpt.save(run_dir / "checkpoints", s, model, optimizer, state, rngs, recipe.train.keep_checkpoints)
-        barrier(d)
+        ckpt.save(run_dir / "checkpoints", s, model, optimizer, state, rngs, recipe.train.keep_checkpoints, d)
 
     if d.is_main:
         print(
@@ -349,7 +367,8 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
 
     bar = tqdm(total=total_steps, initial=step, disable=not (recipe.train.progress and d.is_main),
                unit="step", dynamic_ncols=True, leave=False)
-    # rank 0 carries a resumed window's loss sum; the other ranks start theirs at zero
+    # the window holds the sum of the steps' global mean losses (each rank adds its share, loss / world), so it
+    # carries over a resume on any number of processes: rank 0 takes the resumed sum, the others start at zero
     win_loss = torch.tensor(window["loss"] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
     t_window, tok_window = time.perf_counter(), 0
     stop = _StopRequest()
@@ -366,8 +385,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 rows = slice(first + k * micro, first + (k + 1) * micro)
                 x = torch.from_numpy(sampler.read(plan[rows])).to(d.device)
                 inputs, labels = objective.split(x, noise, rows)
-                sync = contextlib.nullcontext() if (k == accum - 1 or not d.enabled) else ddp_model.no_sync()
-                with sync:
+                with gradient_sync(ddp_model, k == accum - 1):
                     with autocast:
                         logits = fwd_model(input_ids=inputs).logits
                     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
@@ -381,18 +399,18 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tok_window += recipe.train.batch_tokens
-            win_loss += step_loss
+            win_loss += step_loss / d.world
             window["steps"] += 1
             bar.update(1)
 
             if step % log_every == 0 or step == total_steps:
                 all_reduce_sum(win_loss, d)
-                train_loss = win_loss.item() / (window["steps"] * d.world)
+                train_loss = win_loss.item() / window["steps"]
                 dt = time.perf_counter() - t_window
                 tps = tok_window / dt if dt > 0 else float("nan")
                 values = {"train/loss": train_loss, "tokens_per_s": tps, "elapsed_s": elapsed()}
                 if grad_norm is not None:
-                    values["grad_norm"] = float(grad_norm)
+                    values["grad_norm"] = float(full_value(grad_norm))
                 if peak:
                     values["mfu"] = fpt * tps / (peak * d.world)
                 metrics.write(event("train", step, **values))
@@ -420,9 +438,10 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     bar.close()
 
     final_dir = run_dir / "final"
+    whole = full_state_dict(model)  # a sharded model is gathered onto rank 0 (every rank takes part)
     if d.is_main:
         with atomic.build_dir(final_dir, replace=True) as tmp:
-            save_hf(model, tok, tmp)
+            save_hf(model, tok, tmp, state_dict=whole)
         summary = {
             "run_dir": str(run_dir),
             "steps": step,
@@ -443,7 +462,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     return RunResult(run_dir, step, total_steps, final_dir=final_dir, last_eval=last_eval)
 
 
-def _load_optimizer_moments(init_from: str, optimizer: torch.optim.Optimizer, d: Dist) -> None:
+def _load_optimizer_moments(init_from: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Re-warming that keeps AdamW's moments: take them from the source run's newest checkpoint."""
     src = Path(init_from)
     path = ckpt.newest_valid(src / "checkpoints") if (src / "checkpoints").is_dir() else None
@@ -453,8 +472,4 @@ def _load_optimizer_moments(init_from: str, optimizer: torch.optim.Optimizer, d:
             f"init.keep_optimizer: {init_from} has no warmstart checkpoint with optimizer state "
             f"(weights came from {resolved}); set keep_optimizer: false"
         )
-    state = torch.load(path / "optimizer.pt", map_location=d.device, weights_only=True)
-    try:
-        optimizer.load_state_dict(state)
-    except ValueError as e:
-        raise UserError(f"init.keep_optimizer: optimizer state of {path} does not fit this model ({e})") from None
+    ckpt.load_optimizer(path, model, optimizer)

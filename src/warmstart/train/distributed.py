@@ -74,7 +74,8 @@ def parallelize(model: torch.nn.Module, d: Dist, parallel: str = "ddp", bf16: bo
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [d.local_rank] if d.device.type == "cuda" else None
-    return DDP(model.to(d.device), device_ids=ids)
+    # gradients live in DDP's communication buckets instead of beside them: 4 bytes per parameter less
+    return DDP(model.to(d.device), device_ids=ids, gradient_as_bucket_view=True)
 
 
 def _fully_shard(model: torch.nn.Module, d: Dist, bf16: bool) -> torch.nn.Module:

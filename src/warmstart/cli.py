@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from warmstart.errors import UserError
+from warmstart.outputs import check_out_dir, describe_os_error
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (like every other error) with a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -34,10 +43,12 @@ def _flag_overrides(args: argparse.Namespace, names: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- commands
 def cmd_prepare(args: argparse.Namespace) -> int:
     from warmstart.config import PrepareConfig, load
-    from warmstart.data import prepare
 
     flags = _flag_overrides(args, ["workers", "overwrite", "skip_bad_records", "val_docs", "val_fraction"])
     cfg = load(PrepareConfig, args.recipe, flags + args.overrides)
+    check_out_dir(cfg.out, "out")
+    from warmstart.data import prepare
+
     result = prepare(cfg, progress=not args.quiet)
     print(result.summary())
     return 0
@@ -45,12 +56,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from warmstart.config import PrepareConfig, load
-    from warmstart.data.tokenizer_train import train_tokenizer
+    from warmstart.data.tokenizer_train import check_tokenizer_out, train_tokenizer
 
     base = {"tokenizer": "-", "out": "-"}
     cfg = load(PrepareConfig, None, args.overrides, base={**base, **_read_sources(args.recipe)})
-    out = train_tokenizer(cfg.domains, vocab_size=args.vocab_size, out=Path(args.out))
-    print(f"wrote tokenizer ({args.vocab_size} tokens) to {out}")
+    check_tokenizer_out(args.out, args.overwrite)
+    out = train_tokenizer(cfg.domains, vocab_size=args.vocab_size, out=Path(args.out), overwrite=args.overwrite)
+    from warmstart.data.tokenizer import load_tokenizer
+
+    print(f"wrote tokenizer ({len(load_tokenizer(str(out)))} tokens) to {out}")
     return 0
 
 
@@ -64,6 +78,7 @@ def _read_sources(path: str) -> dict:
 
 
 def cmd_corpus_demo(args: argparse.Namespace) -> int:
+    check_out_dir(args.out, "out")
     from warmstart.data.demo_corpus import write_demo_corpus
 
     info = write_demo_corpus(Path(args.out), overwrite=args.overwrite)
@@ -75,21 +90,33 @@ def cmd_corpus_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from warmstart.config import load_recipe
-    from warmstart.train.loop import train
 
     flags = ["data.allow_format_mismatch=true"] if args.allow_format_mismatch else []
     recipe = load_recipe(args.recipe, flags + args.overrides)
+    check_out_dir(recipe.run_dir, "out_dir")
+    if recipe.init.from_:
+        from warmstart.models.locate import resolve_checkpoint
+
+        resolve_checkpoint(recipe.init.from_, "init.from")  # a typo or an offline hub name: before torch loads
+    from warmstart.train.loop import train
+
     result = train(recipe, resume=args.resume, allow_config_change=args.allow_config_change)
     return result.exit_code
 
 
 def cmd_inherit(args: argparse.Namespace) -> int:
     from warmstart.config import InheritConfig, load
-    from warmstart.models.surgery import inherit
+    from warmstart.models.locate import resolve_checkpoint
 
     base = {"from": args.ref, "layers": args.layers, "blocks": args.blocks, "out": args.out,
             "overwrite": args.overwrite}
     cfg = load(InheritConfig, None, [], base={k: v for k, v in base.items() if v is not None})
+    resolve_checkpoint(cfg.from_, "--from")
+    out = check_out_dir(cfg.out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(f"--out: {out} exists and is not empty; choose another directory or pass --overwrite")
+    from warmstart.models.surgery import inherit
+
     res = inherit(cfg.from_, cfg.out, layers=cfg.layers, blocks=cfg.blocks, overwrite=cfg.overwrite)
     print(f"wrote {res.model_class} with blocks {res.blocks} of {res.ref_layers} "
           f"({res.params / 1e6:.2f}M of {res.ref_params / 1e6:.2f}M params) to {res.out}")
@@ -98,13 +125,20 @@ def cmd_inherit(args: argparse.Namespace) -> int:
 
 def cmd_grow(args: argparse.Namespace) -> int:
     from warmstart.config import GrowRecipe, load
+
+    recipe = load(GrowRecipe, args.recipe, args.overrides)
+    check_out_dir(recipe.grow_dir, "out_dir")
+    from warmstart.models.locate import resolve_checkpoint
+
+    resolve_checkpoint(recipe.reference.from_, "reference.from")
     from warmstart.recipes.inheritune import grow
 
-    result = grow(load(GrowRecipe, args.recipe, args.overrides))
+    result = grow(recipe)
     return result.exit_code
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    check_out_dir(args.out, "--out")
     from warmstart.recipes.quickstart import run_quickstart
 
     run_quickstart(Path(args.out), fresh=args.fresh)
@@ -113,16 +147,20 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_mixture_ddo(args: argparse.Namespace) -> int:
     from warmstart.config import DDOConfig, load
+
+    cfg = load(DDOConfig, args.recipe, args.overrides)
+    check_out_dir(cfg.mixture_dir, "out_dir")
     from warmstart.recipes.autoscale import run_ddo
 
-    run_ddo(load(DDOConfig, args.recipe, args.overrides))
+    run_ddo(cfg)
     return 0
 
 
 def cmd_mixture_predict(args: argparse.Namespace) -> int:
-    from warmstart.recipes.autoscale import parse_tokens, predict
+    from warmstart.recipes.autoscale import check_prediction_out, parse_tokens, predict
 
-    predict(args.sources, parse_tokens(args.budget), args.out)
+    budget = parse_tokens(args.budget)
+    predict(args.sources, budget, check_prediction_out(args.out))
     return 0
 
 
@@ -131,6 +169,15 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from warmstart.models.locate import resolve_checkpoint
+
+    for flag in ("max_tokens", "batch_size", "seq_len"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be >= 1 (got {value})")
+    resolve_checkpoint(args.checkpoint, "checkpoint")
+    if args.out is not None:
+        check_out_dir(args.out, "--out")
     from warmstart.eval.run_eval import eval_checkpoint, format_result
 
     result = eval_checkpoint(
@@ -143,6 +190,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.gap_window < 1:
+        raise UserError(f"--gap-window: must be >= 1 (got {args.gap_window})")
+    check_out_dir(args.out, "--out")
     from warmstart.report import make_report
 
     result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window)
@@ -153,12 +203,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.window < 1:
+        raise UserError(f"--window: must be >= 1 (got {args.window})")
     from warmstart.recipes.sweep import run_sweep
 
     return run_sweep(args.recipe, args.grid, args.overrides, window=args.window)
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
+    if args.window < 1:
+        raise UserError(f"--window: must be >= 1 (got {args.window})")
     from warmstart.eval.gap import format_gap_table, run_gap
 
     gaps = run_gap(Path(args.run_dir), baseline_step=args.baseline_step, window=args.window)
@@ -168,10 +222,19 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_quality_score(args: argparse.Namespace) -> int:
-    from warmstart.recipes.quality import score_domain, score_domain_ngram
-
     if (args.model is None) == (args.ngram_reference is None):
         raise UserError("quality score: give exactly one of --model (a neural LM) or --ngram-reference DOMAIN[,...]")
+    for flag in ("batch_size", "chunk_docs", "context", "max_doc_tokens", "order"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be >= 1 (got {value})")
+    if args.model is not None:
+        from warmstart.models.locate import resolve_checkpoint
+
+        resolve_checkpoint(args.model, "--model")
+    check_out_dir(args.out, "--out")
+    from warmstart.recipes.quality import score_domain, score_domain_ngram
+
     if args.model is not None:
         meta = score_domain(args.model, args.data, args.domain, args.out, split=args.split,
                             batch_size=args.batch_size, chunk_docs=args.chunk_docs, context=args.context,
@@ -190,6 +253,7 @@ def cmd_quality_select(args: argparse.Namespace) -> int:
     from warmstart.data.quality import read_ranking, select_top_tokens
 
     data = args.data or read_ranking(args.ranking)[0]["data_dir"]
+    check_out_dir(data, "--data")
     info = select_top_tokens(data, args.ranking, args.top_tokens, args.out_domain, overwrite=args.overwrite)
     print(f"domain {info['domain']} ({info['status']}): {info['docs']} of {info['of_docs']} documents, "
           f"{info['tokens']:,} of {info['of_tokens']:,} tokens, in {data}")
@@ -236,7 +300,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="warmstart",
         description="Compute-efficient LM pre-training that starts from what you already have.",
     )
@@ -265,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("recipe", help="a prepare recipe; its domains are the training text")
     tt.add_argument("--vocab-size", dest="vocab_size", type=int, default=2048)
     tt.add_argument("--out", required=True, help="directory for the tokenizer (AutoTokenizer-loadable)")
+    tt.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer directory")
     _add_set(tt)
     tt.set_defaults(func=cmd_tokenizer_train)
 
@@ -412,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # warmstart prints its own progress; transformers' per-load "Loading weights" bars would only add stderr noise
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch's weights-only loader warns about a pickle's protocol just before refusing it; the refusal is the news
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("WARMSTART_DEBUG") == "1"
     try:
@@ -420,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"warmstart: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment refused a read or write (read-only, permission, disk full)
+        line = describe_os_error(e)
+        if line is None or debug:
+            raise
+        print(f"warmstart: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("warmstart: interrupted", file=sys.stderr)

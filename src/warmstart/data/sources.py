@@ -1,7 +1,9 @@
 """Reading documents from a recipe's sources: JSONL (plain, gzip, zstd), Parquet, plain text, HF datasets.
 
 Everything streams (a line, a record batch or a file at a time) so a corpus never has to fit in memory, and
-every bad input becomes a one-line `UserError` naming the file and line. The same source always yields the same
+every bad input becomes a one-line `UserError` naming the file and line (with skip_bad_records: skipped and
+counted). A text holding a lone UTF-16 surrogate (a JSON `\\ud83d` escape without its pair) is a bad record: it
+is not valid Unicode and is never passed on, nor silently replaced. The same source always yields the same
 documents in the same order, which the validation split and the byte-identical output depend on.
 """
 
@@ -174,6 +176,10 @@ def _iter_jsonl(path: Path, field: str, bad: _Bad) -> Iterator[str]:
                 if not isinstance(text, str):
                     bad(f"{path}:{lineno}", f"{field!r} is a {type(text).__name__}, not a string")
                     continue
+                problem = _unicode_problem(text)
+                if problem:
+                    bad(f"{path}:{lineno}", f"{field!r} {problem}")
+                    continue
                 yield text
         except _corrupt_errors() as e:  # a truncated or corrupt gzip/zstd stream
             raise UserError(f"{path}: corrupt or truncated after line {lineno} ({_first_line(e)})") from None
@@ -265,7 +271,21 @@ def _iter_hf(src: SourceConfig, bad: _Bad) -> Iterator[str]:
             )
             bad(f"{src.path}: row {i}", what)
             continue
+        problem = _unicode_problem(text)
+        if problem:
+            bad(f"{src.path}: row {i}", f"{field!r} {problem}")
+            continue
         yield text
+
+
+def _unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode, or None. JSON's \\uXXXX escapes can spell a lone UTF-16 surrogate (an
+    emoji cut in half by a crawler), which no tokenizer can encode; such a record is bad, not silently altered."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds a lone UTF-16 surrogate (\\u{ord(text[e.start]):04x} at character {e.start}), not valid Unicode"
+    return None
 
 
 def _first_line(e: BaseException) -> str:

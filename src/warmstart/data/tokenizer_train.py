@@ -13,13 +13,46 @@ PAD = "<|pad|>"
 MASK = "<|mask|>"  # so the same tokenizer serves masked-LM (BERT-style) models
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, overwrite: bool = True) -> Path:
-    """Learn a byte-level BPE of `vocab_size` tokens; save it as an AutoTokenizer-loadable directory."""
+# what `save_pretrained` of a fast tokenizer writes: a directory holding only these is a tokenizer directory
+TOKENIZER_DIR_FILES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "chat_template.jinja", "chat_template.json",
+})
+
+
+def is_tokenizer_dir(path: Path) -> bool:
+    """A directory holding tokenizer.json and nothing but the files a saved tokenizer consists of."""
+    entries = list(path.iterdir())
+    return (path / "tokenizer.json").is_file() and all(
+        p.is_file() and p.name in TOKENIZER_DIR_FILES for p in entries
+    )
+
+
+def check_tokenizer_out(out: str | Path, overwrite: bool, what: str = "--out") -> Path:
+    """Where a tokenizer may be written: a new or empty directory, or (with `overwrite`) an existing tokenizer
+    directory; never a file or a folder holding anything else. Raises UserError naming `what`."""
+    from warmstart.outputs import check_out_dir
+
+    out = check_out_dir(out, what)
+    if out.is_dir() and any(out.iterdir()):
+        if not is_tokenizer_dir(out):
+            raise UserError(
+                f"{what}: {out} exists and holds files that are not a tokenizer; choose another directory"
+            )
+        if not overwrite:
+            raise UserError(f"{what}: {out} holds a tokenizer; pass --overwrite to replace it")
+    return out
+
+
+def _check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < 260:
+        raise UserError(f"vocab_size {vocab_size}: a byte-level BPE needs at least 260 (256 bytes + specials)")
+
+
+def _learn_bpe(texts: Iterable[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 260:
-        raise UserError(f"vocab_size {vocab_size}: a byte-level BPE needs at least 260 (256 bytes + specials)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -30,25 +63,54 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, overwrite:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, mask_token=MASK
-    )
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: exists; choose another --out or remove it")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD, mask_token=MASK)
+
+
+def _save(fast, out: Path) -> Path:
+    """Built as a temp directory beside `out` and renamed into place: a failure leaves the old one (or none)."""
     with build_dir(out, replace=True) as tmp:
         fast.save_pretrained(str(tmp))
     return out
 
 
-def _texts(domains: dict) -> Iterator[str]:
-    from warmstart.data.sources import iter_documents
+def train_bpe(texts: Iterable[str], vocab_size: int, out: str | Path, overwrite: bool = True) -> Path:
+    """Learn a byte-level BPE of `vocab_size` tokens; save it as an AutoTokenizer-loadable directory.
 
-    for sources in domains.values():
-        for src in sources:
-            yield from iter_documents(src)
+    `out` is checked first (see `check_tokenizer_out`). Raises UserError for a vocab_size below 260.
+    """
+    _check_vocab_size(vocab_size)
+    out = check_tokenizer_out(out, overwrite)
+    return _save(_learn_bpe(texts, vocab_size), out)
 
 
-def train_tokenizer(domains: dict, vocab_size: int, out: str | Path) -> Path:
-    """Train on every document of the given domains (the `domains` section of a prepare recipe)."""
-    return train_bpe(_texts(domains), vocab_size, out)
+class _DomainTexts:
+    """Every document of the domains, in order, counting each domain's documents as they stream past."""
+
+    def __init__(self, domains: dict):
+        self.domains = domains
+        self.counts = dict.fromkeys(domains, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        from warmstart.data.sources import iter_documents
+
+        for name, sources in self.domains.items():
+            for src in sources:
+                for text in iter_documents(src):
+                    self.counts[name] += 1
+                    yield text
+
+
+def train_tokenizer(domains: dict, vocab_size: int, out: str | Path, overwrite: bool = False) -> Path:
+    """Train on every document of the given domains (the `domains` section of a prepare recipe).
+
+    A domain without documents is an error (as in `prepare`), found before anything is written.
+    """
+    _check_vocab_size(vocab_size)
+    out = check_tokenizer_out(out, overwrite)
+    texts = _DomainTexts(domains)
+    fast = _learn_bpe(texts, vocab_size)
+    empty = [n for n, c in texts.counts.items() if c == 0]
+    if empty:
+        sources = ", ".join(str(s.path) for s in domains[empty[0]])
+        raise UserError(f"domain {empty[0]!r}: no documents in {sources}; a tokenizer needs text from each domain")
+    return _save(fast, out)

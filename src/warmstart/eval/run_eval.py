@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from warmstart import atomic
+from warmstart.data.validation import evaluable_domains
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
-from warmstart.train.distributed import Dist
+
+if TYPE_CHECKING:  # torch is imported where a model is evaluated, so argument errors come back at once
+    import torch
 
 
 def _locate(spec: str) -> tuple[Path | str, Path | None]:
     """(the checkpoint to load, the warmstart run directory it belongs to, if any)."""
-    from warmstart.models.build import resolve_checkpoint
+    from warmstart.models.locate import resolve_checkpoint
 
-    ckpt = resolve_checkpoint(spec)
+    ckpt = resolve_checkpoint(spec, "checkpoint")
     if isinstance(ckpt, Path):
         run = ckpt.parent if ckpt.name == "final" else None
         if run is not None and (run / "config.yaml").is_file() and (run / "summary.json").is_file():
@@ -39,8 +41,13 @@ def _run_info(run: Path | None) -> dict:
     """Step, tokens, FLOPs and seq_len of a finished run (summary.json, config.yaml); empty for other checkpoints."""
     if run is None:
         return {}
-    summary = json.loads((run / "summary.json").read_text())
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (ValueError, yaml.YAMLError):
+        raise UserError(f"checkpoint: {run} has a damaged summary.json or config.yaml") from None
+    if not isinstance(summary, dict) or not isinstance(cfg, dict):
+        raise UserError(f"checkpoint: {run} has a damaged summary.json or config.yaml")
     return {
         "step": summary.get("steps"),
         "tokens": summary.get("tokens"),
@@ -51,6 +58,8 @@ def _run_info(run: Path | None) -> dict:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -72,17 +81,14 @@ def domain_losses(
 ) -> dict[str, dict]:
     """{domain: {loss, ppl, tokens}} on the first `max_tokens` validation targets of each prepared domain, in
     `windows` (documents | packed); refuses data not in the checkpoint's document format unless allowed."""
-    from warmstart.data.shards import open_data_dir
+    from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
     from warmstart.models.build import check_data_compatible, check_data_format
+    from warmstart.train.distributed import Dist
 
-    data = open_data_dir(data_dir)
-    names = domains or list(data)
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise UserError(f"--domains: {', '.join(missing)} not in {data_dir} (have: {', '.join(data)})")
+    data, names = eval_domains(data_dir, domains)
     vocab = model.get_input_embeddings().weight.shape[0]
     for n in names:
-        max_id = int(data[n].index["splits"]["val"].get("max_token_id", 0))
+        max_id = data[n].index["splits"]["val"].get("max_token_id")
         check_data_compatible(tokenizer, data[n].tokenizer, max_id, vocab, str(data_dir))
     check_data_format(tokenizer, {n: data[n] for n in names}, str(data_dir), allow_format_mismatch,
                       "--allow-format-mismatch")
@@ -94,6 +100,25 @@ def domain_losses(
 def _targets(s) -> int:
     """Tokens scored in a set: every target of packed windows; the labels != -100 of (inputs, labels)."""
     return int((s[1] != -100).sum()) if isinstance(s, tuple) else int(s[:, 1:].size)
+
+
+def eval_domains(data_dir: str | Path, domains: list[str] | None, say: bool = True) -> tuple[dict, list[str]]:
+    """(the prepared domains, the names to evaluate): `domains` or every domain with a validation split.
+
+    A named domain that is missing or has no validation split is a UserError; unnamed ones without a validation
+    split are left out with a note.
+    """
+    from warmstart.data.shards import open_data_dir
+
+    data = open_data_dir(data_dir)
+    names = domains or list(data)
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise UserError(f"--domains: {', '.join(missing)} not in {data_dir} (have: {', '.join(data)})")
+    kept = evaluable_domains(data, names, domains is not None, "--domains" if domains else "--data")
+    if say and len(kept) < len(names):
+        print(f"note: no validation documents in {', '.join(n for n in names if n not in kept)}; not evaluated")
+    return data, kept
 
 
 def eval_checkpoint(
@@ -114,9 +139,6 @@ def eval_checkpoint(
     """Evaluate one checkpoint; writes the results JSON (and a run's `task` event) and returns the results.
 
     `windows`: documents | packed; None = the run's own `eval.windows`, or documents for a plain checkpoint."""
-    from warmstart.data.tokenizer import load_tokenizer
-    from warmstart.models.build import auto_class
-
     if num_fewshot is not None and num_fewshot < 0:
         raise UserError(f"--num-fewshot: must be >= 0 (got {num_fewshot})")
     if limit is not None and limit <= 0:
@@ -127,24 +149,43 @@ def eval_checkpoint(
     info = _run_info(run)
     out_dir = Path(out) if out is not None else run
     if out_dir is None:
-        raise UserError(f"eval: {spec} is not a warmstart run; give --out DIR for the results JSON")
+        raise UserError(f"checkpoint: {spec} is not a warmstart run, so its results have no home; give --out DIR")
+    if data_dir is not None:
+        eval_domains(data_dir, domains, say=False)  # a bad --data or --domains fails before torch is imported
+    import torch
+
+    from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.models.build import auto_class
+    from warmstart.models.locate import load_failure
+
     dev = _device(device)
+    if seq_len is not None:
+        from transformers import AutoConfig
+
+        from warmstart.models.build import check_seq_len
+
+        try:
+            config = AutoConfig.from_pretrained(str(ckpt))
+        except Exception as e:  # OSError/ValueError for a missing or unreadable config.json
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"checkpoint: cannot read the config of {spec} ({first})") from None
+        check_seq_len(config, seq_len, "--seq-len", "give a smaller --seq-len (or leave it out)")
     tok = load_tokenizer(str(ckpt))
     try:
         model = auto_class("causal").from_pretrained(str(ckpt), dtype=torch.float32)
-    except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"eval: cannot load {spec} as a causal LM ({first})") from None
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError/UnpicklingError for unusable files
+        raise UserError(f"checkpoint: cannot load {spec} as a causal LM ({load_failure(e)})") from None
     model.to(dev).eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
 
     result: dict = {"checkpoint": str(ckpt), "run_dir": str(run) if run else None, **info}
     if data_dir is not None:
-        max_pos = getattr(model.config, "max_position_embeddings", None) or 1024
+        from warmstart.models.build import check_seq_len, context_length
+
+        max_pos = context_length(model.config) or 1024
         n = seq_len or info.get("seq_len") or min(int(max_pos), 1024)
-        if n > max_pos:
-            raise UserError(f"--seq-len: {n} is longer than the model's context ({max_pos})")
+        check_seq_len(model.config, n, "--seq-len", "give a smaller --seq-len")
         win = windows or info.get("windows") or "documents"
         if win not in ("documents", "packed"):
             raise UserError(f"--windows: expected documents or packed (got {win!r})")

@@ -11,7 +11,10 @@ import torch
 from warmstart.config import ModelConfig
 from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
 from warmstart.errors import UserError
+from warmstart.models.locate import load_failure, resolve_checkpoint
 from warmstart.models.presets import PRESETS, SIZE_KEYS, family_kwargs, map_sizes
+
+__all__ = ["LoadedModel", "build_config", "build_model", "resolve_checkpoint"]
 
 
 @dataclass
@@ -19,22 +22,6 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     source: str  # what the weights came from ("scratch:llama-tiny", a path, a hub name)
-
-
-def resolve_checkpoint(spec: str) -> Path | str:
-    """A warmstart run directory means its `final/`; a HF directory is itself; anything else is a hub name."""
-    p = Path(spec)
-    if p.is_dir():
-        if (p / "config.json").is_file():
-            return p
-        if (p / "final" / "config.json").is_file():
-            return p / "final"
-        if (p / "config.yaml").is_file():
-            raise UserError(f"init.from: {spec} is a warmstart run without final/ (unfinished); resume it first")
-        raise UserError(f"init.from: {spec} has no config.json (not a Hugging Face checkpoint or warmstart run)")
-    if spec.startswith((".", "/")) or p.suffix:
-        raise UserError(f"init.from: {spec} not found")
-    return spec
 
 
 def _special_ids(tok) -> dict:
@@ -79,9 +66,64 @@ def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = N
         kwargs = family_kwargs(family, sizes)
     kwargs = {**special_ids, **kwargs, "vocab_size": vocab_size}
     try:
-        return AutoConfig.for_model(family, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"model.sizes: invalid {family} config ({e})") from None
+        config = AutoConfig.for_model(family, **kwargs)
+    except Exception as e:  # TypeError/ValueError, or huggingface_hub's strict-dataclass validation errors
+        raise UserError(f"model.sizes: invalid {family} config ({_innermost(e)})") from None
+    check_sizes(config)
+    return config
+
+
+def _innermost(e: BaseException) -> str:
+    """The first line of the root cause (transformers wraps a config's ValueError in a validation error)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# generic config attribute (every family maps these through its attribute_map) -> the generic size name
+_SIZE_ATTRS = {"num_hidden_layers": "layers", "hidden_size": "hidden", "num_attention_heads": "heads",
+               "num_key_value_heads": "kv_heads", "intermediate_size": "ffn"}
+
+
+def check_sizes(config) -> None:
+    """Refuse sizes that build no working model: non-positive counts, heads that do not split the hidden size
+    (unless the config sets its own head_dim), query heads that are not a multiple of the key/value heads."""
+    family = config.model_type
+    sizes = {}
+    for attr, name in _SIZE_ATTRS.items():
+        v = getattr(config, attr, None)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"model.sizes.{name}: must be a whole number >= 1 (got {v!r})")
+        sizes[name] = v
+    hidden, heads, kv = sizes.get("hidden"), sizes.get("heads"), sizes.get("kv_heads")
+    if hidden and heads and hidden % heads and not getattr(config, "head_dim", None):
+        raise UserError(
+            f"model.sizes.heads: {heads} heads do not split the hidden size {hidden} of this {family} model; "
+            "use a divisor of hidden"
+        )
+    if heads and kv and heads % kv:
+        raise UserError(f"model.sizes.kv_heads: {kv} key/value heads do not divide the {heads} query heads")
+
+
+def context_length(config) -> int | None:
+    """The longest sequence the model's positions cover (max_position_embeddings, n_positions, ...), or None."""
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_seq_len(config, seq_len: int, what: str, hint: str) -> None:
+    """Refuse sequences longer than the model's positions (they would train or score silently out of range)."""
+    limit = context_length(config)
+    if limit is not None and seq_len > limit:
+        raise UserError(
+            f"{what}: {seq_len} is longer than the model's {limit} positions "
+            f"({type(config).__name__}.max_position_embeddings); {hint}"
+        )
 
 
 def auto_class(objective: str):
@@ -91,23 +133,54 @@ def auto_class(objective: str):
     return AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
 
 
-def build_model(cfg: ModelConfig, init_from: str | None, seed: int) -> LoadedModel:
-    """From scratch (seeded init) or from a checkpoint (weights loaded, fp32 master copy)."""
+POSITION_SIZE = "max_positions"  # the one model.sizes key that also applies to an init.from checkpoint
+
+
+def _checkpoint_config(src, init_from: str, sizes: dict):
+    """The checkpoint's config; `model.sizes.max_positions` (asked for explicitly) extends its context, and is
+    then what the run's saved config says. Other sizes cannot change a trained architecture."""
+    from transformers import AutoConfig
+
+    other = sorted(k for k in sizes if k != POSITION_SIZE)
+    if other:
+        raise UserError(f"model.sizes.{other[0]}: the architecture comes from init.from; only "
+                        f"model.sizes.{POSITION_SIZE} (a longer context) can be set with it")
+    try:
+        config = AutoConfig.from_pretrained(str(src))
+    except Exception as e:  # OSError/ValueError for a missing or unreadable config.json
+        raise UserError(f"init.from: cannot read the config of {init_from} ({_innermost(e)})") from None
+    if POSITION_SIZE in sizes:
+        for key, value in map_sizes(config.model_type, {POSITION_SIZE: sizes[POSITION_SIZE]}).items():
+            setattr(config, key, value)
+    return config
+
+
+def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int | None = None) -> LoadedModel:
+    """From scratch (seeded init) or from a checkpoint (weights loaded, fp32 master copy).
+
+    With `seq_len`, a model whose positions are fewer is refused before its weights are built or loaded.
+    """
     cls = auto_class(cfg.objective)
     kind = "masked LM" if cfg.objective == "masked" else "causal LM"
     if init_from:
-        src = resolve_checkpoint(init_from)
+        src = resolve_checkpoint(init_from, "init.from")
+        config = _checkpoint_config(src, init_from, cfg.sizes)
+        if seq_len is not None:
+            check_seq_len(config, seq_len, "data.seq_len", "lower data.seq_len, or extend the context with "
+                          f"--set model.sizes.{POSITION_SIZE}=N (rotary-position models only)")
         tok = load_tokenizer(cfg.tokenizer or str(src))
         try:
-            model = cls.from_pretrained(str(src), dtype=torch.float32)
-        except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"init.from: cannot load {init_from} as a {kind} ({first})") from None
+            model = cls.from_pretrained(str(src), config=config, dtype=torch.float32)
+        except Exception as e:  # transformers raises OSError/ValueError/KeyError/UnpicklingError for bad files
+            raise UserError(f"init.from: cannot load {init_from} as a {kind} ({load_failure(e)})") from None
     else:
         if not cfg.tokenizer:
             raise UserError("model.tokenizer: a from-scratch model needs a tokenizer (directory or tokenizer.json)")
         tok = load_tokenizer(cfg.tokenizer)
         config = build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok))
+        if seq_len is not None:
+            check_seq_len(config, seq_len, "data.seq_len",
+                          f"lower data.seq_len or raise it with --set model.sizes.{POSITION_SIZE}={seq_len}")
         torch.manual_seed(seed)
         try:
             model = cls.from_config(config, dtype=torch.float32)
@@ -116,13 +189,17 @@ def build_model(cfg: ModelConfig, init_from: str | None, seed: int) -> LoadedMod
                 f"model.objective: {config.model_type} has no {kind} class; use a "
                 f"{'BERT-style' if cfg.objective == 'masked' else 'decoder'} family"
             ) from None
+        except (TypeError, RuntimeError) as e:  # sizes the config accepted but the modules cannot be built with
+            raise UserError(f"model.sizes: cannot build this {config.model_type} model ({_innermost(e)})") from None
     if cfg.objective == "masked" and tok.mask_token_id is None:
         raise UserError("model.objective: masked needs a tokenizer with a mask token (mask_token)")
     source = str(src) if init_from else f"scratch:{cfg.preset or cfg.family or cfg.config}"
     return LoadedModel(model, tok, source)
 
 
-def check_data_compatible(tokenizer, data_tokenizer: dict, max_token_id: int, vocab_size: int, data_dir: str) -> None:
+def check_data_compatible(
+    tokenizer, data_tokenizer: dict, max_token_id: int | None, vocab_size: int, data_dir: str
+) -> None:
     """Refuse data prepared with another tokenizer, or ids the embedding table cannot look up."""
     ident = tokenizer_identity(tokenizer)
     if ident["vocab_hash"] != data_tokenizer.get("vocab_hash"):
@@ -131,7 +208,7 @@ def check_data_compatible(tokenizer, data_tokenizer: dict, max_token_id: int, vo
             f"(vocab hash {data_tokenizer.get('vocab_hash', '')[:12]}), but the model's tokenizer "
             f"{ident['name']!r} differs (hash {ident['vocab_hash'][:12]}); re-run `warmstart prepare` with it"
         )
-    if max_token_id >= vocab_size:
+    if max_token_id is not None and max_token_id >= vocab_size:
         raise UserError(
             f"data.dir: token id {max_token_id} is beyond the model's vocabulary ({vocab_size}); "
             "the model's embedding table must cover the tokenizer"

@@ -16,10 +16,13 @@ import torch
 
 from warmstart import atomic
 from warmstart.errors import UserError
-from warmstart.models.build import count_params, resolve_checkpoint
+from warmstart.models.build import count_params
+from warmstart.models.locate import load_failure, resolve_checkpoint
 
 # config keys that hold one entry per layer, besides any list key with "layer" in its name and length k
 PER_LAYER_KEYS = ("layer_types", "no_rope_layers", "sliding_window_layers", "attention_types")
+# config keys that list layer INDICES (not one entry per layer): renumbered, never sliced
+INDEX_LIST_KEYS = ("mlp_only_layers", "moe_layers")
 TOKENIZER_FILES = (
     "tokenizer*",
     "special_tokens_map.json",
@@ -120,11 +123,65 @@ def _slice_config(config, k: int, blocks: list[int]) -> list[str]:
     """Set the layer count to len(blocks) and slice every per-layer list; returns the keys sliced."""
     sliced = []
     for key, value in config.to_dict().items():
+        if key in INDEX_LIST_KEYS:
+            continue
         if isinstance(value, list) and len(value) == k and (key in PER_LAYER_KEYS or "layer" in key):
             setattr(config, key, [value[i] for i in blocks])
             sliced.append(key)
     config.num_hidden_layers = len(blocks)
     return sliced
+
+
+def _remap_layer_indices(config, blocks: list[int]) -> None:
+    """Settings that name layers by index, or pick a layer's kind from its index, follow the kept blocks.
+
+    Mixture-of-experts configs (Qwen2-MoE, Qwen3-MoE) choose each block's MLP from its index:
+    sparse iff `index not in mlp_only_layers` and `(index + 1) % decoder_sparse_step == 0`. A kept block must
+    keep its MLP kind at its new position, and no stride can express an arbitrary pattern, so the pattern is
+    written out: decoder_sparse_step = 1 and mlp_only_layers = the new positions of the dense blocks.
+    Raises UserError for other index-dependent settings that cannot follow an arbitrary block choice.
+    """
+    if hasattr(config, "mlp_only_layers") or hasattr(config, "decoder_sparse_step"):
+        dense = set(getattr(config, "mlp_only_layers", None) or [])
+        step = int(getattr(config, "decoder_sparse_step", 1) or 1)
+        experts = int(getattr(config, "num_experts", 0) or 0)
+
+        def sparse(i: int) -> bool:
+            return i not in dense and experts > 0 and (i + 1) % step == 0
+
+        config.mlp_only_layers = [pos for pos, i in enumerate(blocks) if not sparse(i)]
+        config.decoder_sparse_step = 1
+    for key in ("first_k_dense_replace", "moe_layer_freq", "interleave_moe_layer_step", "moe_layers"):
+        if getattr(config, key, None) not in (None, 0, 1, []) and blocks != list(range(len(blocks))):
+            raise UserError(
+                f"--blocks: this model's {key} picks each block's kind by its index; inheriting blocks "
+                f"{blocks} would change their kinds; use --layers N (a prefix)"
+            )
+
+
+def verify_written(path: Path, model: torch.nn.Module, auto, blocks: list[int]) -> None:
+    """Reload the written checkpoint and require exactly the weights that were saved: none missing, none
+    unexpected, none re-initialised or resized (every tensor equal to the in-memory one)."""
+    try:
+        reloaded, info = auto.from_pretrained(str(path), dtype="auto", output_loading_info=True)
+    except Exception as e:  # a config that no longer builds this model
+        raise UserError(f"inherit: blocks {blocks} do not load back as a model ({_first_line(e)})") from None
+    problems = [
+        f"{kind} {', '.join(sorted(keys)[:3])}"
+        for kind, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys")),
+                           ("resized", [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]))
+        if keys
+    ]
+    want, got = model.state_dict(), reloaded.state_dict()
+    if not problems:
+        differ = [k for k in want if k not in got or got[k].shape != want[k].shape or not torch.equal(got[k], want[k])]
+        if differ:
+            problems.append(f"re-initialised {', '.join(differ[:3])}")
+    if problems:
+        raise UserError(
+            f"inherit: blocks {blocks} would reload with weights {'; '.join(problems)} (a per-layer setting of "
+            "this architecture does not follow the kept blocks); nothing written"
+        )
 
 
 def _renumber(blocks: torch.nn.ModuleList) -> None:
@@ -163,16 +220,13 @@ def inherit(
 
     if (layers is None) == (blocks is None):
         raise UserError("inherit: give the number of layers (--layers N) or a block list (--blocks 0-5,8)")
-    try:
-        src = resolve_checkpoint(str(ref))
-    except UserError as e:
-        raise UserError(f"--from: {str(e).split(': ', 1)[-1]}") from None
+    src = resolve_checkpoint(str(ref), "--from")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out: {out} exists and is not empty; choose another directory or pass --overwrite")
     try:
         config = AutoConfig.from_pretrained(str(src))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError/ValueError (or a validation error) for a missing or unreadable config
         raise UserError(f"--from: cannot read the config of {ref} ({_first_line(e)})") from None
     k = layer_count(config)
     if layers is not None:
@@ -190,18 +244,20 @@ def inherit(
     auto = _auto_class(config)
     try:
         model = auto.from_pretrained(str(src), dtype="auto")
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({_first_line(e)})") from None
+    except Exception as e:  # OSError/ValueError/KeyError, pickle.UnpicklingError for a weights file torch refuses
+        raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
     ref_params = count_params(model)
     parent, attr, old = find_blocks(model, k)
     new = torch.nn.ModuleList([old[i] for i in chosen])
     setattr(parent, attr, new)
     _renumber(new)
     _slice_config(model.config, k, chosen)
+    _remap_layer_indices(model.config, chosen)
 
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty directory the user made for it
     with atomic.build_dir(out, replace=overwrite) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         _copy_tokenizer(src if isinstance(src, Path) else str(src), tmp)
+        verify_written(tmp, model, auto, chosen)
     return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__)

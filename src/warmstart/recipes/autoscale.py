@@ -294,6 +294,26 @@ def parse_tokens(text: str | float | int) -> float:
     return value
 
 
+def check_prediction_out(out: str | Path) -> Path:
+    """Where `mixture predict --out` writes: a directory means DIR/mixture.json. An existing file is replaced
+    only when it is a warmstart mixture file (never some other file of the user's); the location must be
+    writable. Raises UserError naming --out."""
+    from warmstart.outputs import check_out_file
+
+    out = Path(out)
+    if out.is_dir():
+        out = out / "mixture.json"
+    check_out_file(out, "--out")
+    if out.exists():
+        try:
+            fmt = json.loads(out.read_text(encoding="utf-8")).get("format")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            fmt = None
+        if fmt != FORMAT:
+            raise UserError(f"--out: {out} exists and is not a mixture file; choose another --out")
+    return out
+
+
 def predict(sources: list[str | Path], budget: float, out: str | Path | None = None) -> dict:
     """AutoScale's prediction from DDO optima at two or more budgets; writes a mixture.json when `out` is given."""
     mixes = [read_mixture(s) for s in sources]

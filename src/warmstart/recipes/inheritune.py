@@ -19,7 +19,7 @@ import yaml
 from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.errors import UserError
-from warmstart.models.build import resolve_checkpoint
+from warmstart.models.locate import resolve_checkpoint
 from warmstart.models.presets import FAMILY_DEFAULTS
 from warmstart.models.surgery import inherit, layer_count
 
@@ -180,10 +180,7 @@ def _row(layers: int, summary: dict, cfg: GrowRecipe, kind: str) -> dict:
 def grow(cfg: GrowRecipe) -> GrowResult:
     """Inheritune v2 (see the module docstring); writes OUT_DIR/NAME/grow_summary.json after every round."""
     _eval_domains(cfg)
-    try:
-        src = resolve_checkpoint(cfg.reference.from_)
-    except UserError as e:
-        raise UserError(f"reference.from: {str(e).split(': ', 1)[-1]}") from None
+    src = resolve_checkpoint(cfg.reference.from_, "reference.from")
     k, ref_params = _count_params_of(src)
     if k < 2:
         raise UserError(f"reference.from: {src} has {k} block(s); inheriting needs at least 2")

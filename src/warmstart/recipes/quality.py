@@ -37,16 +37,13 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _context_length(model, requested: int | None) -> int:
-    cfg = model.config
-    limit = next(
-        (
-            getattr(cfg, k)
-            for k in ("max_position_embeddings", "n_positions", "n_ctx")
-            if getattr(cfg, k, None)
-        ),
-        None,
-    )
-    n = min(x for x in (limit, requested) if x) if (limit or requested) else 1024
+    """The scoring window: --context if given (refused above the model's positions), else the model's own."""
+    from warmstart.models.build import check_seq_len, context_length
+
+    limit = context_length(model.config)
+    if requested is not None:
+        check_seq_len(model.config, requested, "--context", "give a smaller --context (or leave it out)")
+    n = requested or limit or 1024
     if n < 2:
         raise UserError(f"--context: must be >= 2 (got {n})")
     return int(n)
@@ -153,22 +150,19 @@ def score_domain(
 
     from warmstart.data.shards import open_data_dir
     from warmstart.data.tokenizer import load_tokenizer
-    from warmstart.models.build import resolve_checkpoint
+    from warmstart.models.locate import resolve_checkpoint
 
     domains = open_data_dir(data_dir)
     if batch_size < 1:
         raise UserError(f"--batch-size: must be >= 1 (got {batch_size})")
     dom = _check_request(domains, data_dir, domain, split, chunk_docs)
-    try:
-        resolved = resolve_checkpoint(model_spec)
-    except UserError as e:
-        raise UserError(str(e).replace("init.from", "--model")) from None
+    resolved = resolve_checkpoint(model_spec, "--model")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(resolved), dtype=torch.float32)
     except Exception as e:  # transformers raises many types for unreadable checkpoints
-        raise UserError(
-            f"--model {model_spec}: cannot load as a causal LM ({type(e).__name__}: {e})"
-        ) from None
+        from warmstart.models.locate import load_failure
+
+        raise UserError(f"--model {model_spec}: cannot load as a causal LM ({load_failure(e)})") from None
     model_tok = load_tokenizer(str(resolved))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

@@ -197,6 +197,9 @@ def run_sweep(
     grid = parse_grid(grid_items)
     points = point_recipes(read_yaml(recipe_path), grid, overrides, source=str(recipe_path))
     out_dir = points[0][1].run_dir.parent
+    from warmstart.outputs import check_out_dir
+
+    check_out_dir(out_dir, "out_dir")
     print(f"sweep {out_dir}: {len(points)} point(s)")
     code = 0
     for i, (pt, recipe) in enumerate(points, 1):

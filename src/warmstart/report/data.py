@@ -82,9 +82,28 @@ def load_run(path: Path, name: str) -> Run:
     evals.sort(key=lambda m: m["step"])
     if not evals:
         raise UserError(f"{path}/metrics.jsonl: no evaluation events (the run has not evaluated yet)")
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    return Run(name, path, evals, trains, summary, config or {})
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
+    return Run(name, path, evals, trains, summary, config)
+
+
+def _read_json(p: Path) -> dict:
+    """A JSON object file, or a one-line UserError naming it."""
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{p}: expected a JSON object, got a {type(obj).__name__}")
+    return obj
+
+
+def _read_yaml(p: Path) -> dict:
+    try:
+        obj = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"{p}: not valid YAML") from None
+    return obj if isinstance(obj, dict) else {}
 
 
 def read_mixture(path: Path) -> dict | None:
@@ -92,10 +111,7 @@ def read_mixture(path: Path) -> dict | None:
     p = path / "mixture.json" if path.is_dir() else path
     if not p.is_file():
         return None
-    try:
-        mix = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{p}: not valid JSON") from None
+    mix = _read_json(p)
     weights = mix.get("weights")
     if not isinstance(weights, dict) or not weights:
         return None
@@ -129,7 +145,7 @@ def read_grow(path: Path) -> dict | None:
     p = path / "grow_summary.json"
     if not p.is_file():
         return None
-    g = json.loads(p.read_text())
+    g = _read_json(p)
     rounds = []
     for r in g.get("rounds") or []:
         if not isinstance(r, dict):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import signal
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from warmstart import atomic
 from warmstart.config import DataConfig, Recipe, to_yaml
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
+from warmstart.data.validation import evaluable_domains
 from warmstart.errors import UserError
 from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
 from warmstart.models.build import (
@@ -250,6 +253,11 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     for name in eval_names:
         if name not in domains:
             raise UserError(f"eval.domains: no domain {name!r} in {data_cfg.dir} (have: {', '.join(domains)})")
+    listed = eval_names
+    eval_names = evaluable_domains(domains, eval_names, recipe.eval.domains is not None, "eval.domains")
+    if d.is_main and len(eval_names) < len(listed):
+        skipped = ", ".join(n for n in listed if n not in eval_names)
+        print(f"note: no validation documents in {skipped}; training without validation for it")
     if recipe.eval.tasks:  # on every rank, so none waits at a barrier for one that failed
         from warmstart.eval.tasks import task_manager
 
@@ -260,10 +268,10 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     sampler = MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
     used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
 
-    loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed)
+    loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed, seq_len=data_cfg.seq_len)
     model, tok = loaded.model, loaded.tokenizer
     vocab = model.get_input_embeddings().weight.shape[0]
-    max_id = max(int(domains[n].index["splits"][s].get("max_token_id", 0)) for n in set(used) for s in ("train", "val"))
+    max_id = max(int(domains[n].index["splits"][s].get("max_token_id") or 0) for n in set(used) for s in ("train", "val"))
     check_data_compatible(tok, domains[used[0]].tokenizer, max_id, vocab, data_cfg.dir)
     check_data_format(tok, {n: domains[n] for n in sorted(set(used))}, data_cfg.dir,
                       data_cfg.allow_format_mismatch, "--set data.allow_format_mismatch=true", d.is_main)
@@ -472,4 +480,12 @@ def _load_optimizer_moments(init_from: str, model: torch.nn.Module, optimizer: t
             f"init.keep_optimizer: {init_from} has no warmstart checkpoint with optimizer state "
             f"(weights came from {resolved}); set keep_optimizer: false"
         )
-    ckpt.load_optimizer(path, model, optimizer)
+    try:
+        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it; the error says it
+            warnings.simplefilter("ignore")
+            ckpt.load_optimizer(path, model, optimizer)
+    except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain containers
+        raise UserError(
+            f"init.keep_optimizer: {path} holds optimizer state that is more than tensors (an unsafe pickle, not "
+            "loaded); set keep_optimizer: false"
+        ) from None

@@ -90,7 +90,34 @@ def _configured_trackers(config_path: Path) -> list[str]:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every event of RUN_DIR/metrics.jsonl, in file order ([] when there is no file).
+
+    Raises UserError `metrics.jsonl:LINE: ...` in one line for a line that is not a JSON object (a line cut short
+    by a crash or a full disk, a list, a bare value) or an event without an integer `step`.
+    """
+    from warmstart.errors import UserError
+
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (damaged file)") from None
+    events = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}; a line cut short by a "
+                            "crash?); remove that line") from None
+        if not isinstance(event, dict):
+            raise UserError(f"{path}:{lineno}: expected one JSON object per line, got a {type(event).__name__}")
+        step = event.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise UserError(f"{path}:{lineno}: event without an integer 'step' (got {step!r})")
+        events.append(event)
+    return events

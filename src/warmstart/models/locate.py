@@ -1,0 +1,92 @@
+"""Where a model argument points: a warmstart run, a Hugging Face checkpoint directory, or a hub name.
+
+Decided before anything heavy is imported and before any network call, so a typo fails at once in one line:
+
+- an existing directory is a run (its `final/`) or a HF checkpoint (its `config.json`), or an error saying which;
+- something that looks like a local path (starts with `.`, `/` or `~`, has a file suffix, more than one `/`, or a
+  first component that exists here, as in `runs/upstrem` when `runs/` exists) but is missing is an error;
+- anything else is a hub name (`namespace/name`, checked by huggingface_hub's own rule). With HF_HUB_OFFLINE=1
+  (or TRANSFORMERS_OFFLINE=1) a hub name must already be in the local cache, or it is refused here without a
+  network call.
+
+`what` is the argument's name in the calling command (`init.from`, `--from`, `--model`, `checkpoint`), so the
+message names what the user typed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from warmstart.errors import UserError
+
+FILE_SUFFIXES = (".json", ".yaml", ".yml", ".safetensors", ".bin", ".pt", ".pth", ".txt", ".jsonl", ".gz")
+
+
+def looks_like_path(spec: str) -> bool:
+    """True when `spec` can only be meant as a local path (see module doc)."""
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        return True
+    if spec.lower().endswith(FILE_SUFFIXES):
+        return True
+    return Path(spec.split("/", 1)[0]).exists()
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, as huggingface_hub reads them (constants) or as set since."""
+    from huggingface_hub import constants
+
+    env = {os.environ.get(k, "").upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    return bool(constants.HF_HUB_OFFLINE) or bool(env & {"1", "ON", "YES", "TRUE"})
+
+
+def _check_hub_name(spec: str, what: str) -> str:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        raise UserError(f"{what}: {spec} is neither a local directory nor a valid hub name (namespace/name)") from None
+    if hub_offline() and not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        raise UserError(
+            f"{what}: {spec} is not a local directory, and not in the Hugging Face cache (offline mode: "
+            "HF_HUB_OFFLINE=1, nothing is downloaded); give a local path or unset HF_HUB_OFFLINE"
+        )
+    return spec
+
+
+def resolve_checkpoint(spec: str, what: str = "init.from") -> Path | str:
+    """A warmstart run directory means its `final/`; a HF directory is itself; anything else is a hub name."""
+    spec = str(spec)
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return p
+        if (p / "final" / "config.json").is_file():
+            return p / "final"
+        if (p / "config.yaml").is_file():
+            raise UserError(f"{what}: {spec} is a warmstart run without final/ (unfinished); resume it first")
+        raise UserError(f"{what}: {spec} has no config.json (not a Hugging Face checkpoint or warmstart run)")
+    if p.exists():
+        raise UserError(f"{what}: {spec} is a file; give a checkpoint directory, a warmstart run or a hub name")
+    if looks_like_path(spec):
+        raise UserError(f"{what}: {spec}: no such directory")
+    return _check_hub_name(spec, what)
+
+
+def load_failure(e: BaseException) -> str:
+    """One line for why transformers could not load a checkpoint (the root cause's first line).
+
+    A weights file that is a pickle holding more than tensors is refused by torch's weights-only loader with a
+    paragraph of advice; it is said here in a few words, and it is never unpickled.
+    """
+    import pickle
+
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip()
+    if isinstance(e, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
+        return "its weights file is a pickle holding more than tensors; not unpickled (use safetensors)"
+    return (text.splitlines() or [type(e).__name__])[0]

@@ -1,0 +1,241 @@
+"""Bad input at each boundary where it enters: output locations, model arguments, sequence lengths vs positions,
+model sizes, damaged metrics, text that is not valid Unicode, domains without validation data, tokenizer output."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from warmstart.cli import main
+from warmstart.errors import UserError
+
+READ_ONLY = "/sys/warmstart-inputs"  # not writable even for root
+
+
+# ----------------------------------------------------------------------------------------------- output paths
+def test_output_checks_refuse_files_and_read_only_places_and_touch_nothing(tmp_path):
+    from warmstart.outputs import check_out_dir, check_out_file
+
+    f = tmp_path / "f"
+    f.write_text("keep")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        check_out_dir(f, "--out")
+    with pytest.raises(UserError, match="is a file, so"):
+        check_out_dir(f / "below", "--out")
+    with pytest.raises(UserError, match="cannot write"):
+        check_out_dir(READ_ONLY, "out_dir")
+    with pytest.raises(UserError, match="is a directory, not a file"):
+        check_out_file(tmp_path, "--out")
+    with pytest.raises(UserError, match="cannot write"):
+        check_out_file(f"{READ_ONLY}/m.json", "--out")
+    assert check_out_dir(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"] and f.read_text() == "keep"  # no probe left
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer train
+def _prep_recipe(tmp_path: Path, texts: list[str] | None, name: str = "prep.yaml") -> Path:
+    src = tmp_path / f"{name}.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts or []))
+    recipe = tmp_path / name
+    recipe.write_text(yaml.safe_dump({"tokenizer": "-", "out": "-", "domains": {"a": [{"path": str(src)}]}}))
+    return recipe
+
+
+def test_tokenizer_train_never_replaces_a_file_or_a_foreign_folder(tmp_path, capsys):
+    from conftest import SAMPLE_TEXTS
+
+    from warmstart.data.tokenizer import load_tokenizer
+
+    recipe = _prep_recipe(tmp_path, SAMPLE_TEXTS)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine too")
+    for out, extra in ((afile, []), (afile, ["--overwrite"]), (folder, []), (folder, ["--overwrite"])):
+        code = main(["tokenizer", "train", str(recipe), "--vocab-size", "300", "--out", str(out), *extra])
+        assert code == 2
+    assert afile.read_text() == "mine" and (folder / "thesis.tex").read_text() == "mine too"
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+    err = capsys.readouterr().err
+    assert err.count("is a file") == 2 and err.count("not a tokenizer") == 2
+
+    tok = tmp_path / "tok"
+    assert main(["tokenizer", "train", str(recipe), "--vocab-size", "300", "--out", str(tok)]) == 0
+    assert main(["tokenizer", "train", str(recipe), "--vocab-size", "320", "--out", str(tok)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert len(load_tokenizer(str(tok))) == 300
+    assert main(["tokenizer", "train", str(recipe), "--vocab-size", "320", "--out", str(tok), "--overwrite"]) == 0
+    assert len(load_tokenizer(str(tok))) == 320  # an existing tokenizer directory is replaced, as asked
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp directory left
+
+
+def test_tokenizer_train_refuses_a_domain_without_documents(tmp_path, capsys):
+    from conftest import SAMPLE_TEXTS
+
+    good = _prep_recipe(tmp_path, SAMPLE_TEXTS)
+    empty = _prep_recipe(tmp_path, [], "empty.yaml")
+    both = yaml.safe_load(good.read_text())
+    both["domains"]["b"] = yaml.safe_load(empty.read_text())["domains"]["a"]
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(both))
+    for recipe in (empty, tmp_path / "both.yaml"):
+        out = tmp_path / "tok"
+        assert main(["tokenizer", "train", str(recipe), "--vocab-size", "300", "--out", str(out)]) == 2
+        assert not out.exists()
+    err = capsys.readouterr().err.splitlines()
+    assert "domain 'a': no documents" in err[0] and "domain 'b': no documents" in err[1]
+
+
+# ----------------------------------------------------------------------------------------------- model arguments
+def test_model_arguments_missing_locally_or_offline_fail_at_once_naming_the_argument(tmp_path, monkeypatch):
+    from warmstart.models.locate import looks_like_path, resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"^--from: runs/upstrem: no such directory"):
+        resolve_checkpoint("runs/upstrem", "--from")  # 'runs' exists here: a path, not a hub name
+    with pytest.raises(UserError, match=r"^checkpoint: someone/no-such-model is not a local directory.*offline"):
+        resolve_checkpoint("someone/no-such-model", "checkpoint")
+    with pytest.raises(UserError, match=r"^--model: Qwen/Qwen2\.5-0\.5B .*offline"):
+        resolve_checkpoint("Qwen/Qwen2.5-0.5B", "--model")  # a dotted hub name is a hub name, not a file
+    with pytest.raises(UserError, match="valid hub name"):
+        resolve_checkpoint("a b", "--from")
+    assert time.perf_counter() - t0 < 5  # no network retries
+    assert looks_like_path("./x") and looks_like_path("a/b/c") and looks_like_path("runs/x")
+    assert not looks_like_path("gpt2") and not looks_like_path("someone/model")
+
+
+def test_eval_messages_name_evals_own_arguments(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "half").mkdir(parents=True)
+    (tmp_path / "runs" / "half" / "config.yaml").write_text("name: half\n")
+    assert main(["eval", "runs/typo", "--data", "d"]) == 2
+    assert main(["eval", "runs/half", "--data", "d"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warmstart: error: checkpoint: runs/typo: no such directory")
+    assert err[1].startswith("warmstart: error: checkpoint: runs/half is a warmstart run without final/")
+    assert "init.from" not in "".join(err) and "--out" not in err[0]
+
+
+# ----------------------------------------------------------------------------------------------- sizes, positions
+def test_sizes_that_build_no_model_are_one_line_errors():
+    from warmstart.config import ModelConfig
+    from warmstart.models.build import build_config
+
+    cases = [({"heads": 5}, "heads"), ({"kv_heads": 3}, "kv_heads"), ({"layers": 0}, "layers"),
+             ({"hidden": -64}, "hidden")]
+    for sizes, key in cases:
+        with pytest.raises(UserError, match=f"model.sizes.*{key}") as e:
+            build_config(ModelConfig(preset="llama-tiny", sizes=sizes), vocab_size=300)
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="heads") as e:
+        build_config(ModelConfig(preset="gpt2-tiny", sizes={"heads": 7}), vocab_size=300)
+    assert "\n" not in str(e.value)
+
+
+def test_seq_len_above_positions_is_refused_and_extending_is_recorded(data_dir, tokenizer_dir, tmp_path):
+    from train_helpers import tiny_recipe
+
+    from warmstart.train.loop import train
+
+    long = ["data.seq_len=1024", "train.batch_tokens=1024", "train.micro_batch_size=1", "train.steps=2",
+            "eval.max_tokens=1024", "eval.every=1"]
+    with pytest.raises(UserError, match=r"data.seq_len: 1024 is longer than the model's 512 positions"):
+        train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="short", overrides=long))
+    assert not (tmp_path / "short").exists()
+    res = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="long",
+                            overrides=[*long, "model.sizes.max_positions=1024"]))
+    assert json.loads((res.final_dir / "config.json").read_text())["max_position_embeddings"] == 1024
+    # a checkpoint's context: refused too, and extended (rotary positions) only when asked, then saved
+    init = ["model.preset=null", f"init.from={res.final_dir}", "data.seq_len=2048", "train.batch_tokens=2048",
+            "eval.max_tokens=2048"]
+    with pytest.raises(UserError, match="data.seq_len: 2048 is longer than the model's 1024 positions"):
+        train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="more", overrides=[*long, *init]))
+    res2 = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="more",
+                             overrides=[*long, *init, "model.sizes.max_positions=2048"]))
+    assert json.loads((res2.final_dir / "config.json").read_text())["max_position_embeddings"] == 2048
+
+
+# ----------------------------------------------------------------------------------------------- metrics readers
+@pytest.mark.parametrize(("lines", "where"), [
+    (['{"event": "eval", "step": 0}', '{"event": "eval", "st'], ":2: not valid JSON"),
+    (['[1, 2]'], ":1: expected one JSON object per line, got a list"),
+    (['{"event": "eval", "step": 0}', '', '{"event": "eval"}'], ":3: event without an integer 'step'"),
+])
+def test_metrics_reader_names_file_and_line(tmp_path, lines, where):
+    from warmstart.train.metrics import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        read_metrics(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'metrics.jsonl'}{where}")
+
+
+# ----------------------------------------------------------------------------------------------- text sources
+def test_lone_surrogate_is_a_bad_record_named_by_file_and_line(tmp_path, tokenizer_dir):
+    from warmstart.data import prepare
+    from warmstart.data.shards import open_data_dir
+
+    src = tmp_path / "crawl.jsonl"
+    src.write_text('{"text": "fine one"}\n{"text": "truncated emoji \\ud83d here"}\n{"text": "fine two"}\n'
+                   '{"text": "a whole emoji \\ud83d\\ude42 is fine"}\n')
+    cfg = {"tokenizer": str(tokenizer_dir), "out": str(tmp_path / "out"), "domains": {"a": [{"path": str(src)}]},
+           "val_docs": 1}
+    with pytest.raises(UserError, match=r"crawl\.jsonl:2: 'text' holds a lone UTF-16 surrogate \(\\ud83d at "
+                                        r"character 16\)"):
+        prepare(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+    result = prepare({**cfg, "skip_bad_records": True}, progress=False)
+    dom = result.domains[0]
+    assert dom.bad_records == 1 and dom.docs == 3
+    data = open_data_dir(tmp_path / "out")["a"]
+    assert data.n_docs("train") + data.n_docs("val") == 3
+
+
+# ----------------------------------------------------------------------------------------------- empty validation
+@pytest.fixture(scope="module")
+def mixed_data(tmp_path_factory, tokenizer_dir):
+    """Two domains: 'many' (with a validation split) and 'one' (one document: no validation split)."""
+    from conftest import SAMPLE_TEXTS
+
+    from warmstart.data import prepare
+
+    root = tmp_path_factory.mktemp("mixed")
+    (root / "many.jsonl").write_text("".join(json.dumps({"text": t * 4}) + "\n" for t in SAMPLE_TEXTS))
+    (root / "one.jsonl").write_text(json.dumps({"text": " ".join(SAMPLE_TEXTS)}) + "\n")
+    domains = {n: [{"path": str(root / f"{n}.jsonl")}] for n in ("many", "one")}
+    prepare({"tokenizer": str(tokenizer_dir), "out": str(root / "data"), "domains": domains}, progress=False)
+    return root / "data"
+
+
+def test_domain_without_validation_is_trained_on_but_not_evaluated(mixed_data, tokenizer_dir, tmp_path, capsys):
+    from train_helpers import tiny_recipe
+
+    from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.train.loop import train
+    from warmstart.train.metrics import read_metrics
+
+    recipe = tiny_recipe(mixed_data, tokenizer_dir, tmp_path, overrides=[
+        "data.weights={many: 0.5, one: 0.5}", "train.steps=2", "eval.every=1"])
+    res = train(recipe)
+    out = capsys.readouterr().out
+    assert out.count("no validation documents in one") == 1
+    evals = [m for m in read_metrics(res.run_dir) if m["event"] == "eval"]
+    assert [m["step"] for m in evals] == [0, 1, 2]
+    assert all("val/many/loss" in m and "val/one/loss" not in m for m in evals)
+    assert evals[-1]["val/avg/loss"] == evals[-1]["val/many/loss"]
+    assert json.loads((res.run_dir / "summary.json").read_text())["sequences_per_domain"]["one"] > 0
+
+    result = eval_checkpoint(str(res.run_dir), mixed_data, out=tmp_path / "e", device="cpu", seq_len=32)
+    assert list(result["val"]) == ["many"]
+    assert result["val"]["many"]["loss"] == pytest.approx(evals[-1]["val/many/loss"], rel=1e-5)
+    with pytest.raises(UserError, match="--domains: domain 'one' has no validation documents"):
+        eval_checkpoint(str(res.run_dir), mixed_data, domains=["one"], out=tmp_path / "e", device="cpu")
+    with pytest.raises(UserError, match="eval.domains: domain 'one' has no validation documents"):
+        train(tiny_recipe(mixed_data, tokenizer_dir, tmp_path, name="r2", overrides=[
+            "data.weights={many: 1.0}", "eval.domains=[one]"]))

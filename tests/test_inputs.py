@@ -239,3 +239,20 @@ def test_domain_without_validation_is_trained_on_but_not_evaluated(mixed_data, t
     with pytest.raises(UserError, match="eval.domains: domain 'one' has no validation documents"):
         train(tiny_recipe(mixed_data, tokenizer_dir, tmp_path, name="r2", overrides=[
             "data.weights={many: 1.0}", "eval.domains=[one]"]))
+
+
+def test_hub_name_without_network_is_one_line_without_retries(tmp_path):
+    """Online mode, but the hub cannot be reached (a local port that refuses): one request, one line, no retries."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "warmstart", "eval", "someone/no-such-model", "--data", "d",
+                           "--out", str(tmp_path / "e")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "hub cannot be reached" in proc.stderr
+    assert time.perf_counter() - t0 < 30  # transformers' own download retries take about a minute
+    assert not (tmp_path / "e").exists()

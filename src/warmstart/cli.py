@@ -1,4 +1,5 @@
-"""The `warmstart` command: parse arguments, load the recipe, call one function. No logic lives here."""
+"""The `warmstart` command: parse arguments, check where they point (output paths, model arguments) before any
+heavy import, load the recipe, call one function. No other logic lives here."""
 
 from __future__ import annotations
 
@@ -56,11 +57,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from warmstart.config import PrepareConfig, load
-    from warmstart.data.tokenizer_train import check_tokenizer_out, train_tokenizer
+    from warmstart.data.tokenizer_train import train_tokenizer
 
     base = {"tokenizer": "-", "out": "-"}
     cfg = load(PrepareConfig, None, args.overrides, base={**base, **_read_sources(args.recipe)})
-    check_tokenizer_out(args.out, args.overwrite)
     out = train_tokenizer(cfg.domains, vocab_size=args.vocab_size, out=Path(args.out), overwrite=args.overwrite)
     from warmstart.data.tokenizer import load_tokenizer
 

@@ -5,9 +5,10 @@ Decided before anything heavy is imported and before any network call, so a typo
 - an existing directory is a run (its `final/`) or a HF checkpoint (its `config.json`), or an error saying which;
 - something that looks like a local path (starts with `.`, `/` or `~`, has a file suffix, more than one `/`, or a
   first component that exists here, as in `runs/upstrem` when `runs/` exists) but is missing is an error;
-- anything else is a hub name (`namespace/name`, checked by huggingface_hub's own rule). With HF_HUB_OFFLINE=1
-  (or TRANSFORMERS_OFFLINE=1) a hub name must already be in the local cache, or it is refused here without a
-  network call.
+- anything else is a hub name (`namespace/name`, checked by huggingface_hub's own rule). A name already in the
+  local cache is used as is. Otherwise, with HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) it is refused here
+  without a network call; online, one request without retries asks the hub, so an unknown name or an
+  unreachable hub is one line, not a minute of download retries.
 
 `what` is the argument's name in the calling command (`init.from`, `--from`, `--model`, `checkpoint`), so the
 message names what the user typed.
@@ -49,12 +50,35 @@ def _check_hub_name(spec: str, what: str) -> str:
         validate_repo_id(spec)
     except HFValidationError:
         raise UserError(f"{what}: {spec} is neither a local directory nor a valid hub name (namespace/name)") from None
-    if hub_offline() and not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return spec
+    if hub_offline():
         raise UserError(
             f"{what}: {spec} is not a local directory, and not in the Hugging Face cache (offline mode: "
             "HF_HUB_OFFLINE=1, nothing is downloaded); give a local path or unset HF_HUB_OFFLINE"
         )
+    _probe_hub(spec, what)
     return spec
+
+
+def _probe_hub(spec: str, what: str, timeout: float = 10.0) -> None:
+    """One request, no retries: a name the hub does not have, or a hub that cannot be reached, fails here in one
+    line instead of in a minute of download retries. Other answers (gated, private) are left to the loader."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        model_info(spec, timeout=timeout)
+    except RepositoryNotFoundError:
+        raise UserError(f"{what}: {spec} is not a local directory, and the Hugging Face hub has no such model") from None
+    except HfHubHTTPError:
+        return
+    except Exception as e:  # connection refused, DNS failure, timeout: the network's answer, not a bug
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"{what}: {spec} is not a local directory, and the Hugging Face hub cannot be reached ({first}); "
+            "set HF_HUB_OFFLINE=1 to use only the local cache"
+        ) from None
 
 
 def resolve_checkpoint(spec: str, what: str = "init.from") -> Path | str:

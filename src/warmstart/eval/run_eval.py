@@ -89,7 +89,7 @@ def domain_losses(
     vocab = model.get_input_embeddings().weight.shape[0]
     for n in names:
         max_id = data[n].index["splits"]["val"].get("max_token_id")
-        check_data_compatible(tokenizer, data[n].tokenizer, max_id, vocab, str(data_dir))
+        check_data_compatible(tokenizer, data[n].tokenizer, max_id, vocab, str(data_dir), "--data")
     check_data_format(tokenizer, {n: data[n] for n in names}, str(data_dir), allow_format_mismatch,
                       "--allow-format-mismatch")
     sets = {n: eval_windows(data[n], seq_len, max_tokens, windows) for n in names}

@@ -198,19 +198,21 @@ def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int
 
 
 def check_data_compatible(
-    tokenizer, data_tokenizer: dict, max_token_id: int | None, vocab_size: int, data_dir: str
+    tokenizer, data_tokenizer: dict, max_token_id: int | None, vocab_size: int, data_dir: str,
+    what: str = "data.dir",
 ) -> None:
-    """Refuse data prepared with another tokenizer, or ids the embedding table cannot look up."""
+    """Refuse data prepared with another tokenizer, or ids the embedding table cannot look up (`what` names the
+    argument the data came from: data.dir in a recipe, --data on the command line)."""
     ident = tokenizer_identity(tokenizer)
     if ident["vocab_hash"] != data_tokenizer.get("vocab_hash"):
         raise UserError(
-            f"data.dir: {data_dir} was prepared with tokenizer {data_tokenizer.get('name')!r} "
+            f"{what}: {data_dir} was prepared with tokenizer {data_tokenizer.get('name')!r} "
             f"(vocab hash {data_tokenizer.get('vocab_hash', '')[:12]}), but the model's tokenizer "
             f"{ident['name']!r} differs (hash {ident['vocab_hash'][:12]}); re-run `warmstart prepare` with it"
         )
     if max_token_id is not None and max_token_id >= vocab_size:
         raise UserError(
-            f"data.dir: token id {max_token_id} is beyond the model's vocabulary ({vocab_size}); "
+            f"{what}: token id {max_token_id} is beyond the model's vocabulary ({vocab_size}); "
             "the model's embedding table must cover the tokenizer"
         )
 

@@ -374,6 +374,16 @@ def _cases() -> list[Case]:
     add(Case("eval-domain-without-validation", ["eval", "runs/up", "--data", "data0", "--domains", "code"],
              expect="no validation"))
 
+    # format show / probe
+    add(Case("format-show-missing", ["format", "show", "nodata"], expect="nodata"))
+    add(Case("format-show-not-prepared", ["format", "show", "src"], expect="src"))
+    add(Case("format-probe-missing-local", ["format", "probe", "runs/upstrem", "--data", "data", "--domain", "code"],
+             expect="runs/upstrem"))
+    add(Case("format-probe-hub-offline", ["format", "probe", "someone/no-such-model", "--data", "data", "--domain",
+                                          "code"], expect="offline"))
+    add(Case("format-probe-json-is-a-dir", ["format", "probe", "runs/up", "--data", "data", "--domain", "code",
+                                            "--json", "src"], expect="is a directory"))
+
     # quickstart
     add(Case("quickstart-out-is-a-file", ["quickstart", "--out", "afile"], expect="is a file"))
     add(Case("quickstart-out-read-only", ["quickstart", "--out", READ_ONLY], expect="cannot write"))
@@ -496,11 +506,11 @@ def results(tmp_path_factory, tokenizer_dir, data_dir):
 def test_case_count():
     assert len(CASES) >= 100
     assert len({c.id for c in CASES}) == len(CASES)
-    commands = {" ".join(c.argv[:2]) if c.argv[:1] in (["tokenizer"], ["corpus"], ["quality"], ["mixture"])
+    commands = {" ".join(c.argv[:2]) if c.argv[:1] in (["tokenizer"], ["corpus"], ["quality"], ["mixture"], ["format"])
                 else (c.argv[0] if c.argv else "") for c in CASES}
     assert commands >= {"prepare", "tokenizer train", "train", "eval", "inherit", "grow", "sweep", "gap", "report",
                         "quality score", "quality select", "mixture ddo", "mixture predict", "corpus demo",
-                        "quickstart"}
+                        "quickstart", "format show", "format probe"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

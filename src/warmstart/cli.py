@@ -274,6 +274,12 @@ def cmd_format_show(args: argparse.Namespace) -> int:
 def cmd_format_probe(args: argparse.Namespace) -> int:
     import json
 
+    from warmstart.models.locate import resolve_checkpoint
+    from warmstart.outputs import check_out_file
+
+    resolve_checkpoint(args.checkpoint, "checkpoint")
+    if args.json:
+        check_out_file(args.json, "--json")
     from warmstart.eval.format_probe import run_probe
 
     result = run_probe(args.checkpoint, texts=args.text, data_dir=args.data, domain=args.domain, n_docs=args.docs,

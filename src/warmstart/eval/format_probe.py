@@ -194,7 +194,7 @@ def run_probe(
         raise UserError("format probe: --data needs --domain NAME")
     if n_docs <= 0 or tokens <= 0 or batch_size <= 0:
         raise UserError("format probe: --docs, --tokens and --batch-size must be > 0")
-    src = resolve_checkpoint(checkpoint)
+    src = resolve_checkpoint(checkpoint, "checkpoint")
     tok = load_tokenizer(str(src))
     if texts is not None:
         docs_text: list[str] = []

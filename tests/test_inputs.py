@@ -97,7 +97,7 @@ def test_model_arguments_missing_locally_or_offline_fail_at_once_naming_the_argu
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     t0 = time.perf_counter()
-    with pytest.raises(UserError, match=r"^--from: runs/upstrem: no such directory"):
+    with pytest.raises(UserError, match=r"^--from: runs/upstrem: not found \(no such directory\)"):
         resolve_checkpoint("runs/upstrem", "--from")  # 'runs' exists here: a path, not a hub name
     with pytest.raises(UserError, match=r"^checkpoint: someone/no-such-model is not a local directory.*offline"):
         resolve_checkpoint("someone/no-such-model", "checkpoint")
@@ -117,7 +117,7 @@ def test_eval_messages_name_evals_own_arguments(tmp_path, capsys, monkeypatch):
     assert main(["eval", "runs/typo", "--data", "d"]) == 2
     assert main(["eval", "runs/half", "--data", "d"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("warmstart: error: checkpoint: runs/typo: no such directory")
+    assert err[0].startswith("warmstart: error: checkpoint: runs/typo: not found (no such directory)")
     assert err[1].startswith("warmstart: error: checkpoint: runs/half is a warmstart run without final/")
     assert "init.from" not in "".join(err) and "--out" not in err[0]
 
@@ -256,3 +256,30 @@ def test_hub_name_without_network_is_one_line_without_retries(tmp_path):
     assert proc.stderr.count("\n") == 1 and "hub cannot be reached" in proc.stderr
     assert time.perf_counter() - t0 < 30  # transformers' own download retries take about a minute
     assert not (tmp_path / "e").exists()
+
+
+def test_argument_errors_come_back_before_torch_is_imported(tmp_path):
+    """The cheap checks run before the heavy imports: a typo costs a fraction of a second, not a torch import."""
+    import subprocess
+    import sys
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "afile").write_text("x")
+    script = (
+        "import sys\n"
+        "from warmstart.cli import main\n"
+        "calls = [['--help'], ['gap', 'runs', '--window', '0'], ['train', 'nope.yaml'], ['eval', 'runs/typo', '--data', 'd'],\n"
+        "         ['inherit', '--from', 'runs/upstrem', '--layers', '1', '--out', 'o'], ['report', 'runs', '--out', 'afile'],\n"
+        "         ['quality', 'score', '--data', 'd', '--domain', 'x', '--out', 'afile', '--ngram-reference', 'a']]\n"
+        "codes = []\n"
+        "for argv in calls:\n"
+        "    try:\n"
+        "        codes.append(main(argv))\n"
+        "    except SystemExit as e:\n"
+        "        codes.append(e.code)\n"
+        "print(codes, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 2, 2, 2, 2, 2, 2] False False", proc.stderr

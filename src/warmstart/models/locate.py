@@ -96,7 +96,7 @@ def resolve_checkpoint(spec: str, what: str = "init.from") -> Path | str:
     if p.exists():
         raise UserError(f"{what}: {spec} is a file; give a checkpoint directory, a warmstart run or a hub name")
     if looks_like_path(spec):
-        raise UserError(f"{what}: {spec}: no such directory")
+        raise UserError(f"{what}: {spec}: not found (no such directory)")
     return _check_hub_name(spec, what)
 
 

@@ -206,9 +206,6 @@ def _cases() -> list[Case]:
     add(Case("train-init-from-other-sizes", T,
              _recipe(_train_tree(model__preset=None, init={"from": "runs/up"}, model__sizes={"layers": 3})),
              "architecture comes from init.from"))
-    add(Case("train-keep-optimizer-pickle", T,
-             _recipe(_train_tree(model__preset=None, init={"from": "runs/pickopt", "keep_optimizer": True})),
-             "optimizer.pt"))
     add(Case("train-init-from-pickled-weights", T,
              _recipe(_train_tree(model__preset=None, init={"from": "pickled"})), "cannot load"))
     add(Case("train-all-domains-without-validation", T, _recipe(_train_tree(data__dir="data0")),
@@ -413,7 +410,6 @@ def _build_world(root: Path, tokenizer_dir: Path, data_dir: Path) -> Path:
 
     from warmstart.data import prepare
     from warmstart.recipes.quality import score_domain_ngram
-    from warmstart.train import checkpoint as ckpt
     from warmstart.train.loop import train
 
     base = root / "base"
@@ -438,13 +434,6 @@ def _build_world(root: Path, tokenizer_dir: Path, data_dir: Path) -> Path:
     unfinished = base / "runs" / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.yaml").write_text("name: unfinished\n")
-    # a run whose optimizer state is an unsafe pickle (its manifest updated, so it is not merely "damaged")
-    shutil.copytree(base / "runs" / "up", base / "runs" / "pickopt")
-    step = ckpt.list_checkpoints(base / "runs" / "pickopt" / "checkpoints")[-1]
-    _unsafe_pickle(step / "optimizer.pt")
-    manifest = json.loads((step / "manifest.json").read_text())
-    manifest["optimizer.pt"] = {"bytes": (step / "optimizer.pt").stat().st_size, "sha256": ckpt._sha256(step / "optimizer.pt")}
-    (step / "manifest.json").write_text(json.dumps(manifest))
     # a HF checkpoint directory whose weights are an unsafe pickle
     pickled = base / "pickled"
     pickled.mkdir()

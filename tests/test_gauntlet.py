@@ -124,7 +124,7 @@ def _cases() -> list[Case]:
     add(Case("prepare-source-missing", ["prepare", "prep.yaml", "--set", "domains.a=[{path: src/nope.jsonl}]"],
              expect="no such file"))
     add(Case("prepare-empty-source", ["prepare", "prep.yaml", "--set", "domains.a=[{path: src/empty.jsonl}]"],
-             expect="empty"))
+             expect="no documents"))
     add(Case("prepare-bad-json-line", ["prepare", "prep.yaml", "--set", "domains.a=[{path: src/badjson.jsonl}]"],
              expect="badjson.jsonl:2"))
     add(Case("prepare-lone-surrogate", ["prepare", "prep.yaml", "--set", "domains.a=[{path: src/surrogate.jsonl}]"],

@@ -78,14 +78,22 @@ def run_warmstart(args, shards, tok, out, i, keep_heap: bool = True) -> float:
 
 def run_hf_trainer(args, shards, tok, out, i) -> float:
     """The same model, data order, batch and optimizer through `transformers.Trainer`."""
+    r = recipe(args, shards, tok, out, f"hf{i}")
+    times = hf_trainer_step_times(r, args.steps, args.micro, args.device, args.compile, out / f"hf{i}")
+    steady = times[args.skip :]
+    return args.batch_tokens * (len(steady) - 1) / (steady[-1] - steady[0])
+
+
+def hf_trainer_step_times(r: Recipe, steps: int, micro: int, device: str, compile: bool, out: Path) -> list[float]:
+    """Train recipe `r`'s model (same seeded init) on the warmstart sampler's plan with `transformers.Trainer`,
+    AdamW (0.9, 0.95), wd 0.1, clip 1.0, cosine; returns the wall clock at the end of each step."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    r = recipe(args, shards, tok, out, f"hf{i}")
     model = build_model(r.model, None, seed=r.seed).model
     model.config.use_cache = False
-    sampler = MixtureSampler.from_config(r.data, open_data_dir(shards), seed=r.seed)
-    gseqs = args.batch_tokens // args.seq_len
-    rows = sampler.read(sampler.next_indices(gseqs * args.steps))
+    sampler = MixtureSampler.from_config(r.data, open_data_dir(r.data.dir), seed=r.seed)
+    gseqs = r.train.batch_tokens // r.data.seq_len
+    rows = sampler.read(sampler.next_indices(gseqs * steps))
     # the same seq_len-token inputs as warmstart's; HF shifts `labels` itself (so one target fewer per row)
     data = [{"input_ids": torch.from_numpy(x[:-1]), "labels": torch.from_numpy(x[:-1])} for x in rows]
 
@@ -93,15 +101,15 @@ def run_hf_trainer(args, shards, tok, out, i) -> float:
 
     class Clock(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            if args.device == "cuda":
+            if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
 
     targs = TrainingArguments(
-        output_dir=str(out / f"hf{i}"),
-        per_device_train_batch_size=args.micro,
-        gradient_accumulation_steps=gseqs // args.micro,
-        max_steps=args.steps,
+        output_dir=str(out),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=gseqs // micro,
+        max_steps=steps,
         learning_rate=3e-4,
         lr_scheduler_type="cosine",
         warmup_steps=2,
@@ -113,16 +121,15 @@ def run_hf_trainer(args, shards, tok, out, i) -> float:
         save_strategy="no",
         report_to=[],
         dataloader_num_workers=0,
-        use_cpu=args.device == "cpu",
-        bf16=args.device == "cuda",
-        torch_compile=args.compile,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        torch_compile=compile,
         disable_tqdm=True,
         seed=r.seed,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[Clock()])
     trainer.train()
-    steady = times[args.skip :]
-    return args.batch_tokens * (len(steady) - 1) / (steady[-1] - steady[0])
+    return times
 
 
 def measure_one(args) -> None:

@@ -147,3 +147,21 @@ def test_resume_on_other_process_counts_and_layouts(runs):
         _close_weights(single, dst)
         _same_checkpoint_and_final(dst)
         assert ckpt.load_state(ckpt.step_dir(dst / "checkpoints", STEPS))["world"] == procs
+
+
+def test_two_process_masked_lm_matches_single_process(data_dir, tokenizer_dir, tmp_path):
+    """Masked LM: each process predicts a different number of tokens; the step is still the single-process one
+    (the loss is divided by the predicted tokens of the whole global batch)."""
+    tree = tiny_recipe_tree(
+        data_dir, tokenizer_dir, tmp_path / "runs", "x", model={"preset": "bert-tiny", "objective": "masked"},
+        train={"steps": 3, "batch_tokens": 512, "micro_batch_size": 4, "log_every": 1}, eval={"every": 3},
+    )
+    _train(_recipe(tmp_path, tree, "single", "ddp"), 1)
+    _train(_recipe(tmp_path, tree, "ddp", "ddp"), 2)
+    a, b = read_metrics(tmp_path / "runs" / "single"), read_metrics(tmp_path / "runs" / "ddp")
+    la, lb = ([r["train/loss"] for r in m if r["event"] == "train"] for m in (a, b))
+    assert len(la) == 3 and lb == pytest.approx(la, rel=1e-5)
+    wa = load_file(str(tmp_path / "runs" / "single" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "runs" / "ddp" / "final" / "model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), k

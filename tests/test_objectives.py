@@ -53,3 +53,24 @@ def test_masked_objective_needs_an_encoder(data_dir, tokenizer_dir, tmp_path):
 
     with pytest.raises(UserError, match="model.objective: llama has no masked LM class"):
         train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, model={"objective": "masked"}))
+
+
+def _final_weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def test_masked_lm_step_is_independent_of_micro_batch_size(data_dir, tokenizer_dir, tmp_path):
+    """The loss is normalised by the predicted tokens of the whole global batch, not per micro-batch."""
+    runs = {}
+    for micro in (16, 2):
+        runs[micro] = train(tiny_recipe(
+            data_dir, tokenizer_dir, tmp_path, f"m{micro}", model={"preset": "bert-tiny", "objective": "masked"},
+            train={"steps": 3, "batch_tokens": 512, "micro_batch_size": micro, "log_every": 1}, eval={"every": 3},
+        ))
+    la, lb = ([r["train/loss"] for r in read_metrics(runs[m].run_dir) if r["event"] == "train"] for m in (16, 2))
+    assert lb == pytest.approx(la, rel=1e-5)
+    wa, wb = _final_weights(runs[16].run_dir), _final_weights(runs[2].run_dir)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), k

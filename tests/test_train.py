@@ -216,3 +216,44 @@ def test_weights_from_mixture_file(data_dir, tokenizer_dir, tmp_path):
     mix.write_text("{}")
     with pytest.raises(UserError, match="not a mixture file"):
         train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "m2", data={"weights": {}, "weights_from": str(mix)}))
+
+
+def test_activation_checkpointing_recomputes_blocks_and_changes_nothing(data_dir, tokenizer_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from warmstart.models.build import enable_activation_checkpointing
+    from warmstart.models.loss import LossModel
+
+    # model level: every block runs twice per step (forward, then again in backward), gradients unchanged
+    cfg = AutoConfig.for_model("llama", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).train()
+    x = torch.randint(0, 64, (2, 9))
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        lm, calls = LossModel(model), []
+        hooks = [blk.self_attn.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
+                 for blk in model.model.layers]
+        loss, _ = lm(x[:, :-1], x[:, 1:])
+        n_forward = len(calls)
+        loss.backward()
+        for h in hooks:
+            h.remove()
+        assert n_forward == 2 and len(calls) == (4 if checkpointing else 2)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7), k
+
+    # loop level: a few steps give the same losses and weights
+    runs = [train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, f"ac{on}",
+                              train={"steps": 4, "activation_checkpointing": on})) for on in (False, True)]
+    la, lb = ([r["train/loss"] for r in read_metrics(r.run_dir) if r["event"] == "train"] for r in runs)
+    assert lb == pytest.approx(la, rel=1e-6)
+    wa, wb = (load_file(str(r.final_dir / "model.safetensors")) for r in runs)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6), k

@@ -187,6 +187,9 @@ class TrainConfig(Section):
     keep_heap: bool = Field(
         True, description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc)"
     )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each transformer block in backward instead of keeping its activations"
+    )
     progress: bool = True
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="also log metrics to TensorBoard / W&B (offline); metrics.jsonl stays"

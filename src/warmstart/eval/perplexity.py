@@ -16,9 +16,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from warmstart.data.shards import DomainData
+from warmstart.models.loss import LossModel
 from warmstart.train.distributed import Dist, all_reduce_sum
 
 
@@ -87,9 +87,12 @@ def evaluate(
     A set is either (seq_len + 1)-token windows (next-token loss) or an (inputs, labels) pair whose labels are
     -100 where no loss is taken (masked-LM evaluation, or right-padded `document_windows`). For a `causal` model
     each batch is cut after its last scored column: later positions cannot change earlier causal logits.
+    `model` is a Hugging Face LM or its `LossModel`: the loss is taken block by block (models/loss.py), so memory
+    does not grow with batch x sequence x vocabulary.
     """
-    was_training = model.training
-    model.eval()
+    loss_model = model if isinstance(model, LossModel) else LossModel(model)
+    was_training = loss_model.training
+    loss_model.eval()
     out = {}
     for name, data in sets.items():
         inputs, labels = data if isinstance(data, tuple) else (data[:, :-1], data[:, 1:])
@@ -107,13 +110,12 @@ def evaluate(
             x = torch.from_numpy(np.ascontiguousarray(bx[:, :width])).to(d.device)
             y = torch.from_numpy(np.ascontiguousarray(by[:, :width])).to(d.device)
             with autocast or contextlib.nullcontext():
-                logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-100)
+                loss, n = loss_model(x, y)
             total[0] += loss.double()
-            total[1] += (y != -100).sum()
+            total[1] += n
         all_reduce_sum(total, d)
         out[name] = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-    model.train(was_training)
+    loss_model.train(was_training)
     return out
 
 

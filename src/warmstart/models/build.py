@@ -249,6 +249,14 @@ def save_hf(model: torch.nn.Module, tokenizer, out: Path, state_dict: dict | Non
     tokenizer.save_pretrained(str(out))
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each transformer block in the backward pass (non-reentrant torch.utils.checkpoint, RNG state
+    kept), so a block's activations are not stored: memory per layer falls to its input, for ~1/3 more compute."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"train.activation_checkpointing: {type(model).__name__} does not support it")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

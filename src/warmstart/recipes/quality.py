@@ -90,7 +90,7 @@ def _doc_encoder(model_tok, domain, allow_format_mismatch: bool = False):
 
 
 def _score_chunk(
-    model,
+    loss_model,
     docs: list[np.ndarray],
     encode,
     context: int,
@@ -100,7 +100,8 @@ def _score_chunk(
     bar,
 ) -> np.ndarray:
     import torch
-    import torch.nn.functional as F
+
+    from warmstart.models.loss import IGNORE
 
     rows = np.zeros((len(docs), 2), dtype=np.float64)
     pieces: list[tuple[int, np.ndarray]] = []
@@ -120,9 +121,10 @@ def _score_chunk(
                 x[j, : len(w)] = torch.from_numpy(w)
                 mask[j, : len(w)] = 1
             x, mask = x.to(device), mask.to(device)
-            logits = model(input_ids=x, attention_mask=mask).logits.float()
-            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-            nll = (nll.view(len(batch), -1) * mask[:, 1:]).double().sum(1).cpu().numpy()
+            labels = torch.full_like(x, IGNORE)  # position t predicts token t + 1; padding predicts nothing
+            labels[:, :-1] = torch.where(mask[:, 1:] == 1, x[:, 1:], IGNORE)
+            nll, _ = loss_model(x, labels, attention_mask=mask, reduction="none")  # blockwise, no full logits
+            nll = nll.double().sum(1).cpu().numpy()
             for j, (i, w) in enumerate(batch):
                 rows[i, 0] += nll[j]
                 rows[i, 1] += len(w) - 1
@@ -151,6 +153,7 @@ def score_domain(
     from warmstart.data.shards import open_data_dir
     from warmstart.data.tokenizer import load_tokenizer
     from warmstart.models.locate import resolve_checkpoint
+    from warmstart.models.loss import LossModel
 
     domains = open_data_dir(data_dir)
     if batch_size < 1:
@@ -166,6 +169,7 @@ def score_domain(
     model_tok = load_tokenizer(str(resolved))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    loss_model = LossModel(model)
     ctx = _context_length(model, context)
     encode = _doc_encoder(model_tok, dom, allow_format_mismatch)
     identity = {
@@ -179,7 +183,7 @@ def score_domain(
     }
 
     def score(docs, bar):
-        return _score_chunk(model, docs, encode, ctx, max_doc_tokens, batch_size, device, bar)
+        return _score_chunk(loss_model, docs, encode, ctx, max_doc_tokens, batch_size, device, bar)
 
     return _write_ranking(out, data_dir, dom, split, identity, score, chunk_docs, progress)
 

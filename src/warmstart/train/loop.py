@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 
 from warmstart import atomic
@@ -36,10 +35,12 @@ from warmstart.models.build import (
     check_data_compatible,
     check_data_format,
     count_params,
+    enable_activation_checkpointing,
     flops_per_token,
     resolve_checkpoint,
     save_hf,
 )
+from warmstart.models.loss import LossModel
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.distributed import (
     Dist,
@@ -55,7 +56,7 @@ from warmstart.train.distributed import (
 )
 from warmstart.train.host_allocator import keep_heap
 from warmstart.train.metrics import MetricsLog
-from warmstart.train.objectives import IGNORE, Objective, eval_pairs
+from warmstart.train.objectives import Objective, eval_pairs
 from warmstart.train.optim import build_optimizer
 from warmstart.train.schedules import lr_at
 from warmstart.train.throughput import peak_flops
@@ -73,6 +74,7 @@ RESUME_FREE_KEYS = {
     "train.trackers",
     "train.cpu_threads",
     "train.keep_heap",
+    "train.activation_checkpointing",
     "train.parallel",  # a layout, not the math: checkpoints load into any layout
 }
 
@@ -286,9 +288,14 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     model.train()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
+    if recipe.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
     ddp_model = parallelize(model, d, recipe.train.parallel, bf16=_wants_bf16(recipe, d.device))
     model = unwrap(ddp_model)  # FSDP shards in place: the optimizer is built on the sharded parameters
     optimizer = build_optimizer(model, recipe.optim, lr=lr_at(recipe.schedule, 0, total_steps), device=d.device)
+    # forward passes return the loss, never the full logits (models/loss.py); after the optimizer is built, since
+    # its one check forward is the first forward, where FSDP2 settles its sharded parameters
+    loss_model = LossModel(model)
     fwd_model = torch.compile(ddp_model) if recipe.train.compile else ddp_model
     autocast = _autocast(recipe, d.device)
     objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
@@ -328,7 +335,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 "lr": lr_at(recipe.schedule, max(s - 1, 0), total_steps), **values}
 
     def run_eval(s: int) -> dict:
-        losses = evaluate(model, val_sets, recipe.eval.batch_size, d, autocast, causal=objective.kind == "causal")
+        losses = evaluate(loss_model, val_sets, recipe.eval.batch_size, d, autocast, causal=objective.kind == "causal")
         values = {}
         for n, loss in losses.items():
             values[f"val/{n}/loss"] = loss
@@ -389,16 +396,19 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             first = d.rank * micro * accum  # this process's rows of the global batch
             noise = objective.noise((step,), (gseqs, seq_len))
             step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
+            batches = []
             for k in range(accum):
                 rows = slice(first + k * micro, first + (k + 1) * micro)
                 x = torch.from_numpy(sampler.read(plan[rows])).to(d.device)
-                inputs, labels = objective.split(x, noise, rows)
+                batches.append(objective.split(x, noise, rows))
+            divisor = objective.loss_divisor([labels for _, labels in batches], d)
+            for k, (inputs, labels) in enumerate(batches):
                 with gradient_sync(ddp_model, k == accum - 1):
                     with autocast:
-                        logits = fwd_model(input_ids=inputs).logits
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-                    (loss / accum).backward()
-                step_loss += loss.detach().double() / accum
+                        loss_sum, n = loss_model(inputs, labels, runner=fwd_model)
+                    loss = loss_sum / divisor if divisor else loss_sum / n / accum
+                    loss.backward()
+                step_loss += loss.detach().double()
             if recipe.optim.grad_clip is not None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
             else:

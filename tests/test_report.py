@@ -303,8 +303,11 @@ def test_continued_run_against_its_scratch_baseline(lineage):
     assert h["upstream_tokens"] == 2000 and h["upstream_flops"] == 40000
     assert h["total_tokens_saved"] == pytest.approx(1 - (2000 + 200 + 100 / 3) / 400)
     assert h["total_flops_saved"] == pytest.approx(1 - (40000 + 2000 + 1000 / 3) / 4000)
+    assert main(["report", str(r["hub"]), "--out", str(tmp_path / "rep4"), "--upstream-tokens", "hub=lots"]) == 2
+    assert not (tmp_path / "rep4").exists()
     with pytest.raises(UserError, match="is a run from scratch"):
         make_report(runs, tmp_path / "rep3", baseline=r["scratch"], upstream_tokens={"scratch": 5.0})
+    assert not (tmp_path / "rep3").exists()
 
 
 def test_unlike_comparisons_are_flagged_not_computed(lineage):

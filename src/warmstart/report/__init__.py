@@ -172,7 +172,6 @@ def make_report(
         raise UserError("report: give at least one run directory")
     runs, mixes, grows, notes = classify(paths)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, dict] = {}
     summary: dict = {"metric": metric, "runs": [], "notes": notes}
     gap: dict[str, dict[str, dict]] = {}
@@ -205,6 +204,7 @@ def make_report(
     if grows:
         summary["grow"] = grows
 
+    out.mkdir(parents=True, exist_ok=True)  # only once every number is computed: a refused report writes nothing
     images = [
         plots.val_loss(runs, out, "tokens"),
         plots.val_loss(runs, out, "flops"),

@@ -62,14 +62,14 @@ SCALES = {
         "cont_steps": 2, "dense": 1, "every": 2, "lrs": (1e-4, 1e-3), "mid_lr": 1e-4, "low_lr": 1e-5,
         "epochs": 1, "score_tokens": 64,
         "inh_ks": (1, 2), "inh_steps": 2, "inh_lr": 1e-3, "grow_step": 1,
-        "ddo_budgets": (512, 1024), "ddo_target": 2048, "ddo_batch": 128, "mix_every": 4,
+        "ddo_budgets": (1536, 3072), "ddo_target": 6144, "ddo_batch": 64, "mix_every": 24,
     },
     "full": {
         "ckpt_layers": None, "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "max_chars": 1500, "val_docs": 16, "eval_tokens": 1024,
         "cont_steps": 12, "dense": 4, "every": 4, "lrs": (1e-4, 3e-4, 1e-3), "mid_lr": 3e-4, "low_lr": 3e-5,
         "epochs": 4, "score_tokens": 128,
         "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_lr": 1e-3, "grow_step": 10,
-        "ddo_budgets": (16384, 32768), "ddo_target": 131072, "ddo_batch": 1024, "mix_every": 16,
+        "ddo_budgets": (16384, 32768), "ddo_target": 131072, "ddo_batch": 256, "mix_every": 64,
     },
 }
 
@@ -195,7 +195,8 @@ class Bench:
         hq = self.cont_tree("quality-subset", data__weights={"man_hq": 1.0})
         self.train(validate(Recipe, hq, "quality-subset"))
         like = pretraining_like_recipe(self.cont_tree("pretraining-like"), {OLD: 0.5, "code": 0.5}, NEW, 0.82,
-                                       general_tokens_per_epoch=round(k_tokens * 0.18 / 0.82))
+                                       general_tokens_per_epoch=max(round(k_tokens * 0.18 / 0.82),
+                                                                    2 * s["seq"]))
         self.train(like)
         names = [*trees, "quality-subset", "pretraining-like"]
         runs = [self.work / "continual" / n for n in names]
@@ -258,7 +259,7 @@ class Bench:
             f"Every run: {s['cont_steps']} steps x {s['batch']} tokens on `{NEW}` (equal compute), cosine with 10% "
             f"warmup to 0.1 x max LR unless named otherwise; evaluation of `{NEW}` and `{OLD}` at every step "
             f"before {s['dense']}, then every {s['every']}, {s['eval_tokens']} tokens per domain, document windows.",
-            f"`scratch` is the same 135M shape from a random init on the same data: the baseline of the saved columns "
+            f"`scratch` is the same {self.params / 1e6:.0f}M shape from a random init on the same data: the baseline of the saved columns "
             f"(target = its final `{NEW}` loss). Total = plus SmolLM2's pre-training ({UPSTREAM_TOKENS:.0e} tokens).",
             "",
             f"| run | {NEW} start | {NEW} gap depth | {NEW} tokens to recover | {NEW} final | {OLD} start | "
@@ -283,10 +284,12 @@ class Bench:
             "",
             "## What you save",
             "",
-            f"Re-warming SmolLM2 at {s['mid_lr']:g} reaches the from-scratch run's final `{NEW}` loss after "
-            f"{_cell(s_mid, 'tokens_to_target')} of its own tokens: {_pct(s_mid, 'tokens_saved')} tokens, "
-            f"{_pct(s_mid, 'flops_saved')} FLOPs saved (marginal); counting SmolLM2's pre-training: "
-            f"{_pct(s_mid, 'total_tokens_saved')} (total).",
+            (f"Re-warming SmolLM2 at {s['mid_lr']:g} reaches the from-scratch run's final `{NEW}` loss after "
+             f"{_cell(s_mid, 'tokens_to_target')} of its own tokens: {_pct(s_mid, 'tokens_saved')} tokens, "
+             f"{_pct(s_mid, 'flops_saved')} FLOPs saved (marginal); counting SmolLM2's pre-training: "
+             f"{_pct(s_mid, 'total_tokens_saved')} (total)." if s_mid["reached"] else
+             f"Re-warming SmolLM2 at {s['mid_lr']:g} does not reach the from-scratch run's final `{NEW}` loss "
+             f"({fin(mid):.3f} vs {fin('scratch'):.3f}): nothing saved at this budget."),
             "",
             "## Which of the papers' findings reproduce here",
             "",

@@ -211,7 +211,8 @@ class Bench:
                   for n in names}
         best = min(plain, key=lambda n: finals[n][f"val/{NEW}/loss"])
         vs_best = make_report(runs, rep_dir / "continual-vs-best-plain", baseline=self.work / "continual" / best,
-                              metric=f"val/{NEW}/loss")
+                              metric=f"val/{NEW}/loss", upstream_tokens=self.upstream["tokens"],
+                              upstream_flops=self.upstream["flops"])
         cs = {r["name"]: r["compute_saved"] for r in vs_scratch["runs"]}
         cb = {r["name"]: r["compute_saved"] for r in vs_best["runs"]}
         rows = []

@@ -107,7 +107,7 @@ def _saved_lines(summary_path: Path) -> str:
             total = c["total_tokens_saved"]
             lines.append(
                 f"  {r['name']:<28} {c['tokens_to_target']:>9,.0f} tokens: {100 * c['tokens_saved']:+.0f}% own, "
-                + (f"{100 * total:+.0f}% counting its upstream" if total is not None else "upstream unknown")
+                + (f"{100 * total:+.0f}% counting the upstream runs" if total is not None else "total unknown")
             )
     return "\n".join(lines)
 

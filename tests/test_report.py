@@ -11,7 +11,8 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
-from train_helpers import tiny_recipe
+import yaml
+from train_helpers import tiny_recipe, tiny_recipe_tree
 
 from warmstart.cli import main
 from warmstart.errors import UserError
@@ -81,10 +82,12 @@ def test_compute_saved_on_known_curves(synthetic, tmp_path):
         [(i, t, v) for i, (t, v) in enumerate(zip(TOKENS, [3, 4, 3.5, 2.9, 2.8], strict=True))]
     )
     assert gap["worst"] == 4 and gap["recover_tokens"] == 300
-    rows = {r[0]: r for r in s["tables"]["runs"]["rows"]}
-    cols = s["tables"]["runs"]["columns"]
+    rows = {r[0]: r for r in s["tables"]["saved"]["rows"]}
+    cols = s["tables"]["saved"]["columns"]
     assert rows["slow"][cols.index("tokens to target")] == "not reached"
-    assert rows["fast"][cols.index("final val/a/loss")] == 1.5
+    assert rows["fast"][cols.index("tokens saved (marginal)")] == pytest.approx(0.375)
+    runs = {r[0]: r for r in s["tables"]["runs"]["rows"]}
+    assert runs["fast"][s["tables"]["runs"]["columns"].index("final val/a/loss")] == 1.5
 
 
 class _Page(HTMLParser):
@@ -131,7 +134,7 @@ def test_html_page_images_and_tables_equal_summary(synthetic, tmp_path):
         assert mpimg.imread(io.BytesIO(png), format="png").shape[0] > 100
     for name in summary["images"]:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert set(page.tables) == set(summary["tables"]) == {"runs", "gap"}
+    assert set(page.tables) == set(summary["tables"]) == {"runs", "saved", "gap"}
     for key, table in summary["tables"].items():
         body = [r for r in page.tables[key] if r]  # the header row has no td cells
         assert len(body) == len(table["rows"])
@@ -144,7 +147,7 @@ def test_html_page_images_and_tables_equal_summary(synthetic, tmp_path):
                 fmt(v, f) for v, f in zip(row, table["formats"], strict=True)
             ]
     md = (out / "report.md").read_text()
-    assert "| fast | 4 | 400 |" in md and "not reached" in md
+    assert "| fast | scratch | — | 4 | 400 |" in md and "not reached" in md
 
 
 def test_mixture_and_grow_dirs(tmp_path, synthetic):
@@ -206,3 +209,175 @@ def test_report_of_real_runs(data_dir, tokenizer_dir, tmp_path):
         (t0, v0), (t1, v1) = pts[i - 1], pts[i]
         assert c["tokens_to_target"] == pytest.approx(t0 + (v0 - target) / (v0 - v1) * (t1 - t0))
         assert c["token_fraction"] == pytest.approx(c["tokens_to_target"] / runs["base"]["tokens"])
+
+
+# ----------------------------------------------------------------------------------------------- like with like
+def domain_index(root: Path, domains: dict[str, str], vocab_hash: str = "vocab-1") -> Path:
+    """A data directory whose domains' index.json hold what the report reads (vocabulary hash, fingerprint)."""
+    for dom, fp in domains.items():
+        (root / dom).mkdir(parents=True)
+        (root / dom / "index.json").write_text(json.dumps({"tokenizer": {"vocab_hash": vocab_hash}, "fingerprint": fp}))
+    return root
+
+
+def like_run(
+    root: Path,
+    name: str,
+    losses: dict[str, list[float]],
+    data: Path,
+    init_from: str | None = None,
+    params: int = 1000,
+    seq_len: int = 64,
+    tokens: list[int] = TOKENS,
+    weights: dict[str, float] | None = None,
+    fpt: float = 10.0,
+) -> Path:
+    """A run directory as train() writes it: eval curves, summary.json and config.yaml with the checked facts."""
+    run = root / name
+    run.mkdir(parents=True)
+    lines = []
+    for i, t in enumerate(tokens):
+        ev = {"event": "eval", "step": i, "tokens": t, "flops": fpt * t}
+        ev.update({f"val/{d}/loss": v[i] for d, v in losses.items()})
+        ev["val/avg/loss"] = sum(v[i] for v in losses.values()) / len(losses)
+        lines.append(ev)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    summary = {"tokens": tokens[-1], "flops": fpt * tokens[-1], "params": params, "weights": weights or {"new": 1.0}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    config = {
+        "name": name,
+        "data": {"dir": str(data), "seq_len": seq_len},
+        "init": {"from": init_from, "keep_optimizer": False},
+        "eval": {"max_tokens": 4096, "windows": "packed"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "final").mkdir()
+    return run
+
+
+@pytest.fixture
+def lineage(tmp_path):
+    """An upstream run, the from-scratch baseline on the new domain, and runs continued from the upstream."""
+    data = domain_index(tmp_path / "data", {"new": "fp-new", "old": "fp-old"})
+    up = like_run(tmp_path, "up", {"new": [9, 8, 7, 6, 5]}, data, tokens=[0, 250, 500, 750, 1000],
+                  weights={"old": 1.0})
+    scratch = like_run(tmp_path, "scratch", {"new": [10, 6, 4, 3, 2.5]}, data)
+    cont = like_run(tmp_path, "cont", {"new": [3, 2.8, 2.5, 2.2, 2.0]}, data, init_from=str(up))
+    cont2 = like_run(tmp_path, "cont2", {"new": [2.4, 2.3, 2.2, 2.1, 2.0]}, data, init_from=str(cont / "final"))
+    hub = like_run(tmp_path, "hub", {"new": [4, 3, 2.75, 2.0, 1.9]}, data, init_from="org/some-model")
+    return tmp_path, data, {"up": up, "scratch": scratch, "cont": cont, "cont2": cont2, "hub": hub}
+
+
+def test_continued_run_against_its_scratch_baseline(lineage):
+    tmp_path, _, r = lineage
+    runs = [r["scratch"], r["cont"], r["cont2"], r["hub"]]
+    s = make_report(runs, tmp_path / "rep", baseline=r["scratch"], metric="val/new/loss")
+    saved = {x["name"]: x["compute_saved"] for x in s["runs"]}
+    assert s["target"] == 2.5
+    # the scratch baseline needs all its 400 tokens; the continued run reaches 2.5 at 200 of its own tokens
+    c = saved["cont"]
+    assert c["comparable"] and c["compared_as"] == "continued from up vs from scratch; same data"
+    assert c["tokens_to_target"] == 200 and c["tokens_saved"] == pytest.approx(0.5)
+    assert c["flops_to_target"] == 2000 and c["flops_saved"] == pytest.approx(0.5)
+    # total: the upstream's 1000 tokens (10,000 FLOPs) are charged: (1000 + 200) / 400 = 3
+    assert c["upstream_tokens"] == 1000 and c["upstream_flops"] == 10000
+    assert c["total_tokens_to_target"] == 1200 and c["total_tokens_saved"] == pytest.approx(-2.0)
+    assert c["total_flops_to_target"] == 12000 and c["total_flops_saved"] == pytest.approx(-2.0)
+    # a chain: cont2 started from cont's final/, which started from up: 400 + 1000 upstream tokens
+    c2 = saved["cont2"]
+    assert c2["upstream_tokens"] == 1400 and c2["tokens_to_target"] == 0 and c2["tokens_saved"] == 1.0
+    assert c2["total_tokens_saved"] == pytest.approx(1 - 1400 / 400)
+    assert saved["scratch"]["compared_as"] == "baseline" and saved["scratch"]["total_tokens_saved"] == 0.0
+    # a hub checkpoint's pre-training is unknown: marginal computed (2.75 at 200, 2.0 at 300 -> 2.5 at 233.3)
+    h = saved["hub"]
+    assert h["tokens_to_target"] == pytest.approx(200 + 100 / 3) and h["upstream_tokens"] is None
+    assert h["total_tokens_saved"] is None
+    row = {x[0]: x for x in s["tables"]["saved"]["rows"]}["hub"]
+    assert row[s["tables"]["saved"]["columns"].index("tokens saved (total)")] is None
+    # ... unless given, by run name (or path) on the command line
+    out = tmp_path / "rep2"
+    assert main(["report", *map(str, runs), "--out", str(out), "--baseline", str(r["scratch"]),
+                 "--metric", "val/new/loss", "--upstream-tokens", "hub=2e3", "--upstream-flops",
+                 f"{r['hub']}=4e4"]) == 0
+    h = {x["name"]: x["compute_saved"] for x in json.loads((out / "summary.json").read_text())["runs"]}["hub"]
+    assert h["upstream_tokens"] == 2000 and h["upstream_flops"] == 40000
+    assert h["total_tokens_saved"] == pytest.approx(1 - (2000 + 200 + 100 / 3) / 400)
+    assert h["total_flops_saved"] == pytest.approx(1 - (40000 + 2000 + 1000 / 3) / 4000)
+    assert main(["report", str(r["hub"]), "--out", str(tmp_path / "rep4"), "--upstream-tokens", "hub=lots"]) == 2
+    assert not (tmp_path / "rep4").exists()
+    with pytest.raises(UserError, match="is a run from scratch"):
+        make_report(runs, tmp_path / "rep3", baseline=r["scratch"], upstream_tokens={"scratch": 5.0})
+    assert not (tmp_path / "rep3").exists()
+
+
+def test_unlike_comparisons_are_flagged_not_computed(lineage):
+    tmp_path, data, r = lineage
+    other_tok = domain_index(tmp_path / "data-other", {"new": "fp-new"}, vocab_hash="vocab-2")
+    other_text = domain_index(tmp_path / "data-text", {"new": "fp-other"})
+    curve = {"new": [3, 2.8, 2.5, 2.2, 2.0]}
+    bigger = like_run(tmp_path, "bigger", curve, data, init_from=str(r["up"]), params=2000)
+    seq = like_run(tmp_path, "seq", curve, data, seq_len=128)
+    tok = like_run(tmp_path, "tok", curve, other_tok)
+    text = like_run(tmp_path, "text", curve, other_text)
+    doms = like_run(tmp_path, "doms", {"new": curve["new"], "old": [3, 3, 3, 3, 3]}, data)
+    wide = like_run(tmp_path, "wide", curve, data, params=2000)
+    replay = like_run(tmp_path, "replay", curve, data, init_from=str(r["up"]), weights={"new": 0.75, "old": 0.25})
+    runs = [r["scratch"], bigger, seq, tok, text, doms, wide, replay]
+    s = make_report(runs, tmp_path / "rep", baseline=r["scratch"])
+    saved = {x["name"]: x["compute_saved"] for x in s["runs"]}
+    reasons = {n: saved[n]["not_comparable"] for n in saved}
+    assert "2,000 vs 1,000 parameters" in reasons["bigger"]
+    assert reasons["seq"] == "seq_len 128 vs 64"
+    assert reasons["tok"] == "a different tokenizer (vocabulary hash)"
+    assert reasons["text"] == "different eval data for 'new' (prepared fingerprint)"
+    assert reasons["doms"].startswith("evaluates new, old, the baseline new")
+    for n in ("bigger", "seq", "tok", "text", "doms"):
+        assert not saved[n]["comparable"] and saved[n]["tokens_to_target"] is None
+        assert saved[n]["tokens_saved"] is None and saved[n]["total_tokens_saved"] is None
+    rows = {x[0]: x for x in s["tables"]["saved"]["rows"]}
+    col = s["tables"]["saved"]["columns"].index("tokens saved (marginal)")
+    assert rows["seq"][col] == "not comparable: seq_len 128 vs 64"
+    assert "not comparable: seq_len 128 vs 64" in (tmp_path / "rep" / "report.md").read_text()
+    # computed, but said: two scratch runs of different size; a continued run on other data than the baseline's
+    assert saved["wide"]["comparable"] and "different size (2,000 vs 1,000 params)" in saved["wide"]["compared_as"]
+    assert saved["wide"]["tokens_saved"] == pytest.approx(0.5)
+    assert saved["replay"]["comparable"]
+    assert "data differ: new 0.75 + old 0.25 vs new 1.00" in saved["replay"]["compared_as"]
+    # the metric missing from a run: per-domain metric of a domain it does not evaluate
+    old_only = like_run(tmp_path, "old-only", {"old": [3, 3, 3, 3, 3]}, data)
+    s = make_report([r["scratch"], old_only], tmp_path / "rep2", baseline=r["scratch"], metric="val/new/loss")
+    assert s["runs"][1]["compute_saved"]["not_comparable"].startswith("no val/new/loss in its evaluations")
+
+
+def test_total_compute_of_real_continued_and_inherited_runs(data_dir, tokenizer_dir, tmp_path):
+    from warmstart.config import Recipe, validate
+    from warmstart.models.surgery import inherit
+    from warmstart.recipes.inheritune import random_init_model
+
+    runs = tmp_path / "runs"
+
+    def started(name: str, **section) -> Recipe:  # the tiny recipe with `model` or `init` replaced
+        tree = tiny_recipe_tree(data_dir, tokenizer_dir, runs, name)
+        tree.pop("model")
+        return validate(Recipe, {**tree, **section})
+
+    up = train(tiny_recipe(data_dir, tokenizer_dir, runs, "up")).run_dir
+    scratch = train(tiny_recipe(data_dir, tokenizer_dir, runs, "scratch", seed=1)).run_dir
+    cont = train(started("cont", init={"from": str(up)})).run_dir
+    s = make_report([scratch, cont], tmp_path / "rep", baseline=scratch)
+    c = s["runs"][1]["compute_saved"]
+    assert c["compared_as"] == "continued from up vs from scratch; same data"
+    assert c["upstream_tokens"] == 8 * 256  # up's summary.json tokens
+    assert c["upstream_flops"] == json.loads((up / "summary.json").read_text())["flops"]
+    if c["reached"]:
+        assert c["total_tokens_to_target"] == 8 * 256 + c["tokens_to_target"]
+    # an inherited checkpoint records what it was cut from; its runs are charged the reference's compute
+    cut = inherit(up, tmp_path / "cut", layers=1).out
+    assert json.loads((cut / "inherited.json").read_text())["from"] == str(up.resolve())
+    inh = train(started("inh", init={"from": str(cut)})).run_dir
+    rnd = train(started("rnd", model=random_init_model(cut))).run_dir
+    s = make_report([rnd, inh, cont], tmp_path / "rep2", baseline=rnd)
+    by = {x["name"]: x["compute_saved"] for x in s["runs"]}
+    assert by["inh"]["compared_as"] == "inherited from cut vs same-shape random init; same data"
+    assert by["inh"]["upstream_tokens"] == 8 * 256 and by["inh"]["upstream"] == "cut from up"
+    assert "parameters" in by["cont"]["not_comparable"]  # the full-size continued run vs a 1-block init

@@ -195,7 +195,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "--out")
     from warmstart.report import make_report
 
-    result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window)
+    upstream = {}
+    for flag, items in (("--upstream-tokens", args.upstream_tokens), ("--upstream-flops", args.upstream_flops)):
+        upstream[flag] = {}
+        for item in items or []:
+            key, _, raw = item.rpartition("=")
+            if not key:
+                raise UserError(f"{flag} {item}: expected RUN=NUMBER, e.g. {flag} runs/rewarm=2e12")
+            try:
+                upstream[flag][key] = float(raw)
+            except ValueError:
+                raise UserError(f"{flag} {item}: {raw!r} is not a number") from None
+    result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window,
+                         upstream_tokens=upstream["--upstream-tokens"], upstream_flops=upstream["--upstream-flops"])
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"wrote {len(result['images'])} plots, {result['markdown']}, {result['html']}")
@@ -410,7 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="plots, stability-gap numbers and compute saved, as PNG + Markdown + HTML")
     rp.add_argument("runs", nargs="+", help="run directories (also mixture and grow directories)")
     rp.add_argument("--out", required=True, help="output directory")
-    rp.add_argument("--baseline", help="the run compute saved is measured against (default: the first run)")
+    rp.add_argument("--baseline", help="the run the others replace, for compute saved (e.g. the same model from "
+                    "scratch on the same data; default: the first run)")
+    rp.add_argument("--upstream-tokens", dest="upstream_tokens", action="append", metavar="RUN=N",
+                    help="tokens of the checkpoint RUN started from, where no warmstart run records them (repeatable)")
+    rp.add_argument("--upstream-flops", dest="upstream_flops", action="append", metavar="RUN=F",
+                    help="FLOPs of the checkpoint RUN started from (repeatable)")
     rp.add_argument("--metric", default="val/avg/loss", help="loss for compute saved (e.g. val/code/loss)")
     rp.add_argument("--gap-window", dest="gap_window", type=int, default=1, help="median window for gap metrics")
     rp.set_defaults(func=cmd_report)

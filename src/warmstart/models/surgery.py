@@ -8,6 +8,7 @@ final norm, tied or untied head) is kept exactly as in the reference.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from warmstart.errors import UserError
 from warmstart.models.build import count_params
 from warmstart.models.locate import load_failure, resolve_checkpoint
 
+INHERITED_FILE = "inherited.json"  # provenance of an inherited checkpoint, next to its config.json
 # config keys that hold one entry per layer, besides any list key with "layer" in its name and length k
 PER_LAYER_KEYS = ("layer_types", "no_rope_layers", "sliding_window_layers", "attention_types")
 # config keys that list layer INDICES (not one entry per layer): renumbered, never sliced
@@ -215,7 +217,8 @@ def inherit(
     blocks: str | list[int] | None = None,
     overwrite: bool = False,
 ) -> InheritResult:
-    """Write REF's embeddings + chosen blocks (default: the first `layers`) + final norm + head to `out`."""
+    """Write REF's embeddings + chosen blocks (default: the first `layers`) + final norm + head to `out`, with
+    `inherited.json` ({from: REF, checkpoint, blocks, of: REF's block count}) recording where it came from."""
     from transformers import AutoConfig
 
     if (layers is None) == (blocks is None):
@@ -260,4 +263,8 @@ def inherit(
         model.save_pretrained(str(tmp), safe_serialization=True)
         _copy_tokenizer(src if isinstance(src, Path) else str(src), tmp)
         verify_written(tmp, model, auto, chosen)
+        # provenance: what it was cut from (a report charges the reference's compute to runs started here)
+        origin = str(Path(ref).resolve()) if Path(str(ref)).exists() else str(ref)
+        provenance = {"from": origin, "checkpoint": str(src), "blocks": chosen, "of": k}
+        atomic.write_text(tmp / INHERITED_FILE, json.dumps(provenance, indent=2) + "\n")
     return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__)

@@ -1,5 +1,8 @@
 """`warmstart report RUN [RUN...] --out DIR`: plots, stability-gap numbers and compute saved, as PNG + MD + HTML.
 
+Compute saved is measured against `--baseline` (the run the method replaces), marginal and total, like with like
+only: the definitions and the rules are in `warmstart.report.saved`.
+
 Inputs are run directories (and, when present, AutoScale mixture directories and grow directories). Outputs in
 DIR: one PNG per figure, report.md, report.html (self-contained: the PNGs embedded) and summary.json (the same
 table values as the pages).
@@ -13,7 +16,8 @@ from pathlib import Path
 from warmstart import atomic
 from warmstart.errors import UserError
 from warmstart.report import page, plots
-from warmstart.report.data import Run, classify, compute_saved, final_value, gaps
+from warmstart.report.data import Run, classify, final_value, gaps
+from warmstart.report.saved import compute_saved, start_kind
 
 __all__ = ["make_report", "quickstart_step"]
 
@@ -28,7 +32,7 @@ def _find_baseline(runs: list[Run], baseline: str | Path | None) -> Run:
     raise UserError(f"--baseline: {baseline} is not one of the runs given")
 
 
-def _runs_table(runs: list[Run], saved: dict[str, dict], metric: str) -> dict:
+def _runs_table(runs: list[Run]) -> dict:
     domains: dict[str, None] = {}
     tasks: dict[str, None] = {}
     for r in runs:
@@ -36,62 +40,74 @@ def _runs_table(runs: list[Run], saved: dict[str, dict], metric: str) -> dict:
         for m in r.evals:
             tasks.update(dict.fromkeys(k for k in m if k.startswith("task/")))
     loss_keys = [f"val/{d}/loss" for d in domains] + ["val/avg/loss"]
-    cols = [
-        "run",
-        "steps",
-        "tokens",
-        "FLOPs",
-        *(f"final {k}" for k in loss_keys),
-        *(f"final {k}" for k in tasks),
-        "tokens to target",
-        "token fraction",
-        "tokens saved",
-        "FLOPs to target",
-        "FLOP fraction",
-        "FLOPs saved",
-    ]
-    formats = [
-        "str",
-        "int",
-        "int",
-        "sci",
-        *(["loss"] * len(loss_keys)),
-        *(["frac"] * len(tasks)),
-        "int",
-        "frac",
-        "pct",
-        "sci",
-        "frac",
-        "pct",
-    ]
+    cols = ["run", "start", "params", "steps", "tokens", "FLOPs", *(f"final {k}" for k in loss_keys)]
+    cols += [f"final {k}" for k in tasks]
+    formats = ["str", "str", "int", "int", "int", "sci", *(["loss"] * len(loss_keys)), *(["frac"] * len(tasks))]
     rows = []
     for r in runs:
-        s = saved[r.name]
-        nr = None if s["reached"] else "not reached"
+        kind, src = start_kind(r)
+        params = r.summary.get("params")
         rows.append(
             [
                 r.name,
+                kind if src is None else f"{kind} from {src}",
+                int(params) if isinstance(params, (int, float)) else None,
                 int(r.evals[-1]["step"]),
                 r.tokens,
                 r.flops,
                 *(final_value(r, k) for k in loss_keys),
                 *(final_value(r, k) for k in tasks),
-                s["tokens_to_target"] if s["reached"] else nr,
-                s["token_fraction"] if s["reached"] else nr,
-                s["tokens_saved"] if s["reached"] else nr,
-                s["flops_to_target"] if s["reached"] else nr,
-                s["flop_fraction"] if s["reached"] else nr,
-                s["flops_saved"] if s["reached"] else nr,
+            ]
+        )
+    return {"title": "Runs", "columns": cols, "formats": formats, "rows": rows}
+
+
+def _saved_table(runs: list[Run], saved: dict[str, dict], metric: str, base: Run) -> dict:
+    cols = [
+        "run",
+        "compared as",
+        "tokens to target",
+        "tokens saved (marginal)",
+        "FLOPs to target",
+        "FLOPs saved (marginal)",
+        "upstream tokens",
+        "upstream FLOPs",
+        "tokens saved (total)",
+        "FLOPs saved (total)",
+    ]
+    formats = ["str", "str", "int", "pct", "sci", "pct", "int", "sci", "pct", "pct"]
+    rows = []
+    for r in runs:
+        s = saved[r.name]
+        if not s["comparable"]:
+            gone = f"not comparable: {s['not_comparable']}"
+            rows.append([r.name, s["compared_as"], gone, gone, gone, gone,
+                         s["upstream_tokens"], s["upstream_flops"], gone, gone])
+            continue
+        nr = None if s["reached"] else "not reached"
+        rows.append(
+            [
+                r.name,
+                s["compared_as"],
+                nr or s["tokens_to_target"],
+                nr or s["tokens_saved"],
+                nr or s["flops_to_target"],
+                nr or s["flops_saved"],
+                s["upstream_tokens"],
+                s["upstream_flops"],
+                nr or s["total_tokens_saved"],
+                nr or s["total_flops_saved"],
             ]
         )
     return {
-        "title": "Runs",
+        "title": f"Compute saved against {base.name}",
         "columns": cols,
         "formats": formats,
         "rows": rows,
         "note": f"target = the baseline's final {metric}; 'to target' = first reaching it, linear between "
-        "eval points; fraction = that / the baseline's own; saved = 1 - fraction. Each run's own "
-        "tokens and FLOPs (training of an init checkpoint is not counted).",
+        "eval points; saved = 1 - (run's need / the baseline's own need). Marginal: each run's own tokens and "
+        "FLOPs. Total: plus the compute of the checkpoint it started from (upstream; empty = unknown), for the "
+        "run and for the baseline alike. Rules (what is not comparable): warmstart/report/saved.py.",
     }
 
 
@@ -144,21 +160,27 @@ def make_report(
     baseline: str | Path | None = None,
     metric: str = "val/avg/loss",
     gap_window: int = 1,
+    upstream_tokens: dict[str, float] | None = None,
+    upstream_flops: dict[str, float] | None = None,
 ) -> dict:
-    """Write the report for `paths` into `out`; returns summary.json's content (plus the written paths)."""
+    """Write the report for `paths` into `out`; returns summary.json's content (plus the written paths).
+
+    `baseline`: the run the others replace (default: the first run); `upstream_tokens` / `upstream_flops`: the
+    compute of the checkpoint a run started from, by run name/path or init.from value, where the report cannot
+    read it (compute saved: `warmstart.report.saved`)."""
     if not paths:
         raise UserError("report: give at least one run directory")
     runs, mixes, grows, notes = classify(paths)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, dict] = {}
     summary: dict = {"metric": metric, "runs": [], "notes": notes}
     gap: dict[str, dict[str, dict]] = {}
     if runs:
         base = _find_baseline(runs, baseline)
-        saved = compute_saved(runs, base, metric)
+        saved = compute_saved(runs, base, metric, upstream_tokens, upstream_flops)
         gap = {r.name: gaps(r, gap_window) for r in runs}
-        tables["runs"] = _runs_table(runs, saved, metric)
+        tables["runs"] = _runs_table(runs)
+        tables["saved"] = _saved_table(runs, saved, metric, base)
         tables["gap"] = _gap_table(runs, gap)
         summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         summary["runs"] = [
@@ -168,6 +190,7 @@ def make_report(
                 "steps": int(r.evals[-1]["step"]),
                 "tokens": r.tokens,
                 "flops": r.flops,
+                "params": r.summary.get("params"),
                 "final": {k: v for k, v in r.evals[-1].items() if k.startswith(("val/", "task/"))},
                 "compute_saved": saved[r.name],
                 "gap": gap[r.name],
@@ -181,6 +204,7 @@ def make_report(
     if grows:
         summary["grow"] = grows
 
+    out.mkdir(parents=True, exist_ok=True)  # only once every number is computed: a refused report writes nothing
     images = [
         plots.val_loss(runs, out, "tokens"),
         plots.val_loss(runs, out, "flops"),
@@ -204,7 +228,7 @@ def make_report(
     return {**summary, "html": str(out / "report.html"), "markdown": str(out / "report.md")}
 
 
-def quickstart_step(root: Path, runs: list[Path], baseline: Path) -> Path:
+def quickstart_step(root: Path, runs: list[Path], baseline: Path, metric: str = "val/avg/loss") -> Path:
     """The quickstart's last step: the report of its runs in ROOT/report; returns the HTML page's path."""
-    result = make_report(runs, Path(root) / "report", baseline=baseline)
+    result = make_report(runs, Path(root) / "report", baseline=baseline, metric=metric)
     return Path(result["html"])

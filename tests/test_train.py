@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from train_helpers import metrics_without_timing, tiny_recipe
+from train_helpers import tiny_recipe
 from transformers import AutoModelForCausalLM
 
 from warmstart.cli import main
@@ -121,6 +121,66 @@ def _adam_state(run_dir) -> tuple[float, dict]:
     return float(state["step"]), dict(state)
 
 
+def _final_weights(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _saved_groups(run_dir) -> list[dict]:
+    state = torch.load(ckpt.newest_valid(run_dir / "checkpoints") / "optimizer.pt", weights_only=True)
+    return state["param_groups"]
+
+
+def test_keep_optimizer_takes_moments_but_the_recipes_betas_and_decay(base_run, data_dir, tokenizer_dir, tmp_path):
+    _, src = base_run
+    runs = {}
+    for name, optim in (("same", {}), ("decay", {"weight_decay": 1.0}), ("betas", {"betas": [0.5, 0.5]})):
+        recipe = tiny_recipe(
+            data_dir, tokenizer_dir, tmp_path, name=name, model={"preset": None, "tokenizer": None},
+            init={"from": str(src.run_dir), "keep_optimizer": True}, train={"steps": 2, "checkpoint_every": 0},
+            optim=optim,
+        )
+        runs[name] = train(recipe).run_dir
+    assert _saved_groups(runs["same"])[0]["weight_decay"] == 0.1
+    assert _saved_groups(runs["decay"])[0]["weight_decay"] == 1.0  # the new recipe's, not the source's 0.1
+    assert tuple(_saved_groups(runs["betas"])[0]["betas"]) == (0.5, 0.5)
+    same = _final_weights(runs["same"])
+    assert not _same(same, _final_weights(runs["decay"]))
+    assert not _same(same, _final_weights(runs["betas"]))
+    # and the moments still came from the source: AdamW's step counter continued
+    old = torch.load(ckpt.newest_valid(src.run_dir / "checkpoints") / "optimizer.pt", weights_only=True)
+    new = torch.load(ckpt.newest_valid(runs["decay"] / "checkpoints") / "optimizer.pt", weights_only=True)
+    assert float(new["state"][0]["step"]) == float(old["state"][0]["step"]) + 2
+
+
+def test_resume_with_allowed_config_change_uses_the_new_weight_decay(data_dir, tokenizer_dir, tmp_path):
+    import shutil
+
+    kw = {"train": {"steps": 4, "checkpoint_every": 2}}
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="rs", **kw)
+    train(recipe)
+    uninterrupted = _final_weights(recipe.run_dir)
+
+    def back_to_step_2() -> None:
+        for p in ("summary.json", "final", "checkpoints/step-00000004"):
+            path = recipe.run_dir / p
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    back_to_step_2()
+    train(recipe, resume=True)
+    assert _same(_final_weights(recipe.run_dir), uninterrupted)  # same recipe: bit-identical
+    back_to_step_2()
+    heavier = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="rs", optim={"weight_decay": 1.0}, **kw)
+    train(heavier, resume=True, allow_config_change=True)
+    assert _saved_groups(recipe.run_dir)[0]["weight_decay"] == 1.0
+    assert not _same(_final_weights(recipe.run_dir), uninterrupted)
+
+
 def test_existing_run_dir_refused_and_untouched(base_run):
     recipe, result = base_run
     before = (result.run_dir / "metrics.jsonl").read_bytes()
@@ -129,12 +189,14 @@ def test_existing_run_dir_refused_and_untouched(base_run):
     assert (result.run_dir / "metrics.jsonl").read_bytes() == before
 
 
-def test_resume_of_finished_run_changes_nothing(base_run):
+def test_resume_of_finished_run_changes_nothing(base_run, capsys):
     recipe, result = base_run
-    before = metrics_without_timing(result.run_dir)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in result.run_dir.rglob("*") if p.is_file()}
     again = train(recipe, resume=True)
-    assert again.step == 8
-    assert metrics_without_timing(result.run_dir) == before
+    assert again.step == 8 and again.last_eval == json.loads((result.run_dir / "summary.json").read_text())[
+        "final_eval"]
+    assert f"{result.run_dir}: already finished (step 8); nothing to do" in capsys.readouterr().out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in result.run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_resume_refuses_changed_schedule_unless_allowed(base_run, tmp_path, data_dir, tokenizer_dir):

@@ -230,14 +230,13 @@ def test_startup_kill_second_process_refused_stale_lock_taken_over(reference, da
     first.wait_for("test pause at startup")
     assert (run_dir / "config.yaml").is_file() and not ckpt.list_checkpoints(run_dir / "checkpoints")
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    for extra in ((), ("--resume",)):
-        second = subprocess.run(_cmd(path, *extra), env=_env(), capture_output=True, text=True)
-        assert second.returncode == 2
-        assert second.stderr.splitlines() == [
-            f"warmstart: error: {run_dir}: in use by another warmstart process (pid {first.proc.pid} on "
-            f"{os.uname().nodename} since {second.stderr.split(' since ')[1].split(')')[0]}); "
-            "wait for it to end or stop it"
-        ]
+    second = subprocess.run(_cmd(path), env=_env(), capture_output=True, text=True)
+    assert second.returncode == 2
+    assert second.stderr.splitlines() == [
+        f"warmstart: error: {run_dir}: in use by another warmstart process (pid {first.proc.pid} on "
+        f"{os.uname().nodename} since {second.stderr.split(' since ')[1].split(')')[0]}); "
+        "wait for it to end or stop it"
+    ]
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
     first.proc.send_signal(signal.SIGKILL)
     assert first.finish() == -signal.SIGKILL

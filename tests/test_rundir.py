@@ -71,13 +71,13 @@ def test_gap_and_report_name_a_corrupt_metrics_line(tmp_path, capsys, bad, says)
 
 # ----------------------------------------------------------------------------------------------- the lock
 def test_lock_is_exclusive_and_a_file_as_run_dir_is_one_line(tmp_path):
-    first = rundir.RunLock(tmp_path / "run")
+    first = rundir.RunLock(tmp_path / "out" / "run")
     first.acquire()
-    assert (tmp_path / "run" / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+    assert (tmp_path / "out" / "run" / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
     with pytest.raises(UserError, match=r"run: in use by another warmstart process \(pid \d+ on .* since "):
-        rundir.RunLock(tmp_path / "run").acquire()
+        rundir.RunLock(tmp_path / "out" / "run").acquire()
     first.release()
-    assert not (tmp_path / "run").exists()  # created by the lock, nothing written: removed again
+    assert not (tmp_path / "out").exists()  # created by the lock, nothing written: removed again
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="file: exists and is not a directory"):
         rundir.RunLock(tmp_path / "file").acquire()

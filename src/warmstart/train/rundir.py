@@ -75,6 +75,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
         self.created_dir = False
+        self._created: list[Path] = []  # RUN_DIR and the parents the lock had to create, innermost first
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -83,7 +84,8 @@ class RunLock:
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"{run_dir}: exists and is not a directory; choose another name or out_dir")
         try:
-            self.created_dir = not run_dir.exists()
+            self._created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+            self.created_dir = bool(self._created)
             run_dir.mkdir(parents=True, exist_ok=True)
             while True:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -110,16 +112,18 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
-        """Drop the lock and its file; remove RUN_DIR too if this lock created it and nothing else was written."""
+        """Drop the lock and its file; remove the folders the lock created if nothing else was written in them."""
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # while still holding it, so no one locks a file that is about to vanish
         os.close(self._fd)
         self._fd = None
-        if self.created_dir:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()  # only succeeds when empty
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only succeeds when empty
+            except OSError:
+                break
 
 
 @contextlib.contextmanager

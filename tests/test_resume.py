@@ -176,7 +176,7 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(reference, data_dir, tokeniz
     assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
 
 
-def test_damaged_newest_checkpoint_falls_back(data_dir, tokenizer_dir, tmp_path):
+def test_damaged_newest_checkpoint_falls_back(data_dir, tokenizer_dir, tmp_path, capsys):
     tree = tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "dmg",
                             train={"steps": 6, "checkpoint_every": 2, "keep_checkpoints": 3})
     recipe = validate(Recipe, tree)
@@ -185,16 +185,19 @@ def test_damaged_newest_checkpoint_falls_back(data_dir, tokenizer_dir, tmp_path)
     assert [p.name for p in cps] == ["step-00000002", "step-00000004", "step-00000006"]
     shard = cps[-1] / "__0_0.distcp"  # the tensors (model and optimizer) written by rank 0
     shard.write_bytes(shard.read_bytes()[:-100])  # truncated
-    with pytest.warns(UserWarning, match="step-00000006 is damaged .*truncated"):
-        assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[-2]
+    capsys.readouterr()
+    assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[-2]
+    assert capsys.readouterr().err.splitlines() == [
+        f"warmstart: warning: checkpoint {cps[-1]} is damaged (__0_0.distcp truncated "
+        f"({shard.stat().st_size} of {shard.stat().st_size + 100} bytes)); skipped"
+    ]
     meta = cps[-2] / ".metadata"
     data = bytearray(meta.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     meta.write_bytes(bytes(data))
-    with pytest.warns(UserWarning) as caught:
-        assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[0]
-    messages = [str(w.message) for w in caught]
-    assert any("step-00000004 is damaged (.metadata corrupt" in m for m in messages), messages
+    assert ckpt.newest_valid(recipe.run_dir / "checkpoints") == cps[0]
+    messages = capsys.readouterr().err.splitlines()
+    assert len(messages) == 2 and "step-00000004 is damaged (.metadata corrupt" in messages[1], messages
 
 
 def test_checkpoint_of_the_older_format_is_refused_in_one_line(data_dir, tokenizer_dir, tmp_path):

@@ -14,7 +14,7 @@ import yaml
 from train_helpers import assert_same_weights, tiny_recipe, tiny_recipe_tree
 
 from warmstart.cli import main
-from warmstart.errors import UserError, WarmstartWarning
+from warmstart.errors import UserError
 from warmstart.train import rundir
 from warmstart.train.loop import train
 from warmstart.train.metrics import MetricsLog, read_metrics
@@ -26,23 +26,26 @@ def _event(step: int, loss: float = 2.0) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- metrics.jsonl
-def test_truncate_to_a_checkpoint_offset_beyond_a_cut_line_keeps_whole_lines(tmp_path):
+def test_truncate_to_a_checkpoint_offset_beyond_a_cut_line_keeps_whole_lines(tmp_path, capsys):
     log = MetricsLog(tmp_path / "metrics.jsonl", trackers=[])
     for s in range(3):
         log.write(_event(s))
     offset = log.offset()
     lines = (tmp_path / "metrics.jsonl").read_bytes().splitlines(keepends=True)
     (tmp_path / "metrics.jsonl").write_bytes(lines[0] + lines[1][:9])  # lost writes: cut in line 2
-    with pytest.warns(WarmstartWarning, match=rf"shorter than at the checkpoint \({len(lines[0]) + 9} of {offset}"):
-        MetricsLog(tmp_path / "metrics.jsonl", trackers=[]).truncate(offset)
+    MetricsLog(tmp_path / "metrics.jsonl", trackers=[]).truncate(offset)
+    assert capsys.readouterr().err.startswith(
+        f"warmstart: warning: {tmp_path / 'metrics.jsonl'} is shorter than at the checkpoint "
+        f"({len(lines[0]) + 9} of {offset} bytes"
+    )
     assert (tmp_path / "metrics.jsonl").read_bytes() == lines[0]
 
 
-def test_append_after_a_cut_last_line_drops_the_fragment(tmp_path):
+def test_append_after_a_cut_last_line_drops_the_fragment(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps(_event(0)) + "\n" + '{"event": "eval", "st')
-    with pytest.warns(WarmstartWarning, match="last line was cut short"):
-        MetricsLog(path, trackers=[]).write(_event(1))
+    MetricsLog(path, trackers=[]).write(_event(1))
+    assert capsys.readouterr().err == f"warmstart: warning: {path}: its last line was cut short (21 bytes, no newline); removed it\n"
     assert [m["step"] for m in read_metrics(tmp_path)] == [0, 1]
 
 
@@ -108,7 +111,7 @@ def test_run_once_finishes_a_run_whose_summary_lacks_its_final_eval(data_dir, to
 
 
 # ----------------------------------------------------------------------------------------------- damage
-def test_damaged_checkpoints_are_named_with_their_reasons(data_dir, tokenizer_dir, tmp_path):
+def test_damaged_checkpoints_are_named_with_their_reasons(data_dir, tokenizer_dir, tmp_path, capsys):
     tree = tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "dmg",
                             train={"steps": 6, "checkpoint_every": 2, "keep_checkpoints": 3})
     (tmp_path / "dmg.yaml").write_text(yaml.safe_dump(tree))
@@ -141,8 +144,10 @@ def test_damaged_checkpoints_are_named_with_their_reasons(data_dir, tokenizer_di
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path / "runs", name="dmg",
                          train={"steps": 6, "checkpoint_every": 2, "keep_checkpoints": 3})
-    with pytest.warns(WarmstartWarning), pytest.raises(UserError) as e:
+    capsys.readouterr()
+    with pytest.raises(UserError) as e:
         train(recipe, resume=True)
+    assert capsys.readouterr().err.count("warmstart: warning: checkpoint ") == 3
     msg = str(e.value)
     assert "no intact checkpoint to resume from; found 3, all rejected: " in msg
     assert "step-00000006 (no manifest.json: incomplete or damaged)" in msg

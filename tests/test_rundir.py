@@ -135,9 +135,9 @@ def test_damaged_checkpoints_are_named_with_their_reasons(data_dir, tokenizer_di
     # every checkpoint damaged: each named with why it was rejected; nothing touched
     (run_dir / "summary.json").unlink()
     (cps / "step-00000006" / "manifest.json").unlink()
-    weights = cps / "step-00000004" / "model.safetensors"
+    weights = cps / "step-00000004" / "__0_0.distcp"
     weights.write_bytes(weights.read_bytes()[:-100])
-    opt = cps / "step-00000002" / "optimizer.pt"
+    opt = cps / "step-00000002" / ".metadata"
     data = bytearray(opt.read_bytes())
     data[len(data) // 2] ^= 0xFF
     opt.write_bytes(bytes(data))
@@ -151,8 +151,8 @@ def test_damaged_checkpoints_are_named_with_their_reasons(data_dir, tokenizer_di
     msg = str(e.value)
     assert "no intact checkpoint to resume from; found 3, all rejected: " in msg
     assert "step-00000006 (no manifest.json: incomplete or damaged)" in msg
-    assert "step-00000004 (model.safetensors truncated" in msg
-    assert "step-00000002 (optimizer.pt corrupt (checksum mismatch))" in msg
+    assert "step-00000004 (__0_0.distcp truncated" in msg
+    assert "step-00000002 (.metadata corrupt (checksum mismatch))" in msg
     assert "before its first checkpoint" not in msg and "\n" not in msg
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 

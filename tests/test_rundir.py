@@ -52,11 +52,11 @@ def test_append_after_a_cut_last_line_drops_the_fragment(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("bad", "says"),
     [
-        ('{"event": "eval", "step": 4, "val/code/lo', "corrupt line (cut short, "),
-        ("[1, 2, 3]\n", "not a metrics event (a JSON object with 'event' and 'step'); got a JSON list"),
-        ('{"step": 4}\n', "got an object without them"),
+        ('{"event": "eval", "step": 4, "val/code/lo', "not valid JSON ("),
+        ("[1, 2, 3]\n", "expected one JSON object per line, got a list"),
+        ('{"event": "eval"}\n', "event without an integer 'step'"),
     ],
-    ids=["cut", "list", "no-event"],
+    ids=["cut", "list", "no-step"],
 )
 def test_gap_and_report_name_a_corrupt_metrics_line(tmp_path, capsys, bad, says):
     run = tmp_path / "run"

@@ -333,7 +333,8 @@ def test_train_proxy_refuses_a_changed_recipe(data_dir, tokenizer_dir, tmp_path)
     r = validate(Recipe, tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path, "p", train={"steps": 2}))
     r.run_dir.mkdir(parents=True)
     (r.run_dir / "config.yaml").write_text(to_yaml(r))
-    (r.run_dir / "summary.json").write_text(json.dumps({"final_eval": {"val/code/loss": 1.5}}))
+    (r.run_dir / "summary.json").write_text(json.dumps({"steps": 2, "final_eval": {"val/code/loss": 1.5}}))
+    (r.run_dir / "final").mkdir()
     assert train_proxy(r) == {"val/code/loss": 1.5}  # finished: read, not re-trained
     changed = validate(Recipe, tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path, "p", train={"steps": 3}))
     with pytest.raises(UserError, match="different recipe"):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from train_helpers import metrics_without_timing, tiny_recipe
+from train_helpers import tiny_recipe
 from transformers import AutoModelForCausalLM
 
 from warmstart.cli import main
@@ -121,6 +121,54 @@ def _adam_state(run_dir) -> tuple[float, dict]:
     return float(state["step"]), dict(state)
 
 
+def _final_weights(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_optimizer_takes_moments_but_the_recipes_betas_and_decay(base_run, data_dir, tokenizer_dir, tmp_path):
+    _, src = base_run
+    runs = {}
+    for name, optim in (("same", {}), ("decay", {"weight_decay": 1.0}), ("betas", {"betas": [0.5, 0.5]})):
+        recipe = tiny_recipe(
+            data_dir, tokenizer_dir, tmp_path, name=name, model={"preset": None, "tokenizer": None},
+            init={"from": str(src.run_dir), "keep_optimizer": True}, train={"steps": 2, "checkpoint_every": 0},
+            optim=optim,
+        )
+        runs[name] = train(recipe).run_dir
+    # the source's weight decay (0.1) and betas (0.9, 0.95) would give the "same" run's weights bit for bit
+    same = _final_weights(runs["same"])
+    assert not _same(same, _final_weights(runs["decay"]))
+    assert not _same(same, _final_weights(runs["betas"]))
+
+
+def test_resume_with_allowed_config_change_uses_the_new_weight_decay(data_dir, tokenizer_dir, tmp_path):
+    import shutil
+
+    kw = {"train": {"steps": 4, "checkpoint_every": 2}}
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="rs", **kw)
+    train(recipe)
+    uninterrupted = _final_weights(recipe.run_dir)
+
+    def back_to_step_2() -> None:
+        for p in ("summary.json", "final", "checkpoints/step-00000004"):
+            path = recipe.run_dir / p
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    back_to_step_2()
+    train(recipe, resume=True)
+    assert _same(_final_weights(recipe.run_dir), uninterrupted)  # same recipe: bit-identical
+    back_to_step_2()
+    heavier = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="rs", optim={"weight_decay": 1.0}, **kw)
+    train(heavier, resume=True, allow_config_change=True)
+    assert not _same(_final_weights(recipe.run_dir), uninterrupted)
+
+
 def test_existing_run_dir_refused_and_untouched(base_run):
     recipe, result = base_run
     before = (result.run_dir / "metrics.jsonl").read_bytes()
@@ -129,12 +177,14 @@ def test_existing_run_dir_refused_and_untouched(base_run):
     assert (result.run_dir / "metrics.jsonl").read_bytes() == before
 
 
-def test_resume_of_finished_run_changes_nothing(base_run):
+def test_resume_of_finished_run_changes_nothing(base_run, capsys):
     recipe, result = base_run
-    before = metrics_without_timing(result.run_dir)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in result.run_dir.rglob("*") if p.is_file()}
     again = train(recipe, resume=True)
-    assert again.step == 8
-    assert metrics_without_timing(result.run_dir) == before
+    assert again.step == 8 and again.last_eval == json.loads((result.run_dir / "summary.json").read_text())[
+        "final_eval"]
+    assert f"{result.run_dir}: already finished (step 8); nothing to do" in capsys.readouterr().out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in result.run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_resume_refuses_changed_schedule_unless_allowed(base_run, tmp_path, data_dir, tokenizer_dir):

@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from warmstart import signals
 from warmstart.errors import UserError
 from warmstart.outputs import check_out_dir, describe_os_error
 
@@ -507,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("WARMSTART_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
+        with signals.handling():  # SIGTERM/SIGINT anywhere: unwind (temp files removed), one line, 128+signum
+            return int(args.func(args) or 0)
     except UserError as e:
         if debug:
             raise
@@ -519,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"warmstart: error: {line}", file=sys.stderr)
         return 2
+    except signals.Interrupted as e:
+        print(f"warmstart: stopped by {e.name}" + (f"; {e.note}" if e.note else ""), file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("warmstart: interrupted", file=sys.stderr)
         return 130

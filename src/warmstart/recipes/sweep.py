@@ -143,12 +143,12 @@ def run_point(recipe: Recipe) -> tuple[str, int]:
 
 def _row(pt: Point, recipe: Recipe, window: int) -> dict:
     from warmstart.eval.gap import run_gap
+    from warmstart.train.rundir import finished_summary
 
     run_dir = recipe.run_dir
     row: dict = {"point": pt.name, "run_dir": str(run_dir), "grid": pt.values, "complete": False}
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
+    s = finished_summary(run_dir, recipe)
+    if s is not None:
         row["complete"] = True
         row["tokens"] = s.get("tokens")
         row["final"] = {

@@ -12,8 +12,8 @@ whatever the layout, so a checkpoint written by N processes (DDP or FSDP) loads 
 or into one: DCP re-slices each tensor into the loading layout. Single-process and DDP runs use the same format.
 
 The directory is built as `.tmp-step-000500` and renamed, so a kill at any point leaves no half checkpoint
-under a real name; a checkpoint damaged later (truncated file, flipped bytes) fails its manifest check and the
-previous one is used with a warning. Every process writes its shard into the same directory: on several nodes
+under a real name; a checkpoint damaged later (truncated file, flipped bytes, no manifest) fails its check and
+the previous one is used with a warning. Every process writes its shard into the same directory: on several nodes
 `checkpoints/` must be on a filesystem they share.
 """
 
@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,7 +39,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from warmstart.atomic import write_json
-from warmstart.errors import UserError
+from warmstart.errors import UserError, warn
+from warmstart.signals import pause_point
 from warmstart.train.distributed import Dist, barrier
 
 PREFIX = "step-"
@@ -109,6 +111,7 @@ def save(
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not d.enabled)
     barrier(d)  # every shard is written (and fsynced by DCP) before rank 0 seals the directory
     if d.is_main:
+        pause_point(f"checkpoint_write:{step}")
         for r, rng in enumerate(rank_rngs):
             torch.save(rng, tmp / f"rng-rank{r}.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -154,13 +157,27 @@ def verify(path: Path) -> str | None:
     return None
 
 
+def scan(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """Every checkpoint folder under `root`, newest first, with what is wrong with it (None: intact).
+
+    Verified lazily, one at a time, so a caller that stops at the first intact one reads no older one.
+    """
+    if not root.is_dir():
+        return
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
+    for path in sorted(found, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True):
+        if not (path / "manifest.json").exists():
+            yield path, "no manifest.json: incomplete or damaged"
+        else:
+            yield path, verify(path)
+
+
 def newest_valid(root: Path) -> Path | None:
     """The newest checkpoint that passes verification; damaged newer ones are skipped with a warning."""
-    for path in reversed(list_checkpoints(root)):
-        problem = verify(path)
+    for path, problem in scan(root):
         if problem is None:
             return path
-        warnings.warn(f"checkpoint {path} is damaged ({problem}); falling back to the previous one", stacklevel=2)
+        warn(f"checkpoint {path} is damaged ({problem}); skipped")
     return None
 
 

@@ -1,8 +1,11 @@
 """The one training loop. Pre-training, continued pre-training, re-warming and every recipe call `train()`.
 
-A run is a directory (`recipe.run_dir`): config.yaml, metrics.jsonl, checkpoints/, final/, summary.json.
-`init.from` starts a NEW run from a checkpoint's weights (fresh optimizer and schedule: re-warming);
-`resume=True` continues THIS run from its newest intact checkpoint with everything restored.
+A run is a directory (`recipe.run_dir`): config.yaml, metrics.jsonl, checkpoints/, final/, summary.json, held
+by one process at a time (warmstart.train.rundir). `init.from` starts a NEW run from a checkpoint's weights
+(fresh optimizer and schedule: re-warming); `resume=True` continues THIS run from its newest intact checkpoint
+with everything restored, finishes a run stopped after its last checkpoint, and does nothing to a finished one.
+SIGTERM/SIGINT in the step loop: checkpoint and stop (exit 128+signum); anywhere else: stop at once, leaving no
+temp files (warmstart.signals).
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
-import signal
-import threading
 import time
 import warnings
 import zlib
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from warmstart import atomic
+from warmstart import atomic, signals
 from warmstart.config import DataConfig, Recipe, to_yaml
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
@@ -42,6 +43,7 @@ from warmstart.models.build import (
 )
 from warmstart.models.loss import LossModel
 from warmstart.train import checkpoint as ckpt
+from warmstart.train import rundir
 from warmstart.train.distributed import (
     Dist,
     all_reduce_sum,
@@ -91,27 +93,6 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         return 128 + self.interrupted_by if self.interrupted_by else 0
-
-
-class _StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the current step and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -196,57 +177,58 @@ def _gather_rngs(d: Dist) -> list[dict]:
     return out
 
 
-def _prepare_run_dir(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> Path | None:
-    """Check the run directory and return the checkpoint to resume from (None for a fresh run)."""
-    run_dir = recipe.run_dir
-    new_cfg = yaml.safe_load(to_yaml(recipe))
-    if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UserError(
-                f"{run_dir}: run directory exists; use --resume to continue it, or choose another name / out_dir"
-            )
-        return None
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start the run")
-    old_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    changed = config_changes(old_cfg, new_cfg)
-    if changed and not allow_config_change:
-        raise UserError(
-            f"{run_dir}: --resume with a changed recipe ({', '.join(changed)}); resume continues the same run — "
-            "start a new run with init.from to switch data or schedule, or pass --allow-config-change"
-        )
-    path = ckpt.newest_valid(run_dir / "checkpoints")
-    if path is None:
-        raise UserError(
-            f"{run_dir}: no intact checkpoint to resume from (it stopped before its first checkpoint); "
-            f"delete {run_dir} and start the run again"
-        )
-    return path
+def _prepare_run_dir(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool, existed: bool) -> rundir.Plan:
+    """Decide (on rank 0, lock held) what this call does with the run directory; every rank gets the plan."""
+
+    def decide() -> rundir.Plan:
+        old = rundir.read_config(recipe.run_dir)
+        changed = config_changes(old, yaml.safe_load(to_yaml(recipe))) if old is not None else []
+        return rundir.plan(recipe, resume, changed, allow_config_change, existed)
+
+    return rundir.on_main(d, decide)
 
 
 # ----------------------------------------------------------------------------------------------- the loop
 def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = False) -> RunResult:
-    """Run (or resume) one training run described by `recipe`; returns where it wrote and how it ended."""
-    d = setup(recipe.train.device)
-    if recipe.train.cpu_threads:
-        torch.set_num_threads(recipe.train.cpu_threads)
-    if d.device.type == "cpu":
-        keep_heap(recipe.train.keep_heap)
+    """Run (or resume) one training run described by `recipe`; returns where it wrote and how it ended.
+
+    Raises UserError (nothing written) for bad input or a run directory in use or not resumable, and
+    `signals.Interrupted` for a SIGTERM/SIGINT outside the step loop (after cleaning up).
+    """
     try:
-        return _train(recipe, d, resume, allow_config_change)
-    finally:
-        teardown(d)
+        with signals.handling():
+            d = setup(recipe.train.device)
+            try:
+                if recipe.train.cpu_threads:
+                    torch.set_num_threads(recipe.train.cpu_threads)
+                if d.device.type == "cpu":
+                    keep_heap(recipe.train.keep_heap)
+                with rundir.held(recipe.run_dir, d) as lock:
+                    plan = _prepare_run_dir(recipe, d, resume, allow_config_change, existed=not lock.created_dir)
+                    return _train(recipe, d, plan, allow_config_change)
+            finally:
+                teardown(d)
+    except signals.Interrupted as e:
+        if (recipe.run_dir / rundir.CONFIG).is_file():
+            e.note = e.note or f"{recipe.run_dir}: continue it with --resume"
+        raise
 
 
-def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> RunResult:
+def _train(recipe: Recipe, d: Dist, plan: rundir.Plan, allow_config_change: bool) -> RunResult:
     t_start = time.perf_counter()
     run_dir = recipe.run_dir
-    resume_from = _prepare_run_dir(recipe, d, resume, allow_config_change)
+    total_steps = rundir.planned_steps(recipe)
+    if plan.action == "finished":
+        steps = plan.summary["steps"]
+        if d.is_main:
+            print(f"{run_dir}: already finished (step {steps}); nothing to do")
+        return RunResult(run_dir, steps, total_steps, final_dir=run_dir / rundir.FINAL,
+                         last_eval=plan.summary["final_eval"])
+    if plan.note and d.is_main:
+        print(plan.note)
+    resume_from = plan.checkpoint
     data_cfg = resolve_weights(recipe.data)
     gseqs, micro, accum = _batch_shape(recipe, d)
-    total_steps = recipe.train.steps or recipe.train.tokens // recipe.train.batch_tokens
-    if total_steps <= 0:
-        raise UserError(f"train.tokens: {recipe.train.tokens} is less than one batch ({recipe.train.batch_tokens})")
     lr_at(recipe.schedule, 0, total_steps)  # schedule errors (phases that do not fit) before any heavy work
 
     # data: every domain the run reads, checked against the model's tokenizer before any compute
@@ -305,7 +287,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     if objective.kind == "masked":
         val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=d.is_main, trackers=list(recipe.train.trackers))
+    metrics = MetricsLog(run_dir / rundir.METRICS, enabled=d.is_main, trackers=list(recipe.train.trackers))
     step, window, elapsed_before = 0, {"loss": 0.0, "steps": 0}, 0.0
     if resume_from is not None:
         state = ckpt.load_state(resume_from)
@@ -316,12 +298,16 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
         metrics.truncate(state["metrics_offset"])
         if d.is_main:
             print(f"resuming {run_dir} from {resume_from.name}")
-    elif recipe.init.keep_optimizer:
-        _load_optimizer_moments(recipe.init.from_, model, optimizer)
+    else:
+        if plan.action == "restart":
+            metrics.truncate(0)  # the earlier attempt's events: it stopped before its first checkpoint
+        if recipe.init.keep_optimizer:
+            _load_optimizer_moments(recipe.init.from_, model, optimizer)
     barrier(d)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / "config.yaml", to_yaml(recipe))
+        atomic.write_text(run_dir / rundir.CONFIG, to_yaml(recipe))
+        signals.pause_point("startup")
 
     peak = peak_flops(d.device)
     log_every, eval_every, dense = recipe.train.log_every, recipe.eval.every, recipe.eval.dense_steps
@@ -377,6 +363,8 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     last_eval: dict = {}
     if step == 0 and resume_from is None:
         last_eval = run_eval(0)
+    elif step >= total_steps:  # resumed from the last step's checkpoint: its final eval is in metrics.jsonl
+        last_eval = rundir.logged_eval(run_dir, step) or run_eval(step)
 
     from tqdm.auto import tqdm
 
@@ -386,8 +374,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
     # carries over a resume on any number of processes: rank 0 takes the resumed sum, the others start at zero
     win_loss = torch.tensor(window["loss"] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
     t_window, tok_window = time.perf_counter(), 0
-    stop = _StopRequest()
-    with stop:
+    with signals.deferred() as stop:
         while step < total_steps:
             lr = lr_at(recipe.schedule, step, total_steps)
             for g in optimizer.param_groups:
@@ -451,15 +438,16 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
                 bar.close()
                 if d.is_main:
                     print(f"stopped by signal at step {step}; checkpoint saved. Continue with --resume")
-                return RunResult(run_dir, step, total_steps, interrupted_by=stop.signum or signal.SIGTERM,
-                                 last_eval=last_eval)
+                return RunResult(run_dir, step, total_steps, interrupted_by=stop.take(), last_eval=last_eval)
     bar.close()
 
-    final_dir = run_dir / "final"
+    final_dir = run_dir / rundir.FINAL
     whole = full_state_dict(model)  # a sharded model is gathered onto rank 0 (every rank takes part)
     if d.is_main:
+        signals.pause_point("before_final")
         with atomic.build_dir(final_dir, replace=True) as tmp:
             save_hf(model, tok, tmp, state_dict=whole)
+            signals.pause_point("final_save")
         summary = {
             "run_dir": str(run_dir),
             "steps": step,
@@ -473,7 +461,7 @@ def _train(recipe: Recipe, d: Dist, resume: bool, allow_config_change: bool) -> 
             "weights": sampler.weights,  # the effective mixture (weights_from and replay resolved)
             "sequences_per_domain": sampler.counts,
         }
-        atomic.write_json(run_dir / "summary.json", summary)
+        atomic.write_json(run_dir / rundir.SUMMARY, summary)
         losses = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in last_eval.items() if k.endswith("/loss"))
         print(f"finished {run_dir} (step {step}); val loss: {losses}; model: {final_dir}")
     barrier(d)

@@ -1,5 +1,8 @@
 """metrics.jsonl: one JSON object per event, appended; a resumed run truncates to its checkpoint's offset.
 
+A line cut short (a crash or a full disk mid-write) is cut off before anything is appended, so the file stays
+one whole event per line; `read_metrics` names a corrupt line as `file:line` (UserError).
+
 metrics.jsonl is the source of truth. Optional trackers (TensorBoard, W&B in offline mode; `train.trackers`)
 receive a copy of every event's numbers; they are told nothing the file does not hold.
 """
@@ -9,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
+
+from warmstart.errors import UserError, warn
 
 TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")  # wall-clock dependent; everything else is reproducible
 
@@ -36,17 +40,34 @@ class MetricsLog:
         self._resumed = False
 
     def truncate(self, offset: int) -> None:
-        """Drop events written after a checkpoint, so a resumed run re-writes them exactly once."""
-        if self.enabled and self.path.exists():
-            if self.path.stat().st_size < offset:
-                warnings.warn(
-                    f"{self.path} is shorter than at the checkpoint (lost writes?); events may be missing",
-                    stacklevel=2,
-                )
-                return
-            with open(self.path, "r+b") as f:
-                f.truncate(offset)
-            self._resumed = True
+        """Drop events written after a checkpoint, so a resumed run re-writes them exactly once.
+
+        The cut lands on a line boundary: at `offset` itself (where the checkpoint's last event ended), or, when
+        the file is shorter than that (lost writes) or was edited, at the end of the last whole line before it.
+        """
+        if not (self.enabled and self.path.exists()):
+            return
+        size = self.path.stat().st_size
+        with open(self.path, "r+b") as f:
+            keep = _line_start(f, min(offset, size))
+            if size < offset:
+                warn(f"{self.path} is shorter than at the checkpoint ({size} of {offset} bytes; lost writes?); "
+                     f"kept its {keep} bytes of whole lines, the events after them are missing")
+            elif keep < offset:
+                warn(f"{self.path}: the checkpoint's offset {offset} is inside a line (edited?); cut at byte {keep}")
+            f.truncate(keep)
+        self._resumed = True
+
+    def _cut_partial_tail(self) -> None:
+        """Before appending to a file whose last line was cut short: drop that fragment (with a warning)."""
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        with open(self.path, "r+b") as f:
+            keep = _line_start(f, size)
+            if keep < size:
+                warn(f"{self.path}: its last line was cut short ({size - keep} bytes, no newline); removed it")
+                f.truncate(keep)
 
     def sync(self) -> None:
         """fsync, so the offset a checkpoint records is on disk before the checkpoint is."""
@@ -68,6 +89,7 @@ class MetricsLog:
             if names is None:
                 names = _configured_trackers(self.path.parent / "config.yaml")
             self._trackers = open_trackers(names, self.path.parent, event.get("step") if self._resumed else None)
+            self._cut_partial_tail()
         # flushed to the OS on every event (a killed process loses nothing); checkpoints fsync what they need
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
@@ -89,13 +111,26 @@ def _configured_trackers(config_path: Path) -> list[str]:
     return list((cfg.get("train") or {}).get("trackers") or [])
 
 
+def _line_start(f, upto: int) -> int:
+    """The largest position <= `upto` that starts a line of the open binary file `f` (0 or just after a newline)."""
+    pos = upto
+    while pos > 0:
+        start = max(0, pos - 65536)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return 0
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Every event of RUN_DIR/metrics.jsonl, in file order ([] when there is no file).
 
     Raises UserError `metrics.jsonl:LINE: ...` in one line for a line that is not a JSON object (a line cut short
     by a crash or a full disk, a list, a bare value) or an event without an integer `step`.
     """
-    from warmstart.errors import UserError
 
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():

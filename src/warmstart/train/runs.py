@@ -1,14 +1,13 @@
 """Run a recipe to completion exactly once across invocations: what every multi-run recipe needs.
 
 Sweeps, grow rounds, DDO proxies and the quickstart all call `run_once`: a finished run (summary.json) is read,
-not retrained; an interrupted one is resumed from its checkpoint; one that died before its first checkpoint is
-started again; a run directory holding a different recipe is refused rather than silently reused.
+not retrained; an interrupted one (or one whose summary lacks its final eval) is resumed from its checkpoint; one
+that died before its first checkpoint is started again; a run directory holding a different recipe is refused
+rather than silently reused.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +15,7 @@ import yaml
 
 from warmstart.config import Recipe, to_yaml
 from warmstart.errors import UserError
+from warmstart.train import rundir
 from warmstart.train.loop import config_changes, train
 
 
@@ -31,24 +31,25 @@ class RunOutcome:
 
 
 def run_once(recipe: Recipe) -> RunOutcome:
+    """Train `recipe` unless its run is finished (`rundir.unfinished`): a summary that lacks what a finished run
+    has (its final eval, final/) is not taken as done; the run is resumed (or started again) to finish it."""
     run_dir = recipe.run_dir
-    if (run_dir / "config.yaml").is_file():
-        old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    old = rundir.read_config(run_dir)
+    if old is not None:
         changed = config_changes(old, yaml.safe_load(to_yaml(recipe)))
         if changed:
             raise UserError(
                 f"{run_dir}: holds a run of a different recipe ({', '.join(changed)}); "
                 "choose another name or delete that directory"
             )
-    summary = run_dir / "summary.json"
-    if summary.is_file():
+    missing = rundir.unfinished(run_dir, recipe)
+    if missing is None:
         print(f"{run_dir}: complete; skipping")
-        return RunOutcome("skipped", json.loads(summary.read_text()))
-    ckpts = run_dir / "checkpoints"
-    resume = (run_dir / "config.yaml").is_file() and ckpts.is_dir() and any(ckpts.iterdir())
-    if not resume and (run_dir / "config.yaml").is_file():
-        shutil.rmtree(run_dir)  # our run that died before its first checkpoint: nothing to keep
+        return RunOutcome("skipped", rundir.read_summary(run_dir))
+    if old is not None and (run_dir / rundir.SUMMARY).exists():
+        print(f"{run_dir}: not complete ({missing}); finishing it")
+    resume = old is not None  # resume finds a checkpoint, or starts again one that stopped before its first
     result = train(recipe, resume=resume)
     if result.interrupted_by:
         return RunOutcome("interrupted", None, result.exit_code)
-    return RunOutcome("resumed" if resume else "trained", json.loads(summary.read_text()))
+    return RunOutcome("resumed" if resume else "trained", rundir.read_summary(run_dir))

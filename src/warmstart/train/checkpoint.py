@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -31,6 +33,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -44,6 +48,49 @@ from warmstart.signals import pause_point
 from warmstart.train.distributed import Dist, barrier
 
 PREFIX = "step-"
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's `.metadata` is a pickle; a crafted one could run code. Only DCP's own metadata classes, torch
+    sizes, dtypes and layouts, and paths may be named in it."""
+
+    _TORCH = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+              ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._TORCH:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith("torch.distributed.checkpoint.") and not name.startswith("__"):
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):
+                return obj
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
+
+
+class _SafeReader(dcp.FileSystemReader):
+    """A `FileSystemReader` that unpickles `.metadata` with `_MetadataUnpickler`."""
+
+    def read_metadata(self, *args, **kwargs):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafePlanner(DefaultLoadPlanner):
+    """DCP loads non-tensor items (optimizer settings) with `torch.load(weights_only=False)`; check each with
+    `weights_only=True` first, which refuses anything but plain data."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        torch.load(value, weights_only=True)
+        value.seek(0)
+        super().load_bytes(read_item, value)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -205,8 +252,20 @@ def _load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer |
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer)  # initialises AdamW's state (a step at lr 0)
         sd = {"model": model_sd, "optim": optim_sd} if weights else {"optim": optim_sd}
-    with _single_process_quiet():
-        dcp.load(sd, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    unsafe = f"{path}: refused to load a checkpoint that names code to run"
+    try:
+        with open(path / ".metadata", "rb") as f:
+            _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{unsafe} ({e})") from None
+    try:
+        with _single_process_quiet():
+            dcp.load(sd, storage_reader=_SafeReader(str(path)), planner=_SafePlanner(),
+                     no_dist=not dist.is_initialized())
+    except CheckpointException as e:
+        if "Weights only load failed" in str(e) or "not allowed in checkpoint metadata" in str(e):
+            raise UserError(f"{unsafe} (an optimizer item is not plain data)") from None
+        raise
     if weights:
         set_model_state_dict(model, sd["model"])
     if optimizer is not None:

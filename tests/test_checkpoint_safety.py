@@ -1,0 +1,77 @@
+"""A checkpoint is data: a crafted `.metadata` or optimizer item that names code to run is refused in one line,
+and the code does not run."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+from train_helpers import tiny_recipe
+
+from warmstart.errors import UserError
+from warmstart.train import checkpoint as ckpt
+from warmstart.train.loop import train
+
+
+class _Payload:
+    """Unpickling this touches a file: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir, tokenizer_dir):
+    out = tmp_path_factory.mktemp("safety")
+    recipe = tiny_recipe(data_dir, tokenizer_dir, out, "r", train={"steps": 2, "checkpoint_every": 2})
+    return train(recipe).run_dir, recipe
+
+
+def test_crafted_metadata_is_refused_and_runs_nothing(run, tmp_path):
+    from warmstart.models.build import build_model
+
+    run_dir, recipe = run
+    path = tmp_path / "ck"
+    shutil.copytree(ckpt.newest_valid(run_dir / "checkpoints"), path)
+    model = build_model(recipe.model, None, seed=0).model
+    ckpt.load_into(path, model, None, rank=0)  # the genuine metadata loads through the restricted reader
+    marker = tmp_path / "ran"
+    (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(UserError, match="refused to load a checkpoint that names code to run"):
+        ckpt.load_into(path, model, None, rank=0)
+    assert not marker.exists()
+
+
+def test_crafted_optimizer_item_is_refused_and_runs_nothing(run, tmp_path):
+    """Non-tensor items (optimizer settings) are pickles inside the shard: one naming code is refused."""
+    import torch
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    from warmstart.models.build import build_model
+    from warmstart.train.optim import build_optimizer
+
+    run_dir, recipe = run
+    src = ckpt.newest_valid(run_dir / "checkpoints")
+    path = tmp_path / "ck"
+    shutil.copytree(src, path)
+    with open(path / ".metadata", "rb") as f:
+        meta = pickle.load(f)
+    key = next(k for k, v in meta.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata))
+    info = meta.storage_data[next(i for i in meta.storage_data if i.fqn == key)]
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(_Payload(marker))
+    shard = path / info.relative_path
+    data = bytearray(shard.read_bytes())
+    assert len(evil) <= info.length, "payload must fit the item's slot"
+    data[info.offset : info.offset + info.length] = evil.ljust(info.length, b".")
+    shard.write_bytes(bytes(data))
+    model = build_model(recipe.model, None, seed=0).model
+    optimizer = build_optimizer(model, recipe.optim, lr=1e-3, device=torch.device("cpu"))
+    with pytest.raises(UserError, match="names code to run"):
+        ckpt.load_into(path, model, optimizer, rank=0)
+    assert not marker.exists()

@@ -75,3 +75,14 @@ def test_crafted_optimizer_item_is_refused_and_runs_nothing(run, tmp_path):
     with pytest.raises(UserError, match="names code to run"):
         ckpt.load_into(path, model, optimizer, rank=0)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"model": 3}', "{bad"])
+def test_checkpoint_manifest_that_is_not_a_table_is_named_damaged(run, tmp_path, manifest):
+    run_dir, _ = run
+    path = tmp_path / "checkpoints" / ckpt.newest_valid(run_dir / "checkpoints").name
+    shutil.copytree(ckpt.newest_valid(run_dir / "checkpoints"), path)
+    (path / "manifest.json").write_text(manifest)
+    problem = ckpt.verify(path)
+    assert problem is not None and "manifest" in problem
+    assert ckpt.newest_valid(tmp_path / "checkpoints") is None

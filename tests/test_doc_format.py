@@ -251,6 +251,16 @@ def test_format_probe_equals_direct_transformers_computation(toks, tmp_path, cap
     assert tree["bos"] is winner.bos and tree["doc_end"] == (winner.end or "none")
     assert json.loads((tmp_path / "probe.json").read_text())["winner"]["doc_end"] == (winner.end or "none")
     assert main(["prepare", str(recipe)]) == 0
+    assert (cands[0].bos, cands[0].end) == (False, "<|endoftext|>")  # the default first: ties go to it
+    # GPT-2 style: <|endoftext|> is BOS and EOS; "BOS, after nothing" is the same context as "after EOS": one row
+    gpt2 = candidates(load_tokenizer(str(toks["gpt2"])))
+    contexts = [tuple(c.end_ids + c.prefix) for c in gpt2]
+    assert len(contexts) == len(set(contexts)) and (gpt2[0].bos, gpt2[0].end) == (False, "<|endoftext|>")
+    # a bad --write-recipe is refused before any scoring
+    with pytest.raises(UserError, match="--write-recipe: .* not found"):
+        from warmstart.eval.format_probe import run_probe
+
+        run_probe(str(ckpt), texts=[str(texts)], write_recipe=str(tmp_path / "nope.yaml"))
     # Llama-style tokenizers get BOS candidates too
     llama = {(c.bos, c.end) for c in candidates(load_tokenizer(str(toks["llama"])))}
     assert (True, "</s>") in llama and (False, None) in llama and (True, None) in llama
@@ -309,3 +319,22 @@ def _val_positions(data: Path, texts: list[str], tok) -> list[int]:
             out.append(i)
     assert len(out) == len(val)
     return out
+
+
+@pytest.mark.parametrize("what,content", [
+    ("manifest.json", "{x"), ("manifest.json", "null"), ("manifest.json", '{"domains": 3}'),
+    ("web/index.json", "[1, 2]"), ("web/index.json", "BADJSON"), ("web/index.json", "DOCUMENT"),
+])
+def test_corrupt_data_files_are_one_line(toks, tmp_path, capsys, what, content):
+    _prepare(toks["gpt2"], tmp_path)
+    path = tmp_path / "shards" / what
+    if content == "DOCUMENT":  # valid JSON, a current-format index whose document format is garbage
+        d = json.loads(path.read_text())
+        d["document"] = "x"
+        content = json.dumps(d)
+    elif content == "BADJSON":
+        content = path.read_text()[:-5]
+    path.write_text(content)
+    assert main(["format", "show", str(tmp_path / "shards")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0] and str(path) in err[0]

@@ -160,3 +160,12 @@ def test_unknown_task_in_a_recipe_fails_before_training(data_dir, tokenizer_dir,
     with pytest.raises(UserError, match="no_such_task_xyz not known"):
         train(recipe)
     assert not (recipe.run_dir / "metrics.jsonl").exists()  # refused before the step-0 evaluation
+
+
+def test_eval_of_a_run_repeats_its_last_in_loop_evaluation(run_dir, data_dir, tmp_path):
+    """A run directory's defaults (seq_len, eval.windows, eval.max_tokens) are the run's own."""
+    res = eval_checkpoint(str(run_dir), data_dir, out=tmp_path)
+    final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
+    assert res["windows"] == "packed" and res["max_tokens"] == 256
+    for name, v in res["val"].items():
+        assert v["loss"] == pytest.approx(final[f"val/{name}/loss"], abs=1e-5)

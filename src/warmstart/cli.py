@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="a prepared data directory (`warmstart prepare`) for per-domain perplexity")
     ev.add_argument("--domains", help="comma-separated domains (default: all in --data)")
     ev.add_argument("--seq-len", dest="seq_len", type=int, help="default: the run's seq_len, else min(ctx, 1024)")
-    ev.add_argument("--max-tokens", dest="max_tokens", type=int, default=16384, help="val tokens per domain")
+    ev.add_argument("--max-tokens", dest="max_tokens", type=int,
+                    help="val tokens per domain (default: the run's eval.max_tokens, else 16384)")
     ev.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     ev.add_argument("--tasks", help="comma-separated lm-eval task names (needs the lm-eval extra)")
     ev.add_argument("--num-fewshot", dest="num_fewshot", type=int, help="default: each task's own")

@@ -63,10 +63,20 @@ class DomainData:
             raise UserError(f"{path}: not a prepared domain (no index.json); run `warmstart prepare` first")
         try:
             index = json.loads(ipath.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{ipath}: corrupt index ({e}); re-run `warmstart prepare --overwrite`") from None
+        if not isinstance(index, dict):
+            raise UserError(f"{ipath}: corrupt index (not a JSON object); re-run `warmstart prepare --overwrite`")
         if index.get("format") not in (FORMAT, *LEGACY_FORMATS):
             raise UserError(f"{ipath}: unknown format {index.get('format')!r} (expected {FORMAT})")
+        doc = index.get("document")
+        bad_doc = not isinstance(doc, dict) or not all(
+            isinstance(doc.get(k), list) and all(isinstance(i, int) for i in doc[k]) for k in ("prefix", "suffix")
+        )
+        if index["format"] == FORMAT and bad_doc:
+            raise UserError(f"{ipath}: corrupt index (no valid document format); re-run `warmstart prepare --overwrite`")
+        if not isinstance(index.get("domain"), str) or not isinstance(index.get("splits"), dict):
+            raise UserError(f"{ipath}: corrupt index (no domain or splits); re-run `warmstart prepare --overwrite`")
         return cls(name=index["domain"], path=path, index=index)
 
     @property
@@ -139,10 +149,22 @@ def open_data_dir(path: str | Path) -> dict[str, DomainData]:
     mpath = path / "manifest.json"
     if not mpath.is_file():
         raise UserError(f"{path}: not a prepared data directory (no manifest.json); run `warmstart prepare`")
-    manifest = json.loads(mpath.read_text())
-    return {name: DomainData.open(path / name) for name in manifest["domains"]}
+    manifest = read_manifest(path)
+    domains = manifest.get("domains")
+    if not isinstance(domains, list) or not all(isinstance(n, str) for n in domains):
+        raise UserError(f"{mpath}: corrupt manifest (no list of domains); delete it and re-run `warmstart prepare`")
+    return {name: DomainData.open(path / name) for name in domains}
 
 
 def read_manifest(path: str | Path) -> dict:
+    """The data directory's manifest.json ({} when there is none); `UserError` when it is not a JSON object."""
     mpath = Path(path) / "manifest.json"
-    return json.loads(mpath.read_text()) if mpath.is_file() else {}
+    if not mpath.is_file():
+        return {}
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{mpath}: corrupt manifest ({e}); delete it and re-run `warmstart prepare`") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{mpath}: corrupt manifest (not a JSON object); delete it and re-run `warmstart prepare`")
+    return manifest

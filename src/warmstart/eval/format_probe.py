@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from warmstart.data.doc_format import DOCUMENT_TOKENS, encode_texts, template
+from warmstart.data.doc_format import DOCUMENT_TOKENS, encode_texts, resolve_format, template
 from warmstart.errors import UserError
 
 
@@ -56,14 +56,19 @@ def candidates(tok) -> list[Candidate]:
     for t in [*tok.convert_ids_to_tokens(suffix), tok.eos_token, *DOCUMENT_TOKENS]:
         if t is not None and t in vocab and int(vocab[t]) not in ends:
             ends[int(vocab[t])] = t
-    out = []
-    for bos in ([True, False] if prefix else [False]):
-        for end_id, end_tok in [*ends.items(), (None, None)]:
-            end_ids = [] if end_id is None else [end_id]
-            pre = prefix if bos else []
-            if bos and end_ids and pre == end_ids:
-                continue  # the same token twice (GPT-2's <|endoftext|> is both): no new information
-            out.append(Candidate(bos, end_tok, list(pre), end_ids))
+    default = resolve_format(tok)
+    default_end = default.suffix_tokens[-1] if default.suffix_tokens else None
+    pairs = [(bool(default.prefix), default_end)]  # first, so that a tie goes to the tokenizer's default
+    pairs += [(bos, end) for bos in ([True, False] if prefix else [False]) for end in [*ends.values(), None]]
+    out, seen = [], set()
+    for bos, end_tok in pairs:
+        end_ids = [] if end_tok is None else [int(vocab[end_tok])]
+        pre = list(prefix) if bos else []
+        context = tuple(end_ids + pre)
+        if context in seen:  # e.g. GPT-2's <|endoftext|> is both BOS and EOS: the same context twice
+            continue
+        seen.add(context)
+        out.append(Candidate(bos, end_tok, pre, end_ids))
     return out
 
 
@@ -80,7 +85,8 @@ def text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list
 
 @torch.no_grad()
 def probe(model, docs: list[list[int]], cands: list[Candidate], batch_size: int = 8, device="cpu") -> list[ProbeRow]:
-    """Mean token loss of `model` on `docs` (text token ids) under each candidate context, best first.
+    """Mean token loss of `model` on `docs` (text token ids) under each candidate context, best first (a tie
+    keeps the candidates' order, which puts the tokenizer's default format first).
 
     Shapes: each forward is (batch, len(end) + len(prefix) + len(doc)); right padding needs no attention mask for
     a causal LM and its padded positions are not scored. Raises `UserError` when no document has 2 tokens.
@@ -127,17 +133,29 @@ def format_table(rows: list[ProbeRow], n_docs: int) -> str:
     return "\n".join(lines)
 
 
-def write_winner(recipe: str | Path, winner: Candidate) -> None:
-    """Set `bos` and `doc_end` of an existing prepare recipe to the winner (validated, written atomically)."""
-    import yaml
-
-    from warmstart import atomic
+def _check_recipe(recipe: str | Path) -> dict:
+    """The prepare recipe `--write-recipe` names, read and validated before any scoring."""
     from warmstart.config import PrepareConfig, read_yaml, validate
 
     path = Path(recipe)
     if not path.is_file():
-        raise UserError(f"--write-recipe: {path} not found (give an existing prepare recipe)")
+        what = "is a directory" if path.is_dir() else "not found"
+        raise UserError(f"--write-recipe: {path} {what} (give an existing prepare recipe to update)")
     tree = read_yaml(path)
+    validate(PrepareConfig, tree, str(path))
+    return tree
+
+
+def write_winner(recipe: str | Path, winner: Candidate) -> None:
+    """Set `bos` and `doc_end` of an existing prepare recipe to the winner (validated, written atomically; the
+    YAML is rewritten, so comments in it are not kept)."""
+    import yaml
+
+    from warmstart import atomic
+    from warmstart.config import PrepareConfig, validate
+
+    path = Path(recipe)
+    tree = _check_recipe(path)
     tree.pop("eos_token", None)
     tree["bos"] = bool(winner.bos)
     tree["doc_end"] = winner.end or "none"
@@ -194,6 +212,8 @@ def run_probe(
         raise UserError("format probe: --data needs --domain NAME")
     if n_docs <= 0 or tokens <= 0 or batch_size <= 0:
         raise UserError("format probe: --docs, --tokens and --batch-size must be > 0")
+    if write_recipe:
+        _check_recipe(write_recipe)
     src = resolve_checkpoint(checkpoint, "checkpoint")
     tok = load_tokenizer(str(src))
     if texts is not None:

@@ -54,6 +54,7 @@ def _run_info(run: Path | None) -> dict:
         "flops": summary.get("flops"),
         "seq_len": (cfg.get("data") or {}).get("seq_len"),
         "windows": (cfg.get("eval") or {}).get("windows", "packed"),
+        "max_tokens": (cfg.get("eval") or {}).get("max_tokens"),
     }
 
 
@@ -126,7 +127,7 @@ def eval_checkpoint(
     data_dir: str | Path | None = None,
     domains: list[str] | None = None,
     seq_len: int | None = None,
-    max_tokens: int = 16384,
+    max_tokens: int | None = None,
     batch_size: int = 16,
     tasks: list[str] | None = None,
     num_fewshot: int | None = None,
@@ -189,6 +190,7 @@ def eval_checkpoint(
         win = windows or info.get("windows") or "documents"
         if win not in ("documents", "packed"):
             raise UserError(f"--windows: expected documents or packed (got {win!r})")
+        max_tokens = max_tokens or info.get("max_tokens") or 16384  # a run's own, so eval repeats its number
         per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev, win, allow_format_mismatch)
         result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "windows": win, "val": per})
         result["val/avg/loss"] = sum(v["loss"] for v in per.values()) / len(per)

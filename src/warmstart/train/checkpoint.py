@@ -191,8 +191,13 @@ def verify(path: Path) -> str | None:
     """None if every file matches the manifest, else what is wrong."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"unreadable manifest ({e})"
+    if not isinstance(manifest, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+        for v in manifest.values()
+    ):
+        return "corrupt manifest (not a table of file sizes and checksums)"
     for name, info in manifest.items():
         f = path / name
         if not f.is_file():

@@ -60,6 +60,7 @@ def write_domain(
         "tokenizer": tok,
         "dtype": dtype,
         "fingerprint": fingerprint or f"fp-{name}-{len(train)}",
+        "document": {"prefix": [], "suffix": [0], "prefix_tokens": [], "suffix_tokens": ["<eos>"]},
         "splits": splits,
     }
     (d / "index.json").write_text(json.dumps(index))

@@ -18,7 +18,6 @@ fingerprints {domain: fingerprint}.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from warmstart.data.doc_format import DocumentFormat, document_format_of_index
 from warmstart.errors import UserError
+from warmstart.jsonfile import read_json_object
 
 FORMAT = "warmstart-shards-v2"
 # v1: documents written as text + EOS with no BOS and special-token strings matched; still readable (its
@@ -61,12 +61,7 @@ class DomainData:
         ipath = path / "index.json"
         if not ipath.is_file():
             raise UserError(f"{path}: not a prepared domain (no index.json); run `warmstart prepare` first")
-        try:
-            index = json.loads(ipath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{ipath}: corrupt index ({e}); re-run `warmstart prepare --overwrite`") from None
-        if not isinstance(index, dict):
-            raise UserError(f"{ipath}: corrupt index (not a JSON object); re-run `warmstart prepare --overwrite`")
+        index = read_json_object(ipath, "index", "re-run `warmstart prepare --overwrite`")
         if index.get("format") not in (FORMAT, *LEGACY_FORMATS):
             raise UserError(f"{ipath}: unknown format {index.get('format')!r} (expected {FORMAT})")
         doc = index.get("document")
@@ -161,10 +156,4 @@ def read_manifest(path: str | Path) -> dict:
     mpath = Path(path) / "manifest.json"
     if not mpath.is_file():
         return {}
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{mpath}: corrupt manifest ({e}); delete it and re-run `warmstart prepare`") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{mpath}: corrupt manifest (not a JSON object); delete it and re-run `warmstart prepare`")
-    return manifest
+    return read_json_object(mpath, "manifest", "delete it and re-run `warmstart prepare`")

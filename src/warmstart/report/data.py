@@ -6,7 +6,6 @@ Everything here is plain data; the numbers in the tables (final losses, gap metr
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_metrics
+from warmstart.jsonfile import read_json_object
 from warmstart.train.metrics import read_metrics
 
 
@@ -82,20 +82,11 @@ def load_run(path: Path, name: str) -> Run:
     evals.sort(key=lambda m: m["step"])
     if not evals:
         raise UserError(f"{path}/metrics.jsonl: no evaluation events (the run has not evaluated yet)")
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    summary = read_json_object(path / "summary.json") if (path / "summary.json").is_file() else {}
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
     return Run(name, path, evals, trains, summary, config)
 
 
-def _read_json(p: Path) -> dict:
-    """A JSON object file, or a one-line UserError naming it."""
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: not valid JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{p}: expected a JSON object, got a {type(obj).__name__}")
-    return obj
 
 
 def _read_yaml(p: Path) -> dict:
@@ -111,7 +102,7 @@ def read_mixture(path: Path) -> dict | None:
     p = path / "mixture.json" if path.is_dir() else path
     if not p.is_file():
         return None
-    mix = _read_json(p)
+    mix = read_json_object(p)
     weights = mix.get("weights")
     if not isinstance(weights, dict) or not weights:
         return None
@@ -145,7 +136,7 @@ def read_grow(path: Path) -> dict | None:
     p = path / "grow_summary.json"
     if not p.is_file():
         return None
-    g = _read_json(p)
+    g = read_json_object(p)
     rounds = []
     for r in g.get("rounds") or []:
         if not isinstance(r, dict):

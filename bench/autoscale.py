@@ -25,7 +25,7 @@ from warmstart.config import DDOConfig, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.autoscale import predict, run_ddo, train_proxy
 from warmstart.recipes.autoscale_laws import predict_mixture
-from warmstart.train.metrics import read_metrics
+from warmstart.runtime.metrics import read_metrics
 
 DOMAINS = ["prose", "code", "docstrings"]
 SEQ, BATCH = 128, 1024

@@ -239,7 +239,7 @@ def eval_part(args, paths, work, ws, env, res) -> None:
 
 def train_part(args, paths, work, ws, env, res) -> None:
     """(b) `warmstart train` and the HF Trainer at equal batch, each its own process."""
-    from warmstart.train.metrics import read_metrics
+    from warmstart.runtime.metrics import read_metrics
 
     shutil.rmtree(work / "runs", ignore_errors=True)  # a reused --work: start the runs afresh
     recipe_path = work / "train.yaml"

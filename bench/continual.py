@@ -30,7 +30,7 @@ from warmstart.data.demo_corpus import prepare_demo
 from warmstart.eval.gap import run_gap
 from warmstart.recipes.continual import pretraining_like_recipe
 from warmstart.recipes.sweep import run_point
-from warmstart.train.metrics import read_metrics
+from warmstart.runtime.metrics import read_metrics
 
 UP, DOWN = "prose", "code"
 RESULTS = Path(__file__).resolve().parent / "results"

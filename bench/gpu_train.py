@@ -56,8 +56,8 @@ def measure(args, paths: dict, model: str, side: str) -> dict:
 
     from warmstart.config import Recipe, validate
     from warmstart.models.build import build_model, count_params, flops_per_token
+    from warmstart.runtime.metrics import read_metrics
     from warmstart.train.loop import train
-    from warmstart.train.metrics import read_metrics
     from warmstart.train.throughput import peak_flops
 
     work = Path(args.work)

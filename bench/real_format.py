@@ -42,8 +42,8 @@ from warmstart.data.shards import open_data_dir  # noqa: E402
 from warmstart.data.tokenizer import load_tokenizer  # noqa: E402
 from warmstart.eval.format_probe import run_probe  # noqa: E402
 from warmstart.eval.run_eval import eval_checkpoint  # noqa: E402
+from warmstart.runtime.metrics import read_metrics  # noqa: E402
 from warmstart.train.loop import train  # noqa: E402
-from warmstart.train.metrics import read_metrics  # noqa: E402
 
 COMMAND = "python bench/real_format.py"
 

@@ -490,7 +490,7 @@ def inherited(cfg: GrowRecipe, k: int) -> Path:
 
 
 def _first(run_dir: Path) -> float:
-    from warmstart.train.metrics import read_metrics
+    from warmstart.runtime.metrics import read_metrics
 
     return next(m["val/avg/loss"] for m in read_metrics(run_dir) if m.get("event") == "eval")
 

@@ -34,8 +34,8 @@ from warmstart.data.demo_corpus import prepare_demo
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
 from warmstart.models.build import build_model, flops_per_token
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train.loop import train
-from warmstart.train.metrics import read_metrics
 from warmstart.train.throughput import peak_flops
 
 SIDES = {"warmstart": "warmstart", "warmstart_system_malloc": "warmstart, train.keep_heap=false",

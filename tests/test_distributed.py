@@ -17,8 +17,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from train_helpers import tiny_recipe_tree
 from transformers import AutoModelForCausalLM
 
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train import checkpoint as ckpt
-from warmstart.train.metrics import read_metrics
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN) and shutil.which("torchrun") is None,

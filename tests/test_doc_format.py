@@ -271,8 +271,8 @@ def test_document_windows_equal_direct_loss_and_step0_of_a_continued_run(toks, t
     from transformers import AutoModelForCausalLM
 
     from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.runtime.metrics import read_metrics
     from warmstart.train.loop import train
-    from warmstart.train.metrics import read_metrics
 
     ckpt = _tiny_llama(toks["llama"], tmp_path / "ckpt")
     texts = [f"Document {i}: " + DOCS[i % 5] * (1 + i % 3) for i in range(12)]

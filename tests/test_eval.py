@@ -16,8 +16,8 @@ from train_helpers import metrics_without_timing, tiny_recipe
 from warmstart.cli import main
 from warmstart.errors import UserError
 from warmstart.eval.run_eval import eval_checkpoint
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train.loop import train
-from warmstart.train.metrics import read_metrics
 
 TASK = "warmstart_tiny_mc"
 TASK_DIR = Path(__file__).resolve().parents[1] / "src/warmstart/eval/task_data" / TASK

@@ -168,7 +168,7 @@ def test_seq_len_above_positions_is_refused_and_extending_is_recorded(data_dir, 
     (['{"event": "eval", "step": 0}', '', '{"event": "eval"}'], ":3: event without an integer 'step'"),
 ])
 def test_metrics_reader_names_file_and_line(tmp_path, lines, where):
-    from warmstart.train.metrics import read_metrics
+    from warmstart.runtime.metrics import read_metrics
 
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError) as e:
@@ -217,8 +217,8 @@ def test_domain_without_validation_is_trained_on_but_not_evaluated(mixed_data, t
     from train_helpers import tiny_recipe
 
     from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.runtime.metrics import read_metrics
     from warmstart.train.loop import train
-    from warmstart.train.metrics import read_metrics
 
     recipe = tiny_recipe(mixed_data, tokenizer_dir, tmp_path, overrides=[
         "data.weights={many: 0.5, one: 0.5}", "train.steps=2", "eval.every=1"])

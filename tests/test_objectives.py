@@ -10,8 +10,8 @@ from train_helpers import tiny_recipe
 from transformers import AutoModelForMaskedLM
 
 from warmstart.data.tokenizer import load_tokenizer
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train.loop import train
-from warmstart.train.metrics import read_metrics
 from warmstart.train.objectives import IGNORE, Objective
 
 

@@ -30,8 +30,8 @@ def test_smollm2_eval_and_step0_equal_direct_loss(tmp_path_factory):
     from warmstart.data.doc_format import resolve_format
     from warmstart.data.tokenizer import load_tokenizer
     from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.runtime.metrics import read_metrics
     from warmstart.train.loop import train
-    from warmstart.train.metrics import read_metrics
 
     work = tmp_path_factory.mktemp("smollm2")
     ckpt = smollm2.plain_checkpoint(work / "ckpt")

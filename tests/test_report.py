@@ -19,8 +19,8 @@ from warmstart.errors import UserError
 from warmstart.eval.gap import gap_metrics
 from warmstart.report import make_report, quickstart_step
 from warmstart.report.page import fmt
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train.loop import train
-from warmstart.train.metrics import read_metrics
 
 TOKENS = [0, 100, 200, 300, 400]
 

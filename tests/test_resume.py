@@ -26,10 +26,10 @@ from transformers import AutoModelForCausalLM
 from warmstart.atomic import write_json
 from warmstart.config import Recipe, validate
 from warmstart.errors import UserError
+from warmstart.runtime import rundir
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train import checkpoint as ckpt
-from warmstart.train import rundir
 from warmstart.train.loop import train
-from warmstart.train.metrics import read_metrics
 from warmstart.train.optim import build_optimizer
 
 STEPS = 30

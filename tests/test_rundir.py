@@ -15,9 +15,9 @@ from train_helpers import assert_same_weights, tiny_recipe, tiny_recipe_tree
 
 from warmstart.cli import main
 from warmstart.errors import UserError
-from warmstart.train import rundir
+from warmstart.runtime import rundir
+from warmstart.runtime.metrics import MetricsLog, read_metrics
 from warmstart.train.loop import train
-from warmstart.train.metrics import MetricsLog, read_metrics
 from warmstart.train.runs import run_once
 
 

@@ -6,8 +6,8 @@ import pytest
 from train_helpers import tiny_recipe
 
 from warmstart.errors import UserError
+from warmstart.runtime.metrics import MetricsLog, read_metrics
 from warmstart.train.loop import train
-from warmstart.train.metrics import MetricsLog, read_metrics
 
 
 def test_tensorboard_scalars_equal_metrics_jsonl(data_dir, tokenizer_dir, tmp_path):

@@ -16,9 +16,9 @@ from warmstart.config import OptimConfig
 from warmstart.data.shards import open_data_dir
 from warmstart.errors import UserError
 from warmstart.eval.perplexity import val_sequences
+from warmstart.runtime.metrics import read_metrics
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.loop import train
-from warmstart.train.metrics import read_metrics
 from warmstart.train.optim import build_optimizer
 from warmstart.train.schedules import lr_at
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from warmstart.config import Recipe, apply_overrides, validate
-from warmstart.train.metrics import TIMING_KEYS
+from warmstart.runtime.metrics import TIMING_KEYS
 
 
 def tiny_recipe_tree(data_dir: Path, tokenizer_dir: Path, out_dir: Path, name: str = "run", **sections) -> dict:

@@ -103,7 +103,7 @@ def _metric_keys(evals: list[dict]) -> list[tuple[str, bool]]:
 
 def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dict[str, dict]:
     """Gap metrics for every `val/<domain>/loss` (and `task/<name>/acc*`) of a run; writes RUN_DIR/gap.json."""
-    from warmstart.train.metrics import read_metrics
+    from warmstart.runtime.metrics import read_metrics
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():

@@ -19,7 +19,7 @@ import torch
 
 from warmstart.data.shards import DomainData
 from warmstart.models.loss import LossModel
-from warmstart.train.distributed import Dist, all_reduce_sum
+from warmstart.runtime.distributed import Dist, all_reduce_sum
 
 
 def val_sequences(domain: DomainData, seq_len: int, max_tokens: int, split: str = "val") -> np.ndarray:

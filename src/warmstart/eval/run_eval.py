@@ -84,7 +84,7 @@ def domain_losses(
     `windows` (documents | packed); refuses data not in the checkpoint's document format unless allowed."""
     from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
     from warmstart.models.build import check_data_compatible, check_data_format
-    from warmstart.train.distributed import Dist
+    from warmstart.runtime.distributed import Dist
 
     data, names = eval_domains(data_dir, domains)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -205,7 +205,7 @@ def eval_checkpoint(
     atomic.write_json(out_dir / name, result)
     result["json"] = str(out_dir / name)
     if run is not None and tasks:
-        from warmstart.train.metrics import MetricsLog
+        from warmstart.runtime.metrics import MetricsLog
 
         event = {"event": "task", "step": info["step"], "tokens": info["tokens"], "flops": info["flops"]}
         event.update({f"task/{k}": v for k, v in result["tasks"].items()})

@@ -146,7 +146,7 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
 
     from warmstart.data.shards import open_data_dir
     from warmstart.eval.perplexity import eval_windows, evaluate
-    from warmstart.train.distributed import setup, teardown
+    from warmstart.runtime.distributed import setup, teardown
 
     domains = open_data_dir(cfg.data.dir)
     names = _eval_domains(cfg)
@@ -308,7 +308,7 @@ def quickstart_step(root: Path, reference_run: Path) -> str:
         done = run_or_resume(recipe)
         if done is None:
             raise SystemExit(130)
-        from warmstart.train.metrics import read_metrics
+        from warmstart.runtime.metrics import read_metrics
 
         evals = [m for m in read_metrics(recipe.run_dir) if m.get("event") == "eval"]
         results[label] = (done["params"], evals[0]["val/prose/loss"], evals[-1]["val/prose/loss"])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from warmstart import atomic
 from warmstart.config import Recipe, to_yaml, validate
-from warmstart.train.metrics import read_metrics
+from warmstart.runtime.metrics import read_metrics
 
 UPSTREAM, DOWNSTREAM = "prose", "code"
 SEQ_LEN = 128

@@ -143,7 +143,7 @@ def run_point(recipe: Recipe) -> tuple[str, int]:
 
 def _row(pt: Point, recipe: Recipe, window: int) -> dict:
     from warmstart.eval.gap import run_gap
-    from warmstart.train.rundir import finished_summary
+    from warmstart.runtime.rundir import finished_summary
 
     run_dir = recipe.run_dir
     row: dict = {"point": pt.name, "run_dir": str(run_dir), "grid": pt.values, "complete": False}

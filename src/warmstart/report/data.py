@@ -15,7 +15,7 @@ import yaml
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_metrics
 from warmstart.jsonfile import read_json_object
-from warmstart.train.metrics import read_metrics
+from warmstart.runtime.metrics import read_metrics
 
 
 @dataclass

@@ -44,8 +44,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from warmstart.atomic import write_json
 from warmstart.errors import UserError, warn
+from warmstart.runtime.distributed import Dist, barrier
 from warmstart.signals import pause_point
-from warmstart.train.distributed import Dist, barrier
 
 PREFIX = "step-"
 

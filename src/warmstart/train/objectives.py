@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from warmstart.models.loss import IGNORE
-from warmstart.train.distributed import Dist, all_reduce_sum
+from warmstart.runtime.distributed import Dist, all_reduce_sum
 
 __all__ = ["IGNORE", "Objective", "eval_pairs"]
 

@@ -15,8 +15,9 @@ import yaml
 
 from warmstart.config import Recipe, to_yaml
 from warmstart.errors import UserError
-from warmstart.train import rundir
-from warmstart.train.loop import config_changes, train
+from warmstart.runtime import rundir
+from warmstart.train.loop import train
+from warmstart.train.run_plan import config_changes
 
 
 @dataclass

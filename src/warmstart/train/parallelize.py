@@ -1,7 +1,8 @@
-"""Process-group setup and model wrapping, kept apart from the loop (torchtitan's `parallelize` split).
+"""How a model is laid out over the processes, kept apart from the loop and the model (torchtitan's `parallelize`).
 
-The loop calls `setup`, `parallelize`, `gradient_sync`, `unwrap`, `full_state_dict`, `all_reduce_sum` and
-`teardown`; the model code is never touched. `train.parallel` chooses the layout under torchrun:
+The loop calls `parallelize`, `gradient_sync`, `unwrap`, `full_value` and `full_state_dict`; the model code is
+never touched (the process group itself is `warmstart.runtime.distributed`). `train.parallel` chooses the
+layout under torchrun:
 
 - `ddp`: every process holds the whole model, gradients are all-reduced (DistributedDataParallel).
 - `fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) on each transformer block, then on the root (embeddings,
@@ -15,48 +16,12 @@ One process (`WORLD_SIZE` 1) runs the plain model under either choice.
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from warmstart.errors import UserError
 from warmstart.models.surgery import find_blocks, layer_count
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def setup(device: str = "auto") -> Dist:
-    """Read torchrun's environment; start a process group (nccl on CUDA, gloo on CPU) when world > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise UserError("train.device: cuda requested but no CUDA device is available")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local_rank, device=dev)
+from warmstart.runtime.distributed import Dist
 
 
 def parallelize(model: torch.nn.Module, d: Dist, parallel: str = "ddp", bf16: bool = False) -> torch.nn.Module:
@@ -146,28 +111,3 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
             if names[0] in sd and name in sd:
                 sd[name] = sd[names[0]]
     return sd
-
-
-def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
-def broadcast_object(obj, d: Dist):
-    """Rank 0's value on every rank (used for decisions such as 'which checkpoint to resume')."""
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def teardown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()

@@ -1,16 +1,16 @@
-"""The run directory: what is in it, who holds it, and what starting or resuming does with it.
+"""The run directory: its file names, who holds it, and reading and writing what is in it.
 
     RUN_DIR/
         .lock           flock-ed by the one process that trains the run, for the run's life; removed at its end
         config.yaml     the recipe, written before step 1
-        metrics.jsonl   one event per line (warmstart.train.metrics)
+        metrics.jsonl   one event per line (warmstart.runtime.metrics)
         checkpoints/    step-NNNNNNNN/ (warmstart.train.checkpoint); .tmp-step-* while one is written
         final/          the Hugging Face checkpoint of the last step; .final.*.tmp while it is written
         summary.json    written last; with its final eval and final/ it means the run is finished
 
-`plan` decides, under the lock, what a `train` call does: start fresh, start again (an earlier attempt that
-stopped before its first checkpoint: nothing to keep, nothing to delete by hand), resume from the newest intact
-checkpoint (including one taken at the last step: the run then only finishes), or nothing (already finished).
+This module is the only place those names are spelled: everything else asks for `config_path(run_dir)`,
+`final_dir(run_dir)`, ... or reads through `read_config` / `read_summary` / `read_metrics`. What a `train` call
+does with an existing directory (start, restart, resume, nothing) is `warmstart.train.run_plan`.
 A lock left by a process that died is no lock (the kernel drops an flock with its holder), so it is taken over.
 """
 
@@ -24,16 +24,15 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import yaml
 
+from warmstart import atomic
 from warmstart.config import Recipe
-from warmstart.errors import UserError, warn
-from warmstart.train import checkpoint as ckpt
-from warmstart.train.distributed import Dist, broadcast_object
+from warmstart.errors import UserError
+from warmstart.runtime.distributed import Dist, broadcast_object
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -43,6 +42,41 @@ FINAL = "final"
 SUMMARY = "summary.json"
 
 T = TypeVar("T")
+
+
+def config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def final_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / FINAL
+
+
+def summary_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / SUMMARY
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether PATH looks like a warmstart run directory (it has a config.yaml or a final/)."""
+    return config_path(path).is_file() or final_dir(path).is_dir()
+
+
+def write_config(run_dir: Path, text: str) -> None:
+    """RUN_DIR/config.yaml, atomically."""
+    atomic.write_text(config_path(run_dir), text)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """RUN_DIR/summary.json, atomically: written last, it marks the run finished (with final/ and the final eval)."""
+    atomic.write_json(summary_path(run_dir), summary)
 
 
 def planned_steps(recipe: Recipe) -> int:
@@ -207,7 +241,7 @@ def remove_stale_temps(run_dir: Path) -> None:
                 p.unlink()
 
 
-def _contents(run_dir: Path) -> list[Path]:
+def contents(run_dir: Path) -> list[Path]:
     """What RUN_DIR holds besides the lock and stale temps."""
     if not run_dir.is_dir():
         return []
@@ -215,7 +249,7 @@ def _contents(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if p.name != LOCK and p not in temps]
 
 
-def _last_logged_step(run_dir: Path) -> int:
+def last_logged_step(run_dir: Path) -> int:
     """The highest step among metrics.jsonl's readable events (-1 when none); corrupt lines are passed over."""
     path = run_dir / METRICS
     last = -1
@@ -233,98 +267,9 @@ def _last_logged_step(run_dir: Path) -> int:
 
 def logged_eval(run_dir: Path, step: int) -> dict:
     """The values of metrics.jsonl's last eval event at `step` (what `run_eval` returned then); {} if none."""
-    from warmstart.train.metrics import read_metrics
+    from warmstart.runtime.metrics import read_metrics
 
     evals = [m for m in read_metrics(run_dir) if m.get("event") == "eval" and m["step"] == step]
     if not evals:
         return {}
     return {k: v for k, v in evals[-1].items() if k not in ("event", "step", "tokens", "flops", "lr")}
-
-
-# ----------------------------------------------------------------------------------------------- the decision
-@dataclass
-class Plan:
-    action: Literal["fresh", "restart", "resume", "finished"]
-    checkpoint: Path | None = None  # for "resume"
-    summary: dict | None = None  # for "finished"
-    note: str = ""  # one line for the user (restart: why)
-
-
-def _first_checkpoint_step(recipe: Recipe, old: dict | None) -> int:
-    total = planned_steps(recipe)
-    everies = [recipe.train.checkpoint_every, ((old or {}).get("train") or {}).get("checkpoint_every")]
-    return min([total] + [e for e in everies if isinstance(e, int) and e > 0])
-
-
-def _no_checkpoint(recipe: Recipe, old: dict | None) -> Plan:
-    """No checkpoint folder at all: a restart, unless metrics.jsonl shows there were checkpoints once."""
-    run_dir = recipe.run_dir
-    first, last = _first_checkpoint_step(recipe, old), _last_logged_step(run_dir)
-    if last > first:  # events after step `first` are only written once its checkpoint is complete
-        where = "is missing" if not (run_dir / CHECKPOINTS).is_dir() else "holds no checkpoint"
-        raise UserError(
-            f"{run_dir}: {CHECKPOINTS}/ {where}, yet {METRICS} reaches step {last}, past the first checkpoint "
-            f"(step {first}): the checkpoints were deleted or moved; put them back, or delete {run_dir} and start "
-            "the run again"
-        )
-    return Plan("restart", note=f"{run_dir}: no checkpoint yet (the earlier attempt stopped before step {first}); "
-                                "starting it again from step 0")
-
-
-def plan(recipe: Recipe, resume: bool, changed: list[str], allow_config_change: bool, existed: bool = True) -> Plan:
-    """What `train` does with RUN_DIR (call with the lock held; `changed`: config.yaml's keys that differ from
-    the recipe's; `existed`: RUN_DIR was there before the lock was taken).
-
-    Raises UserError, leaving every file as it was, when the directory holds something else, another recipe's
-    run, or a run that cannot be resumed (and then says what was found and why each checkpoint was rejected).
-    Stale temp files are removed when the run goes ahead.
-    """
-    run_dir = recipe.run_dir
-    old = read_config(run_dir)
-    contents = _contents(run_dir)
-    if old is None:
-        if contents:
-            raise UserError(
-                f"{run_dir}: run directory exists and is not a warmstart run (no {CONFIG}); "
-                "choose another name / out_dir"
-            )
-        if resume and not existed:
-            raise UserError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start the run")
-        remove_stale_temps(run_dir)
-        return Plan("fresh", note=f"{run_dir}: nothing to resume yet; starting from step 0" if resume else "")
-    if changed and not (resume and allow_config_change):
-        if resume:
-            raise UserError(
-                f"{run_dir}: --resume with a changed recipe ({', '.join(changed)}); resume continues the same run — "
-                "start a new run with init.from to switch data or schedule, or pass --allow-config-change"
-            )
-        raise UserError(
-            f"{run_dir}: run directory exists and holds a run of a different recipe ({', '.join(changed)}); "
-            "choose another name / out_dir"
-        )
-    checkpoints = ckpt.scan(run_dir / CHECKPOINTS)
-    if not resume:
-        if (run_dir / SUMMARY).exists() or (run_dir / FINAL).exists() or next(checkpoints, None) is not None:
-            raise UserError(
-                f"{run_dir}: run directory exists; use --resume to continue it, or choose another name / out_dir"
-            )
-        decision = _no_checkpoint(recipe, old)
-        remove_stale_temps(run_dir)
-        return decision
-    if unfinished(run_dir, recipe) is None:
-        return Plan("finished", summary=read_summary(run_dir))
-    rejected = []
-    for path, problem in checkpoints:
-        if problem is None:
-            remove_stale_temps(run_dir)
-            return Plan("resume", checkpoint=path)
-        warn(f"checkpoint {path} is damaged ({problem}); skipped")
-        rejected.append(f"{path.name} ({problem})")
-    if rejected:
-        raise UserError(
-            f"{run_dir}: no intact checkpoint to resume from; found {len(rejected)}, all rejected: "
-            f"{'; '.join(rejected)}. Delete {run_dir} and start the run again"
-        )
-    decision = _no_checkpoint(recipe, old)
-    remove_stale_temps(run_dir)
-    return decision

@@ -83,7 +83,7 @@ class MetricsLog:
             return
         line = json.dumps({k: _clean(v) for k, v in event.items()}) + "\n"
         if self._trackers is None:  # opened before the first line, so a bad tracker setting writes nothing
-            from warmstart.train.tracking import open_trackers
+            from warmstart.runtime.tracking import open_trackers
 
             names = self._tracker_names
             if names is None:

@@ -1,0 +1,267 @@
+"""Building a run before its first step: data, model, layout, optimizer, evaluation sets, restored state.
+
+`setup_run` does every check that can fail on bad input before any compute (data against the model's
+tokenizer and document format, batch shape, schedule, eval domains and tasks), then returns a `Run`: the
+objects the step loop (`warmstart.train.loop`) reads and nothing else. It writes config.yaml last, so a run that
+fails here leaves no run directory behind it (OLMo-core's `Config.build()` beside each component; torchtitan's
+`parallelize` apart from the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from warmstart import signals
+from warmstart.config import DataConfig, Recipe, to_yaml
+from warmstart.data.sampler import MixtureSampler
+from warmstart.data.shards import open_data_dir
+from warmstart.data.validation import evaluable_domains
+from warmstart.errors import UserError
+from warmstart.eval.perplexity import eval_windows
+from warmstart.models.build import (
+    build_model,
+    check_data_compatible,
+    check_data_format,
+    count_params,
+    enable_activation_checkpointing,
+    flops_per_token,
+    resolve_checkpoint,
+)
+from warmstart.models.loss import LossModel
+from warmstart.runtime import rundir
+from warmstart.runtime.distributed import Dist, barrier
+from warmstart.runtime.metrics import MetricsLog
+from warmstart.train import checkpoint as ckpt
+from warmstart.train.objectives import Objective, eval_pairs
+from warmstart.train.optim import build_optimizer
+from warmstart.train.parallelize import parallelize, unwrap
+from warmstart.train.run_plan import Plan
+from warmstart.train.schedules import lr_at
+from warmstart.train.throughput import peak_flops
+
+
+@dataclass
+class Run:
+    """Everything the step loop needs, built once by `setup_run`."""
+
+    recipe: Recipe
+    d: Dist
+    total_steps: int
+    gseqs: int  # sequences per optimizer step, all processes together
+    micro: int  # sequences per forward on this process
+    accum: int  # micro-batches per step on this process
+    sampler: MixtureSampler
+    model: torch.nn.Module  # the (possibly sharded) model the optimizer steps
+    ddp_model: torch.nn.Module  # the module gradients are synchronised through (DDP wrapper or `model`)
+    fwd_model: torch.nn.Module  # what forward runs (`ddp_model`, compiled when train.compile)
+    loss_model: LossModel
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    objective: Objective
+    autocast: contextlib.AbstractContextManager
+    val_sets: dict
+    metrics: MetricsLog
+    flops_per_token: float
+    n_params: int
+    source: str  # where the weights came from
+    peak_flops: float | None
+    step: int = 0
+    window: dict = field(default_factory=lambda: {"loss": 0.0, "steps": 0})  # the log window carried by a resume
+    resumed_from: Path | None = None
+    elapsed_before: float = 0.0  # wall time of this run's earlier processes
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.recipe.run_dir
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+
+def resolve_weights(data: DataConfig) -> DataConfig:
+    """`data.weights_from: mixture.json` -> explicit weights (a mixture file is just a weights table)."""
+    if not data.weights_from:
+        return data
+    path = Path(data.weights_from)
+    if not path.is_file():
+        raise UserError(f"data.weights_from: {path} not found")
+    try:
+        weights = json.loads(path.read_text())["weights"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"data.weights_from: {path} is not a mixture file (needs a 'weights' table)") from None
+    if data.weights:
+        raise UserError("data.weights_from: give weights or weights_from, not both")
+    return data.model_copy(update={"weights": {k: float(v) for k, v in weights.items()}, "weights_from": None})
+
+
+def batch_shape(recipe: Recipe, d: Dist) -> tuple[int, int, int]:
+    """(global sequences per step, micro batch, gradient-accumulation steps) per process; UserError when the
+    batch does not split evenly over the processes and micro-batches."""
+    gseqs = recipe.train.batch_tokens // recipe.data.seq_len
+    if gseqs % d.world:
+        raise UserError(
+            f"train.batch_tokens: {gseqs} sequences per step do not split over {d.world} processes; "
+            f"use a multiple of {d.world * recipe.data.seq_len} tokens"
+        )
+    per_rank = gseqs // d.world
+    micro = min(recipe.train.micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise UserError(
+            f"train.micro_batch_size: {micro} does not divide the {per_rank} sequences each process gets per step"
+        )
+    return gseqs, micro, per_rank // micro
+
+
+def wants_bf16(recipe: Recipe, device: torch.device) -> bool:
+    return recipe.train.precision == "bf16" or (recipe.train.precision == "auto" and device.type == "cuda")
+
+
+def _autocast(recipe: Recipe, device: torch.device):
+    if not wants_bf16(recipe, device):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _open_data(recipe: Recipe, data_cfg: DataConfig, d: Dist) -> tuple[dict, list[str], MixtureSampler]:
+    """The data directory's domains, the evaluated ones, and the sampler; UserError for an unknown domain."""
+    domains = open_data_dir(data_cfg.dir)
+    eval_names = recipe.eval.domains if recipe.eval.domains is not None else list(domains)
+    for name in eval_names:
+        if name not in domains:
+            raise UserError(f"eval.domains: no domain {name!r} in {data_cfg.dir} (have: {', '.join(domains)})")
+    listed = eval_names
+    eval_names = evaluable_domains(domains, eval_names, recipe.eval.domains is not None, "eval.domains")
+    if d.is_main and len(eval_names) < len(listed):
+        skipped = ", ".join(n for n in listed if n not in eval_names)
+        print(f"note: no validation documents in {skipped}; training without validation for it")
+    if recipe.eval.tasks:  # on every rank, so none waits at a barrier for one that failed
+        from warmstart.eval.tasks import task_manager
+
+        task_manager(recipe.eval.tasks)  # unknown task names fail now, before the model is even loaded
+        if recipe.train.parallel == "fsdp" and d.enabled:
+            raise UserError("eval.tasks: lm-eval tasks run on rank 0 alone, which a sharded model (train.parallel: "
+                            "fsdp) cannot do; use parallel: ddp, or run `warmstart eval` on final/")
+    return domains, eval_names, MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
+
+
+def _check_data_meets_model(tok, vocab: int, domains: dict, used: list[str], data_cfg: DataConfig, d: Dist) -> None:
+    """Every domain the run reads has the model's tokenizer, ids inside its vocabulary and its document format."""
+    max_id = max(int(domains[n].index["splits"][s].get("max_token_id") or 0) for n in set(used) for s in ("train", "val"))
+    check_data_compatible(tok, domains[used[0]].tokenizer, max_id, vocab, data_cfg.dir)
+    check_data_format(tok, {n: domains[n] for n in sorted(set(used))}, data_cfg.dir,
+                      data_cfg.allow_format_mismatch, "--set data.allow_format_mismatch=true", d.is_main)
+    for n in set(used):
+        if domains[n].tokenizer.get("vocab_hash") != domains[used[0]].tokenizer.get("vocab_hash"):
+            raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
+
+
+def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) -> Run:
+    """Build the run `plan` calls for ("fresh", "restart" or "resume"); writes config.yaml when all is in place.
+
+    Raises UserError (nothing written) for data that does not meet the model, a batch that does not split, a
+    schedule whose phases do not fit, unknown eval domains or tasks, or an `init.keep_optimizer` source without
+    optimizer state.
+    """
+    t_start = time.perf_counter()
+    total_steps = rundir.planned_steps(recipe)
+    data_cfg = resolve_weights(recipe.data)
+    gseqs, micro, accum = batch_shape(recipe, d)
+    lr_at(recipe.schedule, 0, total_steps)  # schedule errors (phases that do not fit) before any heavy work
+    domains, eval_names, sampler = _open_data(recipe, data_cfg, d)
+    used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
+
+    loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed, seq_len=data_cfg.seq_len)
+    model, tok = loaded.model, loaded.tokenizer
+    vocab = model.get_input_embeddings().weight.shape[0]
+    _check_data_meets_model(tok, vocab, domains, used, data_cfg, d)
+    fpt, n_params = flops_per_token(model, data_cfg.seq_len), count_params(model)
+
+    model.train()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    if recipe.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    ddp_model = parallelize(model, d, recipe.train.parallel, bf16=wants_bf16(recipe, d.device))
+    model = unwrap(ddp_model)  # FSDP shards in place: the optimizer is built on the sharded parameters
+    optimizer = build_optimizer(model, recipe.optim, lr=lr_at(recipe.schedule, 0, total_steps), device=d.device)
+    # forward passes return the loss, never the full logits (models/loss.py); after the optimizer is built, since
+    # its one check forward is the first forward, where FSDP2 settles its sharded parameters
+    loss_model = LossModel(model)
+    objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
+    if objective.kind == "masked" and recipe.eval.windows == "documents":
+        raise UserError("eval.windows: documents is for causal LMs; use packed with model.objective: masked")
+    val_sets = {n: eval_windows(domains[n], data_cfg.seq_len, recipe.eval.max_tokens, recipe.eval.windows)
+                for n in eval_names}
+    if objective.kind == "masked":
+        val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
+
+    run = Run(
+        recipe=recipe, d=d, total_steps=total_steps, gseqs=gseqs, micro=micro, accum=accum, sampler=sampler,
+        model=model, ddp_model=ddp_model, fwd_model=torch.compile(ddp_model) if recipe.train.compile else ddp_model,
+        loss_model=loss_model, tokenizer=tok, optimizer=optimizer, objective=objective,
+        autocast=_autocast(recipe, d.device), val_sets=val_sets,
+        metrics=MetricsLog(rundir.metrics_path(recipe.run_dir), enabled=d.is_main,
+                           trackers=list(recipe.train.trackers)),
+        flops_per_token=fpt, n_params=n_params, source=loaded.source, peak_flops=peak_flops(d.device),
+        t_start=t_start,
+    )
+    _restore(run, plan, allow_config_change)
+    barrier(d)
+    if d.is_main:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(recipe.run_dir, to_yaml(recipe))
+        signals.pause_point("startup")
+        print(f"run {recipe.run_dir}: {loaded.source}, {n_params / 1e6:.2f}M params, {total_steps} steps x "
+              f"{recipe.train.batch_tokens} tokens, {d.world} process(es) on {d.device.type}")
+    return run
+
+
+def _restore(run: Run, plan: Plan, allow_config_change: bool) -> None:
+    """Resume: weights, optimizer, sampler, step, log window and metrics offset from the plan's checkpoint.
+    Otherwise: drop an earlier attempt's events (restart), and take AdamW's moments when init.keep_optimizer."""
+    recipe = run.recipe
+    if plan.checkpoint is not None:
+        state = ckpt.load_state(plan.checkpoint)
+        run.elapsed_before = float(state.get("elapsed_s", 0.0))
+        ckpt.load_into(plan.checkpoint, run.model, run.optimizer, run.d.rank)
+        run.sampler.load_state_dict(state["sampler"], strict=not allow_config_change)
+        run.step, run.window, run.resumed_from = state["step"], state["window"], plan.checkpoint
+        run.metrics.truncate(state["metrics_offset"])
+        if run.d.is_main:
+            print(f"resuming {run.run_dir} from {plan.checkpoint.name}")
+        return
+    if plan.action == "restart":
+        run.metrics.truncate(0)  # the earlier attempt's events: it stopped before its first checkpoint
+    if recipe.init.keep_optimizer:
+        _load_optimizer_moments(recipe.init.from_, run.model, run.optimizer)
+
+
+def _load_optimizer_moments(init_from: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Re-warming that keeps AdamW's moments: take them from the source run's newest checkpoint."""
+    checkpoints = rundir.checkpoints_dir(init_from)
+    path = ckpt.newest_valid(checkpoints) if checkpoints.is_dir() else None
+    if path is None:
+        resolved = resolve_checkpoint(init_from)
+        raise UserError(
+            f"init.keep_optimizer: {init_from} has no warmstart checkpoint with optimizer state "
+            f"(weights came from {resolved}); set keep_optimizer: false"
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it; the error says it
+            warnings.simplefilter("ignore")
+            ckpt.load_optimizer(path, model, optimizer)
+    except pickle.UnpicklingError:  # weights_only refuses anything but tensors and plain containers
+        raise UserError(
+            f"init.keep_optimizer: {path} holds optimizer state that is more than tensors (an unsafe pickle, not "
+            "loaded); set keep_optimizer: false"
+        ) from None

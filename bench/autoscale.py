@@ -25,6 +25,7 @@ from warmstart.config import DDOConfig, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.autoscale import predict, run_ddo, train_proxy
 from warmstart.recipes.autoscale_laws import predict_mixture
+from warmstart.runtime import rundir
 from warmstart.runtime.metrics import read_metrics
 
 DOMAINS = ["prose", "code", "docstrings"]
@@ -131,7 +132,7 @@ def main() -> None:
         train_proxy(recipe)
         runs[name] = recipe.run_dir
 
-    finals = {n: json.loads((d / "summary.json").read_text())["final_eval"] for n, d in runs.items()}
+    finals = {n: rundir.load_summary(d)["final_eval"] for n, d in runs.items()}
     target = finals["uniform"]["val/avg/loss"]
     uni_tokens = tokens_to_reach(runs["uniform"], target)
     rows = {}
@@ -171,7 +172,7 @@ def main() -> None:
         "seconds": {
             # the runs' own clocks (summary.json elapsed_s): a re-run that skips finished runs leaves these as they are
             "training_all_runs": round(sum(
-                json.loads((Path(r) / "summary.json").read_text())["elapsed_s"]
+                rundir.load_summary(Path(r))["elapsed_s"]
                 for r in [*(p["run_dir"] for k in ("ddo_n1", "ddo_n2") for p in mixes[k]["proxy_runs"]),
                           *runs.values()]
             )),

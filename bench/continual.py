@@ -30,6 +30,7 @@ from warmstart.data.demo_corpus import prepare_demo
 from warmstart.eval.gap import run_gap
 from warmstart.recipes.continual import pretraining_like_recipe
 from warmstart.recipes.sweep import run_point
+from warmstart.runtime import rundir
 from warmstart.runtime.metrics import read_metrics
 
 UP, DOWN = "prose", "code"
@@ -196,7 +197,7 @@ def report(runs: Path, names: list[str], args, sel: dict, seconds: float) -> Non
     import matplotlib.pyplot as plt
 
     rows = []
-    up_final = json.loads((runs / "upstream" / "summary.json").read_text())["final_eval"]
+    up_final = rundir.load_summary(runs / "upstream")["final_eval"]
     for n in names:
         g = run_gap(runs / n)
         g3 = run_gap(runs / n, window=3)

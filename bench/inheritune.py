@@ -22,6 +22,7 @@ from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.inheritune import ensure_inherited, grow, random_init_model, run_or_resume, target_loss
+from warmstart.runtime import rundir
 
 COMMAND = "python bench/inheritune.py"
 
@@ -108,7 +109,7 @@ def main() -> None:
     half = args.layers // 2  # the paper's "half depth, scratch" column (grow's baseline when it stops there)
     rows_half = summary["baseline"] if summary["final_layers"] == half else None
     if rows_half is None:
-        init = ensure_inherited(ref.run_dir / "final", cfg.grow_dir, half)
+        init = ensure_inherited(rundir.final_dir(ref.run_dir), cfg.grow_dir, half)
         scratch = validate(
             Recipe,
             {

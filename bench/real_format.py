@@ -42,6 +42,7 @@ from warmstart.data.shards import open_data_dir  # noqa: E402
 from warmstart.data.tokenizer import load_tokenizer  # noqa: E402
 from warmstart.eval.format_probe import run_probe  # noqa: E402
 from warmstart.eval.run_eval import eval_checkpoint  # noqa: E402
+from warmstart.runtime import rundir  # noqa: E402
 from warmstart.runtime.metrics import read_metrics  # noqa: E402
 from warmstart.train.loop import train  # noqa: E402
 
@@ -138,7 +139,7 @@ def main() -> None:
     del model
 
     run_dir = args.work / "runs" / "continued"
-    if not (run_dir / "summary.json").is_file():
+    if not rundir.summary_path(run_dir).is_file():
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -30,7 +30,6 @@ The upstream compute charged in the "total" columns is SmolLM2-135M's pre-traini
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -50,6 +49,7 @@ from warmstart.data import prepare  # noqa: E402
 from warmstart.eval.gap import run_gap  # noqa: E402
 from warmstart.recipes.continual import pretraining_like_recipe  # noqa: E402
 from warmstart.report import make_report  # noqa: E402
+from warmstart.runtime import rundir  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 UPSTREAM_TOKENS = 2e12  # SmolLM2-135M's pre-training tokens (model card)
@@ -114,7 +114,7 @@ class Bench:
             sys.exit(outcome.exit_code)
         # a finished run is reused through its summary.json; its resume checkpoint (weights + AdamW moments,
         # ~1.6 GB for SmolLM2) is not needed any more
-        shutil.rmtree(recipe.run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(rundir.checkpoints_dir(recipe.run_dir), ignore_errors=True)
         print(f"[bench] {recipe.name}: {outcome.status} ({time.perf_counter() - t0:.0f}s)", flush=True)
         return outcome.summary
 
@@ -207,7 +207,7 @@ class Bench:
                                  metric=f"val/{NEW}/loss", upstream_tokens=self.upstream["tokens"],
                                  upstream_flops=self.upstream["flops"])
         plain = [*lr_name.values(), "constant-low-lr"]
-        finals = {n: json.loads((self.work / "continual" / n / "summary.json").read_text())["final_eval"]
+        finals = {n: rundir.load_summary(self.work / "continual" / n)["final_eval"]
                   for n in names}
         best = min(plain, key=lambda n: finals[n][f"val/{NEW}/loss"])
         vs_best = make_report(runs, rep_dir / "continual-vs-best-plain", baseline=self.work / "continual" / best,
@@ -348,7 +348,7 @@ class Bench:
             rows.append({"k": k, "params": r[inh.name]["params"], "inherited": r[inh.name]["final"]["val/avg/loss"],
                          "random": r[rnd.name]["final"]["val/avg/loss"], "saved": r[inh.name]["compute_saved"],
                          "start": _first(inh), "random_start": _first(rnd)})
-        s1 = {r.name: json.loads((r.run_dir / "summary.json").read_text())["final_eval"]["val/avg/loss"]
+        s1 = {r.name: rundir.load_summary(r.run_dir)["final_eval"]["val/avg/loss"]
               for r in extra}
         ref = gs["reference"]
         lines = self.header("Inheritune on SmolLM2-135M: its first k blocks vs the same-shape random init", "inherit")

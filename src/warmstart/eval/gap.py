@@ -25,6 +25,7 @@ import numpy as np
 
 from warmstart import atomic
 from warmstart.errors import UserError
+from warmstart.runtime import rundir
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -106,12 +107,12 @@ def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dic
     from warmstart.runtime.metrics import read_metrics
 
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise UserError(f"{run_dir}: no metrics.jsonl (not a run directory, or the run has not started)")
+    if not rundir.metrics_path(run_dir).is_file():
+        raise UserError(f"{run_dir}: no {rundir.METRICS} (not a run directory, or the run has not started)")
     evals = sorted((m for m in read_metrics(run_dir) if m.get("event") == "eval"), key=lambda m: m["step"])
     keys = _metric_keys(evals)
     if not keys:
-        raise UserError(f"{run_dir}/metrics.jsonl: no evaluation events with val/<domain>/loss")
+        raise UserError(f"{rundir.metrics_path(run_dir)}: no evaluation events with val/<domain>/loss")
     out = {}
     for key, hib in keys:
         pts = [(m["step"], m["tokens"], m[key]) for m in evals if m.get(key) is not None]

@@ -11,15 +11,13 @@ own `eval.windows`, so `eval` of a run's final/ repeats its last in-loop evaluat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import yaml
 
 from warmstart import atomic
 from warmstart.data.validation import evaluable_domains
 from warmstart.errors import UserError
+from warmstart.runtime import rundir
 
 if TYPE_CHECKING:  # torch is imported where a model is evaluated, so argument errors come back at once
     import torch
@@ -30,10 +28,8 @@ def _locate(spec: str) -> tuple[Path | str, Path | None]:
     from warmstart.models.locate import resolve_checkpoint
 
     ckpt = resolve_checkpoint(spec, "checkpoint")
-    if isinstance(ckpt, Path):
-        run = ckpt.parent if ckpt.name == "final" else None
-        if run is not None and (run / "config.yaml").is_file() and (run / "summary.json").is_file():
-            return ckpt, run
+    if isinstance(ckpt, Path) and ckpt.name == rundir.FINAL:
+        return ckpt, rundir.run_of_checkpoint(ckpt)
     return ckpt, None
 
 
@@ -41,13 +37,7 @@ def _run_info(run: Path | None) -> dict:
     """Step, tokens, FLOPs and seq_len of a finished run (summary.json, config.yaml); empty for other checkpoints."""
     if run is None:
         return {}
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    except (ValueError, yaml.YAMLError):
-        raise UserError(f"checkpoint: {run} has a damaged summary.json or config.yaml") from None
-    if not isinstance(summary, dict) or not isinstance(cfg, dict):
-        raise UserError(f"checkpoint: {run} has a damaged summary.json or config.yaml")
+    summary, cfg = rundir.load_summary(run), rundir.read_config(run) or {}
     return {
         "step": summary.get("steps"),
         "tokens": summary.get("tokens"),
@@ -209,7 +199,7 @@ def eval_checkpoint(
 
         event = {"event": "task", "step": info["step"], "tokens": info["tokens"], "flops": info["flops"]}
         event.update({f"task/{k}": v for k, v in result["tasks"].items()})
-        MetricsLog(run / "metrics.jsonl", trackers=[]).write(event)
+        MetricsLog(rundir.metrics_path(run), trackers=[]).write(event)
     return result
 
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from warmstart.errors import UserError
+from warmstart.runtime import rundir
 
 FILE_SUFFIXES = (".json", ".yaml", ".yml", ".safetensors", ".bin", ".pt", ".pth", ".txt", ".jsonl", ".gz")
 
@@ -88,9 +89,9 @@ def resolve_checkpoint(spec: str, what: str = "init.from") -> Path | str:
     if p.is_dir():
         if (p / "config.json").is_file():
             return p
-        if (p / "final" / "config.json").is_file():
-            return p / "final"
-        if (p / "config.yaml").is_file():
+        if (rundir.final_dir(p) / "config.json").is_file():
+            return rundir.final_dir(p)
+        if rundir.config_path(p).is_file():
             raise UserError(f"{what}: {spec} is a warmstart run without final/ (unfinished); resume it first")
         raise UserError(f"{what}: {spec} has no config.json (not a Hugging Face checkpoint or warmstart run)")
     if p.exists():

@@ -15,6 +15,7 @@ import yaml
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_metrics
 from warmstart.jsonfile import read_json_object
+from warmstart.runtime import rundir
 from warmstart.runtime.metrics import read_metrics
 
 
@@ -66,8 +67,8 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def load_run(path: Path, name: str) -> Run:
-    if not (path / "metrics.jsonl").is_file():
-        raise UserError(f"{path}: no metrics.jsonl (not a warmstart run directory)")
+    if not rundir.metrics_path(path).is_file():
+        raise UserError(f"{path}: no {rundir.METRICS} (not a warmstart run directory)")
     events = read_metrics(path)
     evals = sorted((m for m in events if m.get("event") == "eval"), key=lambda m: m["step"])
     trains = sorted((m for m in events if m.get("event") == "train"), key=lambda m: m["step"])
@@ -81,9 +82,9 @@ def load_run(path: Path, name: str) -> Run:
             evals.append({**m, "event": "eval"})
     evals.sort(key=lambda m: m["step"])
     if not evals:
-        raise UserError(f"{path}/metrics.jsonl: no evaluation events (the run has not evaluated yet)")
-    summary = read_json_object(path / "summary.json") if (path / "summary.json").is_file() else {}
-    config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
+        raise UserError(f"{rundir.metrics_path(path)}: no evaluation events (the run has not evaluated yet)")
+    summary = rundir.load_summary(path) if rundir.summary_path(path).is_file() else {}
+    config = _read_yaml(rundir.config_path(path)) if rundir.config_path(path).is_file() else {}
     return Run(name, path, evals, trains, summary, config)
 
 
@@ -170,7 +171,7 @@ def classify(paths: list[str | Path]) -> tuple[list[Run], list[dict], list[dict]
         p = Path(raw)
         if not p.exists():
             raise UserError(f"report: {p} not found")
-        if (p / "metrics.jsonl").is_file():
+        if rundir.metrics_path(p).is_file():
             runs_p.append(p)
             continue
         g = read_grow(p)

@@ -41,11 +41,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from warmstart.errors import UserError
 from warmstart.models.surgery import INHERITED_FILE
 from warmstart.report.data import Run, final_value, reach
+from warmstart.runtime import rundir
 
 
 # ----------------------------------------------------------------------------------------------- run facts
@@ -85,15 +84,6 @@ def start_kind(run: Run) -> tuple[str, str | None]:
     return "continued", src
 
 
-def _run_dir_of(src: str) -> Path | None:
-    """The warmstart run directory a checkpoint spec points at (the run itself or its final/), else None."""
-    p = Path(src)
-    for cand in (p, p.parent) if p.name == "final" else (p,):
-        if (cand / "summary.json").is_file() and (cand / "config.yaml").is_file():
-            return cand
-    return None
-
-
 def upstream_compute(
     src: str | None, given: dict[str, tuple[float | None, float | None]], seen: tuple[str, ...] = ()
 ) -> tuple[float | None, float | None, str]:
@@ -115,11 +105,11 @@ def upstream_compute(
             return None, None, f"{src}: {INHERITED_FILE} names no reference"
         t, f, how = upstream_compute(str(ref), given, (*seen, src))
         return t, f, f"cut from {how}"
-    run_dir = _run_dir_of(src)
+    run_dir = rundir.run_of_checkpoint(src)
     if run_dir is None:
         return None, None, f"{src}: compute unknown (give --upstream-tokens/--upstream-flops)"
-    summary = _read_json(run_dir / "summary.json")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    summary = _read_json(rundir.summary_path(run_dir))
+    config = rundir.read_config(run_dir) or {}
     t0, f0, how = upstream_compute(_init_from(config), given, (*seen, src))
     tok, fl = summary.get("tokens"), summary.get("flops")
     t = None if t0 is None or tok is None else t0 + float(tok)
@@ -185,9 +175,9 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
 
     name_r = Path(src_r).name if src_r else ""
     name_b = Path(src_b).name if src_b else ""
-    if Path(src_r or "").name == "final":
+    if Path(src_r or "").name == rundir.FINAL:
         name_r = Path(src_r).parent.name
-    if Path(src_b or "").name == "final":
+    if Path(src_b or "").name == rundir.FINAL:
         name_b = Path(src_b).parent.name
     if kr == "scratch" and kb == "scratch":
         label = "both from scratch"

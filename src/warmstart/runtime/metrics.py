@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from warmstart.errors import UserError, warn
+from warmstart.runtime import rundir
 
 TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")  # wall-clock dependent; everything else is reproducible
 
@@ -87,7 +88,7 @@ class MetricsLog:
 
             names = self._tracker_names
             if names is None:
-                names = _configured_trackers(self.path.parent / "config.yaml")
+                names = _configured_trackers(rundir.config_path(self.path.parent))
             self._trackers = open_trackers(names, self.path.parent, event.get("step") if self._resumed else None)
             self._cut_partial_tail()
         # flushed to the OS on every event (a killed process loses nothing); checkpoints fsync what they need
@@ -132,7 +133,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     by a crash or a full disk, a list, a bare value) or an event without an integer `step`.
     """
 
-    path = Path(run_dir) / "metrics.jsonl"
+    path = rundir.metrics_path(run_dir)
     if not path.exists():
         return []
     try:
@@ -156,3 +157,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             raise UserError(f"{path}:{lineno}: event without an integer 'step' (got {step!r})")
         events.append(event)
     return events
+
+
+def logged_eval(run_dir: Path, step: int) -> dict:
+    """The values of metrics.jsonl's last eval event at `step` (what `run_eval` returned then); {} if none."""
+    evals = [m for m in read_metrics(run_dir) if m.get("event") == "eval" and m["step"] == step]
+    if not evals:
+        return {}
+    return {k: v for k, v in evals[-1].items() if k not in ("event", "step", "tokens", "flops", "lr")}

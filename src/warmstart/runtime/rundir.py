@@ -69,6 +69,27 @@ def is_run_dir(path: str | Path) -> bool:
     return config_path(path).is_file() or final_dir(path).is_dir()
 
 
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The finished warmstart run a checkpoint path names: the run directory itself or its final/ (with its
+    config.yaml and summary.json); None for any other path."""
+    p = Path(path)
+    for cand in (p, p.parent) if p.name == FINAL else (p,):
+        if summary_path(cand).is_file() and config_path(cand).is_file():
+            return cand
+    return None
+
+
+def load_summary(run_dir: str | Path) -> dict:
+    """RUN_DIR/summary.json, which must be there; UserError naming the file when it is missing or damaged."""
+    from warmstart.jsonfile import read_json_object
+
+    path = summary_path(run_dir)
+    try:
+        return read_json_object(path, "summary", "it is not the summary.json warmstart wrote; re-run the run")
+    except OSError:
+        raise UserError(f"{path}: missing (the run is not finished); resume it first") from None
+
+
 def write_config(run_dir: Path, text: str) -> None:
     """RUN_DIR/config.yaml, atomically."""
     atomic.write_text(config_path(run_dir), text)
@@ -263,13 +284,3 @@ def last_logged_step(run_dir: Path) -> int:
                 if isinstance(event, dict) and isinstance(event.get("step"), int):
                     last = max(last, event["step"])
     return last
-
-
-def logged_eval(run_dir: Path, step: int) -> dict:
-    """The values of metrics.jsonl's last eval event at `step` (what `run_eval` returned then); {} if none."""
-    from warmstart.runtime.metrics import read_metrics
-
-    evals = [m for m in read_metrics(run_dir) if m.get("event") == "eval" and m["step"] == step]
-    if not evals:
-        return {}
-    return {k: v for k, v in evals[-1].items() if k not in ("event", "step", "tokens", "flops", "lr")}

@@ -25,6 +25,7 @@ from warmstart.eval.perplexity import evaluate, perplexity
 from warmstart.models.build import save_hf
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, all_gather_objects, all_reduce_sum, barrier, setup, teardown
+from warmstart.runtime.metrics import logged_eval
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.host_allocator import keep_heap
 from warmstart.train.parallelize import full_state_dict, full_value, gradient_sync
@@ -205,7 +206,7 @@ def _first_eval(run: Run) -> dict:
     if run.step == 0 and run.resumed_from is None:
         return evaluate_run(run, 0)
     if run.step >= run.total_steps:
-        return rundir.logged_eval(run.run_dir, run.step) or evaluate_run(run, run.step)
+        return logged_eval(run.run_dir, run.step) or evaluate_run(run, run.step)
     return {}
 
 

@@ -15,8 +15,8 @@ import yaml
 
 from warmstart.cli import main
 from warmstart.data import prepare
-from warmstart.data.pipeline import val_count, val_indices
 from warmstart.data.shards import DomainData, dtype_for_vocab, open_data_dir, read_manifest
+from warmstart.data.splits import val_count, val_indices
 from warmstart.data.tokenizer import load_tokenizer
 from warmstart.errors import UserError
 
@@ -401,7 +401,7 @@ def test_damaged_output_is_repaired_and_missing_manifest_recovered(tmp_path, tok
 
 
 def test_workers_read_ahead_is_bounded(tokenizer_dir, tok):
-    from warmstart.data.pipeline import INFLIGHT_PER_WORKER, _Encoder
+    from warmstart.data.encode import INFLIGHT_PER_WORKER, _Encoder
 
     pulled = 0
 

@@ -11,7 +11,7 @@ __all__ = ["prepare"]
 
 def __getattr__(name: str):
     if name == "prepare":
-        from warmstart.data.pipeline import prepare
+        from warmstart.data.preparation import prepare
 
         return prepare
     raise AttributeError(name)

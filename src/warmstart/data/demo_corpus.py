@@ -373,7 +373,7 @@ def prepare_demo(root: Path, vocab_size: int = 2048, workers: int = 2, progress:
     import yaml
 
     from warmstart.config import PrepareConfig, validate
-    from warmstart.data.pipeline import prepare
+    from warmstart.data.preparation import prepare
     from warmstart.data.tokenizer_train import train_tokenizer
 
     corpus = Path(root) / "corpus"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.atomic import build_dir, write_json
-from warmstart.data.shards import FORMAT, DomainData, open_data_dir, read_manifest
+from warmstart.data.shards import FORMAT, DomainData, SplitWriter, open_data_dir, read_manifest
 from warmstart.errors import UserError
 
 RANKING_FORMAT = "warmstart-quality-ranking-v1"
@@ -59,8 +59,6 @@ def select_top_tokens(
     data_dir: str | Path, ranking_dir: str | Path, top_tokens: int, out_domain: str, overwrite: bool = False
 ) -> dict:
     """Write the lowest-perplexity documents (up to `top_tokens` tokens) as prepared domain `out_domain`."""
-    from warmstart.data.pipeline import SplitWriter
-
     data_dir = Path(data_dir)
     if top_tokens <= 0:
         raise UserError(f"--top-tokens: must be > 0 (got {top_tokens})")

@@ -14,10 +14,14 @@ index.json keys: format, domain, tokenizer {name, vocab_hash, vocab_size, eos_id
 that decides the bytes), settings, sources, bad_records, and splits.<split>
 {file, tokens, docs, doc_offsets, max_token_id}. manifest.json: format, tokenizer, domains (recipe order),
 fingerprints {domain: fingerprint}.
+
+Written and read here alone: `SplitWriter` streams one split to disk (for `warmstart prepare` and
+`warmstart quality select`); `DomainData` and `open_data_dir` read it back.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -157,3 +161,57 @@ def read_manifest(path: str | Path) -> dict:
     if not mpath.is_file():
         return {}
     return read_json_object(mpath, "manifest", "delete it and re-run `warmstart prepare`")
+
+
+# ----------------------------------------------------------------------------------------------- writing
+class SplitWriter:
+    """Streams one split's tokens to `<split>.bin` and its document offsets into a preallocated `.npy`.
+
+    `n_docs` must be known up front (the offsets file is preallocated, so memory stays flat); `finish()` checks it
+    and returns the split's index entry; `abort()` closes the file after an error.
+    """
+
+    def __init__(self, root: Path, split: str, n_docs: int, dtype: np.dtype):
+        self.split, self.n_docs, self.dtype = split, n_docs, dtype
+        self.file, self.offsets_file = f"{split}.bin", f"{split}.docs.npy"
+        self.bin = open(root / self.file, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self.offsets = np.lib.format.open_memmap(
+            root / self.offsets_file, mode="w+", dtype=np.int64, shape=(n_docs + 1,)
+        )
+        self.offsets[0] = 0
+        self.docs = self.tokens = 0
+        self.max_id = -1
+
+    def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        k = len(lengths)
+        if self.docs + k > self.n_docs:
+            raise UserError(
+                "a source changed while being read (more documents than counted); run prepare again"
+            )
+        self.offsets[self.docs + 1 : self.docs + 1 + k] = self.tokens + np.cumsum(lengths)
+        self.bin.write(tokens.tobytes())
+        self.docs += k
+        self.tokens += int(tokens.size)
+        if tokens.size:
+            self.max_id = max(self.max_id, int(tokens.max()))
+
+    def finish(self) -> dict:
+        if self.docs != self.n_docs:
+            raise UserError(
+                "a source changed while being read (fewer documents than counted); run prepare again"
+            )
+        self.bin.flush()
+        os.fsync(self.bin.fileno())
+        self.bin.close()
+        self.offsets.flush()
+        del self.offsets
+        return {
+            "file": self.file,
+            "tokens": self.tokens,
+            "docs": self.docs,
+            "doc_offsets": self.offsets_file,
+            "max_token_id": self.max_id if self.max_id >= 0 else None,
+        }
+
+    def abort(self) -> None:
+        self.bin.close()

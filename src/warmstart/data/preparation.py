@@ -1,10 +1,8 @@
 """`warmstart prepare`: text sources -> tokenized train/val token arrays per domain (format: `data/shards.py`).
 
-What a domain's shard holds, exactly: for every document, in input order within its split,
-`prefix + tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + suffix`, concatenated,
-where prefix/suffix are the checkpoint's own document format (data/doc_format.py: BOS where the tokenizer adds
-one, one document-end token) recorded in index.json. Whatever the worker count, the
-bytes on disk are the same: chunks are tokenized in parallel but written in input order.
+The document encoder and its worker processes are in data/encode.py, the shard writer beside its reader in
+data/shards.py, the validation split's count and seeded draw in data/splits.py; this module plans, checks and
+builds the domains of a recipe.
 
 Two streaming passes per domain: a cheap one that validates every record and counts documents (so the
 validation documents can be drawn as an exact, seeded count before any token is written, and a bad line fails
@@ -22,18 +20,11 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
-import multiprocessing as mp
 import os
 import shutil
-import signal
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +32,21 @@ import numpy as np
 
 from warmstart.atomic import build_dir, write_json
 from warmstart.config import PrepareConfig, SourceConfig, read_yaml, set_dotted, validate
-from warmstart.data.doc_format import DocumentFormat, encode_texts, resolve_format
-from warmstart.data.shards import FORMAT, LEGACY_FORMATS, SPLITS, DomainData, dtype_for_vocab, read_manifest
+from warmstart.data.doc_format import DocumentFormat, resolve_format
+from warmstart.data.encode import _batches, _Encoder
+from warmstart.data.shards import (
+    FORMAT,
+    LEGACY_FORMATS,
+    SPLITS,
+    DomainData,
+    SplitWriter,
+    dtype_for_vocab,
+    read_manifest,
+)
 from warmstart.data.sources import detect_format, fingerprint_source, iter_documents
+from warmstart.data.splits import _members, val_count, val_indices
 from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
 from warmstart.errors import UserError
-
-DEFAULT_VAL_FRACTION = 0.01
-INFLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep workers busy, small enough to bound memory
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -155,182 +153,10 @@ def _config(cfg: PrepareConfig | dict | str | Path, overrides: dict[str, Any]) -
     return validate(PrepareConfig, tree, source)
 
 
-# ----------------------------------------------------------------------------------------------- tokenizing
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(tok, fmt: DocumentFormat, dtype: str) -> None:
-    # One tokenizer per process; its own Rust thread pool would only fight the other workers for cores.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    # Ctrl-C is the parent's to handle (it stops the pool); a worker dying of it would read as a crash.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.update(tok=tok, fmt=fmt, dtype=np.dtype(dtype))
-
-
-def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return encode_chunk(_WORKER["tok"], texts, _WORKER["fmt"], _WORKER["dtype"])
-
-
-def encode_chunk(tok, texts: list[str], fmt: DocumentFormat, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(per-document lengths, the documents' tokens as prefix + text + suffix, concatenated) for a list of texts.
-
-    Special-token strings inside a text are encoded as text (`encode_texts`)."""
-    ids = encode_texts(tok, texts)
-    prefix, suffix = fmt.prefix, fmt.suffix
-    extra = len(prefix) + len(suffix)
-    lengths = np.fromiter((len(x) + extra for x in ids), dtype=np.int64, count=len(ids))
-    joined: list[int] = []
-    for x in ids:  # list.extend runs in C: a few ns a token, against ~100 for a generator into np.fromiter
-        joined.extend(prefix)
-        joined.extend(x)
-        joined.extend(suffix)
-    flat = np.array(joined, dtype=np.int64)
-    total = len(joined)
-    if total and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
-        raise UserError(
-            f"tokenizer produced id {int(flat.max())} that does not fit {dtype}; set dtype: uint32"
-        )
-    return lengths, flat.astype(dtype)
-
-
+# ----------------------------------------------------------------------------------------------- progress
 def _bar_off(progress: bool) -> bool | None:
     """tqdm's `disable`: None shows bars on a terminal only, so logs and captured stderr stay clean."""
     return None if progress else True
-
-
-def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
-    it = iter(docs)
-    while batch := list(islice(it, size)):
-        yield batch
-
-
-class _Encoder:
-    """Tokenize chunks in order: in-process, or on a process pool with a bounded number of chunks in flight.
-
-    `Pool.imap` would read the whole input ahead into its task queue; submitting at most
-    INFLIGHT_PER_WORKER chunks per worker and collecting the oldest first keeps memory bounded and order fixed.
-    A `ProcessPoolExecutor` (not `multiprocessing.Pool`) so that a worker killed by the OS fails the run
-    instead of hanging it.
-    """
-
-    def __init__(self, tok, fmt: DocumentFormat, dtype: np.dtype, workers: int):
-        self.tok, self.fmt, self.dtype, self.workers = tok, fmt, dtype, workers
-        self.pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> _Encoder:
-        if self.workers > 1:
-            # fork where there is one: workers inherit the loaded tokenizer, start in milliseconds, and need no
-            # `if __name__ == "__main__"` guard in the caller's script; they only run the tokenizer, so threads
-            # of the parent (Arrow, tqdm) do not matter to them.
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            self.pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=mp.get_context(method),
-                initializer=_init_worker,
-                initargs=(self.tok, self.fmt, self.dtype.str),
-            )
-            # Start the workers now, with the variable set in the parent: a forked child of a process whose
-            # tokenizer already ran multi-threaded otherwise prints a warning from the tokenizers library.
-            saved = os.environ.get("TOKENIZERS_PARALLELISM")
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            try:
-                self.pool.submit(int).result()
-            except BaseException as e:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-                if isinstance(e, BrokenProcessPool):
-                    raise UserError(
-                        f"could not start {self.workers} tokenizer worker processes; try workers: 1"
-                    ) from None
-                raise
-            finally:
-                if saved is None:
-                    del os.environ["TOKENIZERS_PARALLELISM"]
-                else:
-                    os.environ["TOKENIZERS_PARALLELISM"] = saved
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-
-    def map(self, chunks: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.pool is None:
-            for chunk in chunks:
-                yield encode_chunk(self.tok, chunk, self.fmt, self.dtype)
-            return
-        pending: deque[Future] = deque()
-        limit = INFLIGHT_PER_WORKER * self.workers
-        try:
-            for chunk in chunks:
-                pending.append(self.pool.submit(_encode_in_worker, chunk))
-                if len(pending) >= limit:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        except BrokenProcessPool:
-            raise UserError(
-                f"a tokenizer worker process died (out of memory?); try fewer workers (now {self.workers}) "
-                "or a smaller batch_docs"
-            ) from None
-        finally:
-            for f in pending:
-                f.cancel()
-
-
-# ----------------------------------------------------------------------------------------------- writing
-class SplitWriter:
-    """Streams one split's tokens to `<split>.bin` and its document offsets into a preallocated `.npy`.
-
-    `n_docs` must be known up front (the offsets file is preallocated, so memory stays flat); `finish()` checks it
-    and returns the split's index entry; `abort()` closes the file after an error.
-    """
-
-    def __init__(self, root: Path, split: str, n_docs: int, dtype: np.dtype):
-        self.split, self.n_docs, self.dtype = split, n_docs, dtype
-        self.file, self.offsets_file = f"{split}.bin", f"{split}.docs.npy"
-        self.bin = open(root / self.file, "wb")  # noqa: SIM115 - closed in finish()/abort()
-        self.offsets = np.lib.format.open_memmap(
-            root / self.offsets_file, mode="w+", dtype=np.int64, shape=(n_docs + 1,)
-        )
-        self.offsets[0] = 0
-        self.docs = self.tokens = 0
-        self.max_id = -1
-
-    def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        k = len(lengths)
-        if self.docs + k > self.n_docs:
-            raise UserError(
-                "a source changed while being read (more documents than counted); run prepare again"
-            )
-        self.offsets[self.docs + 1 : self.docs + 1 + k] = self.tokens + np.cumsum(lengths)
-        self.bin.write(tokens.tobytes())
-        self.docs += k
-        self.tokens += int(tokens.size)
-        if tokens.size:
-            self.max_id = max(self.max_id, int(tokens.max()))
-
-    def finish(self) -> dict:
-        if self.docs != self.n_docs:
-            raise UserError(
-                "a source changed while being read (fewer documents than counted); run prepare again"
-            )
-        self.bin.flush()
-        os.fsync(self.bin.fileno())
-        self.bin.close()
-        self.offsets.flush()
-        del self.offsets
-        return {
-            "file": self.file,
-            "tokens": self.tokens,
-            "docs": self.docs,
-            "doc_offsets": self.offsets_file,
-            "max_token_id": self.max_id if self.max_id >= 0 else None,
-        }
-
-    def abort(self) -> None:
-        self.bin.close()
-
-
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -346,39 +172,6 @@ class _Plan:
     bad_records: int = 0
     val_index: np.ndarray | None = None
     seconds: float = 0.0
-
-
-def _domain_key(name: str) -> int:
-    """A stable integer per domain name, so domains with the same seed draw different validation sets."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
-
-
-def val_count(n_docs: int, val_docs: int | None, val_fraction: float | None, domain: str = "") -> int:
-    """Validation documents of a domain of `n_docs`: `val_docs` exactly, else round-half-up(fraction * n_docs).
-
-    The default (neither given) is 1% but at least one document once a domain has two; a fraction never takes
-    the last training document.
-    """
-    if val_docs is not None:
-        if val_docs and val_docs >= n_docs:
-            raise UserError(
-                f"val_docs {val_docs}: domain {domain!r} has only {n_docs} documents and none would be left "
-                "for training; lower val_docs"
-            )
-        return val_docs
-    frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-    k = math.floor(frac * n_docs + 0.5)
-    if val_fraction is None and n_docs >= 2:
-        k = max(k, 1)
-    return max(0, min(k, n_docs - 1))
-
-
-def val_indices(n_docs: int, k: int, seed: int, domain: str) -> np.ndarray:
-    """Sorted indices (in input order) of the `k` validation documents, drawn without replacement."""
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    rng = np.random.default_rng([seed % 2**64, _domain_key(domain)])
-    return np.sort(rng.choice(n_docs, size=k, replace=False)).astype(np.int64)
 
 
 def _open_domain(path: Path) -> DomainData | None:
@@ -451,14 +244,6 @@ def _count_documents(plan: _Plan, cfg: PrepareConfig, progress: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- building
-def _members(idx: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """idx in sorted_set, elementwise, in O(len(idx) log len(sorted_set)) (np.isin would sort the set per call)."""
-    if not len(sorted_set):
-        return np.zeros(len(idx), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_set, idx), len(sorted_set) - 1)
-    return sorted_set[pos] == idx
-
-
 def _build_domain(
     plan: _Plan, tmp: Path, cfg: PrepareConfig, encoder: _Encoder, index_head: dict, progress: bool
 ) -> dict:
@@ -521,7 +306,40 @@ def prepare(
     cfg = _config(cfg, overrides)
     out = Path(cfg.out)
     _check_out_dir(out)
+    setup = _setup(cfg)
 
+    # Plan every domain before writing anything: a bad input anywhere fails with the out dir untouched.
+    plans = [_plan_domain(name, sources, cfg, setup, out, progress) for name, sources in cfg.domains.items()]
+    results = _build_domains(plans, cfg, setup, out, progress)
+
+    fingerprints = {p.name: p.fingerprint for p in plans}
+    manifest, derived, stale = _write_manifest(out, cfg, setup.identity, fingerprints)
+    return PrepareResult(
+        out=out,
+        dtype=setup.dtype.name,
+        document=setup.doc_fmt,
+        domains=[results[p.name] for p in plans],
+        seconds=time.perf_counter() - t_start,
+        unlisted=_unlisted(out, manifest["domains"], stale),
+        kept=list(derived),
+        stale=stale,
+    )
+
+
+@dataclass
+class _Setup:
+    """What every domain of a run shares: the tokenizer, its document format, the token dtype, the tokenizer
+    identity (as recorded in manifest.json) and the head of every index.json."""
+
+    tok: Any
+    doc_fmt: DocumentFormat
+    dtype: np.dtype
+    identity: dict
+    index_head: dict
+
+
+def _setup(cfg: PrepareConfig) -> _Setup:
+    """Load the tokenizer and settle the document format and dtype; `UserError` when the dtype cannot hold its ids."""
     tok = load_tokenizer(cfg.tokenizer)
     doc_fmt = resolve_format(tok, cfg.bos, cfg.doc_end)
     vocab = tok.get_vocab()
@@ -549,61 +367,78 @@ def prepare(
         "document": doc_fmt.to_json(),
         "settings": settings,
     }
+    return _Setup(tok, doc_fmt, dtype, identity, index_head)
 
-    # Plan every domain before writing anything: a bad input anywhere fails with the out dir untouched.
-    plans: list[_Plan] = []
-    for name, sources in cfg.domains.items():
-        t0 = time.perf_counter()
-        source_info = []
-        for src in sources:
-            fmt = detect_format(src)
-            info = {**src.model_dump(), "format": fmt, "fingerprint": fingerprint_source(src)}
-            source_info.append(info)
-        fingerprint = _sha256_json(
-            {
-                "format": FORMAT,
-                "domain": name,
-                "vocab_hash": identity["vocab_hash"],
-                "document": [doc_fmt.prefix, doc_fmt.suffix, doc_fmt.specials_as_text],
-                "dtype": dtype.name,
-                "val_docs": cfg.val_docs,
-                "val_fraction": cfg.val_fraction,
-                "seed": cfg.seed,
-                "sources": [i["fingerprint"] for i in source_info],
-            }
-        )
-        plan = _Plan(name, sources, out / name, fingerprint, source_info)
-        state = _domain_state(plan.path, fingerprint)
-        if state == "different" and not cfg.overwrite:
-            old = _open_domain(plan.path)
-            if old is not None and old.document_format.legacy:
-                raise UserError(
-                    f"{plan.path}: domain {name!r} was prepared by an older warmstart (text + EOS, no recorded "
-                    "document format); use --overwrite to rebuild it in the checkpoint's format"
-                )
+
+def _fingerprint(name: str, cfg: PrepareConfig, setup: _Setup, source_info: list[dict]) -> str:
+    """sha256 of every input that decides a domain's bytes (see the module docstring)."""
+    doc_fmt = setup.doc_fmt
+    return _sha256_json(
+        {
+            "format": FORMAT,
+            "domain": name,
+            "vocab_hash": setup.identity["vocab_hash"],
+            "document": [doc_fmt.prefix, doc_fmt.suffix, doc_fmt.specials_as_text],
+            "dtype": setup.dtype.name,
+            "val_docs": cfg.val_docs,
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+            "sources": [i["fingerprint"] for i in source_info],
+        }
+    )
+
+
+def _plan_domain(
+    name: str, sources: list[SourceConfig], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool
+) -> _Plan:
+    """Fingerprint domain `name`, compare it with what `out` holds, and count its documents when it is to be built;
+    `UserError` when it exists with different inputs and `overwrite` is off."""
+    t0 = time.perf_counter()
+    source_info = []
+    for src in sources:
+        fmt = detect_format(src)
+        info = {**src.model_dump(), "format": fmt, "fingerprint": fingerprint_source(src)}
+        source_info.append(info)
+    fingerprint = _fingerprint(name, cfg, setup, source_info)
+    plan = _Plan(name, sources, out / name, fingerprint, source_info)
+    state = _domain_state(plan.path, fingerprint)
+    if state == "different" and not cfg.overwrite:
+        old = _open_domain(plan.path)
+        if old is not None and old.document_format.legacy:
             raise UserError(
-                f"{plan.path}: domain {name!r} exists with different inputs; use --overwrite to rebuild it"
+                f"{plan.path}: domain {name!r} was prepared by an older warmstart (text + EOS, no recorded "
+                "document format); use --overwrite to rebuild it in the checkpoint's format"
             )
-        plan.status = {"missing": "built", "different": "rebuilt", "damaged": "repaired"}.get(
-            state, "up to date"
+        raise UserError(
+            f"{plan.path}: domain {name!r} exists with different inputs; use --overwrite to rebuild it"
         )
-        if plan.status != "up to date":
-            _count_documents(plan, cfg, progress)
-        plan.seconds = time.perf_counter() - t0
-        plans.append(plan)
+    plan.status = {"missing": "built", "different": "rebuilt", "damaged": "repaired"}.get(
+        state, "up to date"
+    )
+    if plan.status != "up to date":
+        _count_documents(plan, cfg, progress)
+    plan.seconds = time.perf_counter() - t0
+    return plan
 
+
+def _build_domains(
+    plans: list[_Plan], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool
+) -> dict[str, DomainResult]:
+    """Build every planned domain that is not up to date and swap them all in together; a result per domain.
+
+    On any error nothing is swapped in, and an `out` this call created is removed."""
     created = not out.exists()
     results: dict[str, DomainResult] = {}
     try:
         todo = [p for p in plans if p.status != "up to date"]
         with contextlib.ExitStack() as swaps:
             if todo:
-                encoder = swaps.enter_context(_Encoder(tok, doc_fmt, dtype, cfg.workers))
+                encoder = swaps.enter_context(_Encoder(setup.tok, setup.doc_fmt, setup.dtype, cfg.workers))
             for plan in todo:
                 t0 = time.perf_counter()
                 # Built beside the final place; swapped in when the ExitStack closes, i.e. only if all succeed.
                 tmp = swaps.enter_context(build_dir(plan.path, replace=True))
-                index = _build_domain(plan, tmp, cfg, encoder, index_head, progress)
+                index = _build_domain(plan, tmp, cfg, encoder, setup.index_head, progress)
                 plan.seconds += time.perf_counter() - t0
                 results[plan.name] = _result(plan, index)
     except BaseException:
@@ -613,8 +448,14 @@ def prepare(
     for plan in plans:
         if plan.name not in results:
             results[plan.name] = _result(plan, DomainData.open(plan.path).index)
+    return results
 
-    fingerprints = {p.name: p.fingerprint for p in plans}
+
+# ----------------------------------------------------------------------------------------------- manifest
+def _write_manifest(
+    out: Path, cfg: PrepareConfig, identity: dict, fingerprints: dict[str, str]
+) -> tuple[dict, dict[str, str], list[str]]:
+    """Write `out`/manifest.json (only when it changes): (the manifest, derived domains kept, stale ones dropped)."""
     previous = read_manifest(out)
     derived, stale = _derived_domains(out, fingerprints, previous.get("domains", []))
     manifest = {
@@ -625,24 +466,19 @@ def prepare(
     }
     if previous != manifest:
         write_json(out / "manifest.json", manifest)
-    unlisted = sorted(
+    return manifest, derived, stale
+
+
+def _unlisted(out: Path, listed: list[str], stale: list[str]) -> list[str]:
+    """Prepared domains in `out` that the manifest does not list (and were not just dropped as stale), sorted."""
+    return sorted(
         p.name
         for p in out.iterdir()
         if p.is_dir()
         and not p.name.startswith(".")
-        and p.name not in manifest["domains"]
+        and p.name not in listed
         and p.name not in stale
         and (p / "index.json").is_file()
-    )
-    return PrepareResult(
-        out=out,
-        dtype=dtype.name,
-        document=doc_fmt,
-        domains=[results[p.name] for p in plans],
-        seconds=time.perf_counter() - t_start,
-        unlisted=unlisted,
-        kept=list(derived),
-        stale=stale,
     )
 
 

@@ -25,14 +25,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
 from warmstart import atomic
 from warmstart.config import Recipe
 from warmstart.errors import UserError
-from warmstart.runtime.distributed import Dist, broadcast_object
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -40,6 +39,9 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 SUMMARY = "summary.json"
+
+if TYPE_CHECKING:  # torch is imported only by what trains or evaluates: the CLI checks arguments first
+    from warmstart.runtime.distributed import Dist
 
 T = TypeVar("T")
 
@@ -110,6 +112,8 @@ def planned_steps(recipe: Recipe) -> int:
 
 def on_main(d: Dist, fn: Callable[[], T]) -> T:
     """`fn()` run on rank 0 only; its result, or its UserError, on every rank."""
+    from warmstart.runtime.distributed import broadcast_object
+
     result, error = None, None
     if d.is_main:
         try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from warmstart import atomic
+from warmstart import atomic, signals
 from warmstart.config import DDOConfig, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.autoscale import predict, run_ddo, train_proxy
@@ -251,4 +252,8 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except signals.Interrupted as e:  # a run stopped by a signal, checkpointed: re-running resumes it
+        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from warmstart import atomic
+from warmstart import atomic, signals
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
-from warmstart.recipes.inheritune import ensure_inherited, grow, random_init_model, run_or_resume, target_loss
+from warmstart.recipes.inheritune import ensure_inherited, grow, random_init_model, target_loss
 from warmstart.runtime import rundir
+from warmstart.train.runs import run_to_end
 
 COMMAND = "python bench/inheritune.py"
 
@@ -92,7 +93,7 @@ def main() -> None:
         },
     )
     print(f"[bench] reference: {args.layers} layers, {args.steps} steps")
-    ref_summary = run_or_resume(ref)
+    ref_summary = run_to_end(ref).summary
 
     cfg = validate(
         GrowRecipe,
@@ -119,7 +120,7 @@ def main() -> None:
                 "model": random_init_model(init),
             },
         )
-        s = run_or_resume(scratch)
+        s = run_to_end(scratch).summary
         rows_half = {
             "layers": half,
             "params": s["params"],
@@ -243,4 +244,8 @@ def why(r: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except signals.Interrupted as e:  # a run stopped by a signal, checkpointed: re-running resumes it
+        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_corpus import build as build_corpus  # noqa: E402
 from smollm2 import plain_checkpoint  # noqa: E402
 
-from warmstart import atomic  # noqa: E402
+from warmstart import atomic, signals  # noqa: E402
 from warmstart.config import DDOConfig, GrowRecipe, Recipe, validate  # noqa: E402
 from warmstart.data import prepare  # noqa: E402
 from warmstart.eval.gap import run_gap  # noqa: E402
@@ -96,22 +96,20 @@ class Bench:
         self.shards = self.work / "shards"
         prepare({"tokenizer": str(self.ckpt), "out": str(self.shards), "val_docs": self.s["val_docs"],
                  "domains": {d: [{"path": p}] for d, p in self.corpus["sources"].items()}}, progress=False)
-        from warmstart.recipes.inheritune import _count_params_of
+        from warmstart.recipes.inheritune import count_blocks_and_params
 
-        self.layers, self.params = _count_params_of(self.ckpt)
-        full_params = _count_params_of(full)[1]
+        self.layers, self.params = count_blocks_and_params(self.ckpt)
+        full_params = count_blocks_and_params(full)[1]
         keys = {str(full), str(full.resolve())}  # inherited.json records the resolved path
         self.upstream = {"tokens": dict.fromkeys(keys, UPSTREAM_TOKENS),
                          "flops": dict.fromkeys(keys, 6.0 * full_params * UPSTREAM_TOKENS)}
         self.timings["setup"] = time.perf_counter() - t0
 
     def train(self, recipe: Recipe) -> dict:
-        from warmstart.train.runs import run_once
+        from warmstart.train.runs import run_to_end
 
         t0 = time.perf_counter()
-        outcome = run_once(recipe)
-        if outcome.status == "interrupted":
-            sys.exit(outcome.exit_code)
+        outcome = run_to_end(recipe)
         # a finished run is reused through its summary.json; its resume checkpoint (weights + AdamW moments,
         # ~1.6 GB for SmolLM2) is not needed any more
         shutil.rmtree(rundir.checkpoints_dir(recipe.run_dir), ignore_errors=True)
@@ -336,8 +334,6 @@ class Bench:
         for r in extra:
             self.train(r)
         g = grow(cfg)
-        if g.interrupted:
-            sys.exit(g.exit_code)
         self.timings["inherit"] = time.perf_counter() - t0
         gs = g.summary
         rows = []
@@ -530,4 +526,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except signals.Interrupted as e:  # a run stopped by a signal, checkpointed: re-running resumes it
+        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -15,9 +15,10 @@ import yaml
 from train_helpers import tiny_recipe, tiny_recipe_tree
 
 from warmstart.cli import main
+from warmstart.demo.steps import report_step as quickstart_step
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_metrics
-from warmstart.report import make_report, quickstart_step
+from warmstart.report import make_report
 from warmstart.report.page import fmt
 from warmstart.runtime.metrics import read_metrics
 from warmstart.train.loop import train

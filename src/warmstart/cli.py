@@ -134,13 +134,13 @@ def cmd_grow(args: argparse.Namespace) -> int:
     resolve_checkpoint(recipe.reference.from_, "reference.from")
     from warmstart.recipes.inheritune import grow
 
-    result = grow(recipe)
-    return result.exit_code
+    grow(recipe)
+    return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "--out")
-    from warmstart.recipes.quickstart import run_quickstart
+    from warmstart.demo.quickstart import run_quickstart
 
     run_quickstart(Path(args.out), fresh=args.fresh)
     return 0
@@ -226,11 +226,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_gap(args: argparse.Namespace) -> int:
     if args.window < 1:
         raise UserError(f"--window: must be >= 1 (got {args.window})")
-    from warmstart.eval.gap import format_gap_table, run_gap
+    from warmstart.eval.gap import run_gap
+    from warmstart.recipes.tables import gap_table, text_table
 
-    gaps = run_gap(Path(args.run_dir), baseline_step=args.baseline_step, window=args.window)
-    print(format_gap_table(gaps))
-    print(f"wrote {Path(args.run_dir) / 'gap.json'}")
+    run_dir = Path(args.run_dir)
+    gaps = run_gap(run_dir, baseline_step=args.baseline_step, window=args.window)
+    print(text_table(gap_table({run_dir.name: gaps})))
+    print(f"wrote {run_dir / 'gap.json'}")
     return 0
 
 

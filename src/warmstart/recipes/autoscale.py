@@ -100,12 +100,9 @@ def proxy_recipe(cfg: DDOConfig, run: ProxyRun) -> Recipe:
 
 def train_proxy(recipe: Recipe) -> dict:
     """Run one proxy through the training loop (once: a finished run is read, not re-trained); its final eval."""
-    from warmstart.train.runs import run_once
+    from warmstart.train.runs import run_to_end
 
-    outcome = run_once(recipe)
-    if outcome.status == "interrupted":
-        raise SystemExit(outcome.exit_code)
-    return outcome.final_eval
+    return run_to_end(recipe).final_eval
 
 
 def target_weights(cfg: DDOConfig, eval_names: list[str]) -> dict[str, float]:
@@ -352,57 +349,3 @@ def weights_table(columns: dict[str, dict[str, float]]) -> str:
         rows.append(f"{d:<12}" + "".join(f"{columns[c]['weights'][d]:>14.3f}" for c in columns))
     return "\n".join(rows)
 
-
-# ----------------------------------------------------------------------------------------------- quickstart
-QS_DOMAINS = ["prose", "code", "docstrings"]
-
-
-def quickstart_configs(root: Path, budgets: tuple[int, int] = (16, 32)) -> list[DDOConfig]:
-    """Two tiny DDOs (base runs of `budgets` steps of 512 tokens) on the demo domains."""
-    root = Path(root)
-    out = []
-    for steps in budgets:
-        tree = {
-            "name": f"ddo-{steps * 512 // 1000}k",
-            "out_dir": str(root / "mixtures"),
-            "max_epochs": 4,
-            "proxy": {
-                "name": "proxy",
-                "seed": 0,
-                "data": {"dir": str(root / "corpus" / "shards"), "seq_len": 128},
-                "model": {"preset": "llama-tiny", "tokenizer": str(root / "corpus" / "tokenizer")},
-                "schedule": {"kind": "cosine", "max_lr": 3e-3, "warmup_steps": 2, "min_lr_ratio": 0.1},
-                "train": {
-                    "tokens": steps * 512,
-                    "batch_tokens": 512,
-                    "micro_batch_size": 4,
-                    "log_every": 10,
-                    "progress": False,
-                },
-                "eval": {"every": 100000, "max_tokens": 2048, "batch_size": 16, "domains": QS_DOMAINS},
-            },
-            "domains": QS_DOMAINS,
-        }
-        out.append(validate(DDOConfig, tree, f"quickstart:{tree['name']}"))
-    return out
-
-
-def quickstart_step(root: Path) -> str:
-    """A small DDO at two budgets on the demo domains and AutoScale's prediction at 4x the larger; a table."""
-    root = Path(root)
-    cfgs = quickstart_configs(root)
-    mixes = {}
-    for cfg in cfgs:
-        mixes[f"DDO {cfg.name[4:]}"] = run_ddo(cfg)
-    big = 4 * mixes[list(mixes)[-1]]["budget"]
-    pred = predict([c.mixture_dir for c in cfgs], big, root / "mixtures" / "predicted" / "mixture.json")
-    mixes[f"pred {big / 1000:g}k"] = pred
-    lines = [
-        "AutoScale on the demo domains (weights of the optimal mixture per token budget):",
-        weights_table(mixes),
-    ]
-    lines.append(
-        f"predicted mixture: {root / 'mixtures' / 'predicted' / 'mixture.json'} "
-        "(use it with data.weights_from)"
-    )
-    return "\n".join(lines)

@@ -1,5 +1,4 @@
-"""Continual pre-training recipes built on `train()`: the quickstart's gap report + replay variant, and the
-pretraining-like mixture of Guo et al. (2024).
+"""Continual pre-training recipes built on `train()`: the pretraining-like mixture of Guo et al. (2024).
 
 Pretraining-like mixture: keep the old (pretraining) mixture's proportions among the general domains, give the
 new domain a chosen share of every batch (Guo et al. replace the web share: ~82% domain data, ~18% general), and
@@ -10,9 +9,7 @@ each general domain per epoch) when `general_tokens_per_epoch` is given.
 from __future__ import annotations
 
 import copy
-import json
 from fractions import Fraction
-from pathlib import Path
 
 from warmstart.config import Recipe, validate
 from warmstart.errors import UserError
@@ -62,51 +59,3 @@ def pretraining_like_recipe(
         data["subsets"] = subsets
     return validate(Recipe, tree, "pretraining-like mixture")
 
-
-def _train_once(recipe: Recipe) -> None:
-    from warmstart.train.runs import run_once
-
-    outcome = run_once(recipe)
-    if outcome.status == "interrupted":
-        raise SystemExit(outcome.exit_code)
-
-
-def quickstart_step(root: Path, upstream_run: Path, rewarm_run: Path) -> str:
-    """The quickstart's continual step: the re-warm run's stability gap, plus a 25%-replay variant of it.
-
-    The replay run is the re-warm recipe of `warmstart.recipes.quickstart.recipes(root)` with
-    `data.replay = {fraction: 0.25, domains: {prose: 1.0}}` (same steps and schedule; compute-equivalent),
-    started from `upstream_run`; it is skipped when complete. Returns the text table (and writes gap.json in
-    both run directories).
-    """
-    from warmstart.eval.gap import run_gap
-    from warmstart.recipes.quickstart import UPSTREAM, recipes
-
-    root, upstream_run, rewarm_run = Path(root), Path(upstream_run), Path(rewarm_run)
-    if not (rewarm_run / "summary.json").is_file():
-        raise UserError(f"{rewarm_run}: the re-warm run is not complete (no summary.json); run it first")
-    base = recipes(root)["downstream-rewarm"].model_dump(mode="json", by_alias=True)
-    base["name"] = "downstream-rewarm-replay25"
-    base["out_dir"] = str(rewarm_run.parent)
-    base["init"]["from"] = str(upstream_run)
-    base["data"]["replay"] = {"fraction": 0.25, "domains": {UPSTREAM: 1.0}}
-    replay = validate(Recipe, base, "quickstart:downstream-rewarm-replay25")
-    _train_once(replay)
-
-    lines = []
-    for label, run in (("re-warm", rewarm_run), ("re-warm + 25% replay", replay.run_dir)):
-        gaps = run_gap(run)
-        final = json.loads((run / "summary.json").read_text())["final_eval"]
-        lines.append(f"{label} ({run.name}):")
-        lines.append(
-            f"  {'domain':<12} {'start':>8} {'worst':>8} {'@step':>6} {'depth':>7} {'recovered at':>14} "
-            f"{'final':>8} {'change':>8}"
-        )
-        for key, g in gaps.items():
-            dom = key.split("/")[1]
-            rec = f"step {g['recover_step']}" if g["recovered"] else "not recovered"
-            lines.append(
-                f"  {dom:<12} {g['start']:8.3f} {g['worst']:8.3f} {g['worst_step']:6d} {g['depth']:7.3f} "
-                f"{rec:>14} {final[key]:8.3f} {g['change']:+8.3f}"
-            )
-    return "\n".join(lines)

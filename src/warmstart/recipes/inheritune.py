@@ -14,14 +14,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.errors import UserError
+from warmstart.jsonfile import read_json_object
 from warmstart.models.locate import resolve_checkpoint
 from warmstart.models.presets import FAMILY_DEFAULTS
 from warmstart.models.surgery import inherit, layer_count
+from warmstart.runtime import rundir
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
@@ -49,13 +49,6 @@ def random_init_model(inherited: Path) -> dict:
     return {"config": str(Path(inherited) / "config.json"), "tokenizer": str(inherited), "sizes": sizes}
 
 
-def run_or_resume(recipe: Recipe) -> dict | None:
-    """summary.json of the run, trained once (see `run_once`); None when a signal stopped it (re-run resumes)."""
-    from warmstart.train.runs import run_once
-
-    return run_once(recipe).summary
-
-
 def target_loss(evals: dict, target: list[str] | None, where: str) -> float:
     """The compared number: the mean val loss of the target domains, or `val/avg/loss`."""
     keys = [f"val/{d}/loss" for d in target] if target else ["val/avg/loss"]
@@ -65,7 +58,7 @@ def target_loss(evals: dict, target: list[str] | None, where: str) -> float:
     return float(sum(evals[k] for k in keys) / len(keys))
 
 
-def _count_params_of(src: Path | str) -> tuple[int, int]:
+def count_blocks_and_params(src: Path | str) -> tuple[int, int]:
     """(blocks, parameters) of a checkpoint, from its config alone (the model is built on the meta device)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -81,11 +74,6 @@ def _count_params_of(src: Path | str) -> tuple[int, int]:
 class GrowResult:
     summary: dict
     path: Path
-    interrupted: bool = False
-
-    @property
-    def exit_code(self) -> int:
-        return 130 if self.interrupted else 0
 
 
 def _round_recipe(cfg: GrowRecipe, name: str, init_from: Path | None, model: dict | None) -> Recipe:
@@ -116,8 +104,8 @@ def reference_loss(cfg: GrowRecipe, src: Path | str) -> tuple[float, str]:
     if ref.loss is not None:
         return ref.loss, "given"
     run = Path(ref.from_)
-    if not ref.evaluate and (run / "summary.json").is_file():
-        old = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    if not ref.evaluate and rundir.summary_path(run).is_file():
+        old = rundir.read_config(run) or {}
         mine = {
             "data.dir": str(Path(cfg.data.dir).resolve()),
             "data.seq_len": cfg.data.seq_len,
@@ -134,8 +122,9 @@ def reference_loss(cfg: GrowRecipe, src: Path | str) -> tuple[float, str]:
                 f"reference.from: {run} was evaluated with a different {diff[0]} ({theirs[diff[0]]!r} vs "
                 f"{mine[diff[0]]!r}); set reference.evaluate: true to evaluate it on this recipe's data"
             )
-        summary = json.loads((run / "summary.json").read_text())
-        return target_loss(summary.get("final_eval", {}), cfg.grow.target, f"{run}/summary.json"), "summary"
+        path = rundir.summary_path(run)
+        summary = read_json_object(path, "run summary")
+        return target_loss(summary.get("final_eval", {}), cfg.grow.target, str(path)), "summary"
     return _evaluate_reference(cfg, src), "evaluated"
 
 
@@ -178,10 +167,12 @@ def _row(layers: int, summary: dict, cfg: GrowRecipe, kind: str) -> dict:
 
 
 def grow(cfg: GrowRecipe) -> GrowResult:
-    """Inheritune v2 (see the module docstring); writes OUT_DIR/NAME/grow_summary.json after every round."""
+    """Inheritune v2 (see the module docstring); writes OUT_DIR/NAME/grow_summary.json after every round.
+    A round stopped by a signal: grow_summary.json says "interrupted", then `signals.Interrupted` is raised
+    (`warmstart.train.runs`' policy; re-running resumes that round)."""
     _eval_domains(cfg)
     src = resolve_checkpoint(cfg.reference.from_, "reference.from")
-    k, ref_params = _count_params_of(src)
+    k, ref_params = count_blocks_and_params(src)
     if k < 2:
         raise UserError(f"reference.from: {src} has {k} block(s); inheriting needs at least 2")
     n = cfg.grow.start_layers or max(1, k // 2)
@@ -215,13 +206,18 @@ def grow(cfg: GrowRecipe) -> GrowResult:
         summary["baseline_flops"] = sum(r["flops"] for r in rows if r["kind"] == "random-init")
         atomic.write_json(path, summary)
 
+    def train_round(recipe: Recipe) -> dict:
+        from warmstart.train.runs import run_once
+
+        outcome = run_once(recipe)
+        if outcome.status == "interrupted":
+            save("interrupted")
+        return outcome.raise_if_interrupted().summary
+
     while True:
         init = ensure_inherited(src, root, n)
         print(f"[grow] round: {n} of {k} blocks inherited from {src}")
-        done = run_or_resume(_round_recipe(cfg, f"inheritune-L{n:02d}", init, None))
-        if done is None:
-            save("interrupted")
-            return GrowResult(summary, path, interrupted=True)
+        done = train_round(_round_recipe(cfg, f"inheritune-L{n:02d}", init, None))
         row = _row(n, done, cfg, "inheritune")
         row["matched"] = row["val_loss"] <= ref_loss + cfg.grow.tolerance
         summary["rounds"].append(row)
@@ -239,10 +235,7 @@ def grow(cfg: GrowRecipe) -> GrowResult:
     if cfg.grow.baseline:
         print(f"[grow] baseline: random init of {n} blocks, same steps")
         init = inherited_dir(root, n)
-        done = run_or_resume(_round_recipe(cfg, f"scratch-L{n:02d}", None, random_init_model(init)))
-        if done is None:
-            save("interrupted")
-            return GrowResult(summary, path, interrupted=True)
+        done = train_round(_round_recipe(cfg, f"scratch-L{n:02d}", None, random_init_model(init)))
         summary["baseline"] = _row(n, done, cfg, "random-init")
     save("complete")
     print(grow_table(summary))
@@ -267,58 +260,3 @@ def grow_table(summary: dict) -> str:
         )
     return "\n".join(lines)
 
-
-# ----------------------------------------------------------------------------------------------- quickstart
-QS_STEPS = 60
-QS_SEQ_LEN = 128
-QS_BATCH_TOKENS = 2048
-
-
-def quickstart_step(root: Path, reference_run: Path) -> str:
-    """Inherit half of the quickstart reference's blocks, train briefly, compare with the same-size random
-    init trained the same steps; returns a printable table. Finished runs are skipped."""
-    root, reference_run = Path(root), Path(reference_run)
-    src = resolve_checkpoint(str(reference_run))
-    k, ref_params = _count_params_of(src)
-    n = max(1, k // 2)
-    work = root / "runs" / "inheritune"
-    init = ensure_inherited(src, work, n)
-    common = {
-        "out_dir": str(work),
-        "seed": 0,
-        "data": {"dir": str(root / "corpus" / "shards"), "weights": {"prose": 1.0}, "seq_len": QS_SEQ_LEN},
-        "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
-        "schedule": {"kind": "cosine", "max_lr": 3e-3, "warmup_steps": 10, "min_lr_ratio": 0.1},
-        "train": {
-            "steps": QS_STEPS,
-            "batch_tokens": QS_BATCH_TOKENS,
-            "micro_batch_size": 16,
-            "log_every": 10,
-        },
-        "eval": {"every": 40, "max_tokens": 8192, "batch_size": 32, "domains": ["prose"]},
-    }
-    inh = validate(
-        Recipe, {**common, "name": f"inheritune-L{n:02d}", "init": {"from": str(init)}}, "quickstart"
-    )
-    rnd = validate(
-        Recipe, {**common, "name": f"scratch-L{n:02d}", "model": random_init_model(init)}, "quickstart"
-    )
-    results = {}
-    for label, recipe in (("inherited", inh), ("random init", rnd)):
-        done = run_or_resume(recipe)
-        if done is None:
-            raise SystemExit(130)
-        from warmstart.runtime.metrics import read_metrics
-
-        evals = [m for m in read_metrics(recipe.run_dir) if m.get("event") == "eval"]
-        results[label] = (done["params"], evals[0]["val/prose/loss"], evals[-1]["val/prose/loss"])
-    ref_summary = json.loads((reference_run / "summary.json").read_text())
-    ref_loss = ref_summary["final_eval"].get("val/prose/loss", float("nan"))
-    lines = [
-        f"Inheritune: {n} of {k} blocks of {reference_run.name}, {QS_STEPS} steps on 'prose' (val loss on 'prose')",
-        f"{'model':<22} {'layers':>6} {'params':>8} {'step 0':>8} {'end':>8}",
-        f"{'reference':<22} {k:>6} {ref_params / 1e6:>7.2f}M {'':>8} {ref_loss:>8.3f}",
-    ]
-    for label, (params, start, end) in results.items():
-        lines.append(f"{label:<22} {n:>6} {params / 1e6:>7.2f}M {start:>8.3f} {end:>8.3f}")
-    return "\n".join(lines)

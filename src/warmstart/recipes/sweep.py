@@ -27,6 +27,7 @@ import yaml
 from warmstart import atomic
 from warmstart.config import Recipe, apply_overrides, read_yaml, set_dotted, split_assignment, validate
 from warmstart.errors import UserError
+from warmstart.recipes.tables import gap_table, markdown_table
 
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9._+\-]")  # in a value; `=` and `,` only separate
 
@@ -134,7 +135,8 @@ def point_recipes(
 
 
 def run_point(recipe: Recipe) -> tuple[str, int]:
-    """Train one grid point once (skipped when finished, resumed when interrupted): (status, exit code)."""
+    """Train one grid point once (skipped when finished, resumed when interrupted): (status, exit code), the
+    exit code 128 + signum when a signal stopped it."""
     from warmstart.train.runs import run_once
 
     outcome = run_once(recipe)
@@ -161,23 +163,18 @@ def _row(pt: Point, recipe: Recipe, window: int) -> dict:
 
 
 def _markdown(rows: list[dict], keys: list[str]) -> str:
+    """Two tables: the grid values and final per-domain losses of every point, then the stability gap."""
     domains = sorted({d for r in rows for d in r.get("final", {})})
-    head = [*keys, *(f"final {d}" for d in domains), *(f"gap {d} (depth / recover tok)" for d in domains)]
+    head = [*keys, *(f"final {d}" for d in domains)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r["grid"][k]) for k in keys]
         for d in domains:
             v = r.get("final", {}).get(d)
             cells.append(f"{v:.4f}" if v is not None else "-")
-        for d in domains:
-            g = r.get("gap", {}).get(f"val/{d}/loss")
-            if g is None:
-                cells.append("-")
-            else:
-                rec = f"{g['recover_tokens']:,}" if g["recovered"] else "never"
-                cells.append(f"{g['depth']:.4f} / {rec}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    gap = gap_table({r["point"]: r["gap"] for r in rows if "gap" in r})
+    return "\n".join(lines) + f"\n\n## {gap['title']}\n\n{markdown_table(gap)}\n"
 
 
 def write_summary(
@@ -193,7 +190,9 @@ def write_summary(
 def run_sweep(
     recipe_path: str | Path, grid_items: list[str], overrides: list[str] | None = None, window: int = 1
 ) -> int:
-    """Run every grid point of a recipe (skipping finished ones) and write sweep.json / sweep.md; exit code."""
+    """Run every grid point of a recipe (skipping finished ones) and write sweep.json / sweep.md; exit code 0.
+    A point stopped by a signal: the summary of the points so far is written, then `signals.Interrupted`
+    (`warmstart.train.runs`' policy) is raised."""
     grid = parse_grid(grid_items)
     points = point_recipes(read_yaml(recipe_path), grid, overrides, source=str(recipe_path))
     out_dir = points[0][1].run_dir.parent
@@ -201,12 +200,14 @@ def run_sweep(
 
     check_out_dir(out_dir, "out_dir")
     print(f"sweep {out_dir}: {len(points)} point(s)")
-    code = 0
+    from warmstart.train.runs import run_once
+
     for i, (pt, recipe) in enumerate(points, 1):
-        status, code = run_point(recipe)
-        print(f"[sweep {i}/{len(points)}] {pt.name}: {status}")
-        if status == "interrupted":
+        outcome = run_once(recipe)
+        print(f"[sweep {i}/{len(points)}] {pt.name}: {outcome.status}")
+        if outcome.status == "interrupted":
             break
     write_summary(out_dir, points, grid, window)
     print(f"summary: {out_dir / 'sweep.md'}")
-    return code
+    outcome.raise_if_interrupted()  # the summary holds the points finished so far; a re-run resumes the rest
+    return 0

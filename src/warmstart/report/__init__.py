@@ -15,11 +15,12 @@ from pathlib import Path
 
 from warmstart import atomic
 from warmstart.errors import UserError
+from warmstart.recipes.tables import gap_table
 from warmstart.report import page, plots
 from warmstart.report.data import Run, classify, final_value, gaps
 from warmstart.report.saved import compute_saved, start_kind
 
-__all__ = ["make_report", "quickstart_step"]
+__all__ = ["make_report"]
 
 
 def _find_baseline(runs: list[Run], baseline: str | Path | None) -> Run:
@@ -111,49 +112,6 @@ def _saved_table(runs: list[Run], saved: dict[str, dict], metric: str, base: Run
     }
 
 
-def _gap_table(runs: list[Run], gap: dict[str, dict[str, dict]]) -> dict:
-    cols = [
-        "run",
-        "domain",
-        "start",
-        "worst",
-        "worst step",
-        "worst tokens",
-        "depth",
-        "recovered",
-        "recovered at tokens",
-        "final",
-        "change",
-    ]
-    formats = ["str", "str", "loss", "loss", "int", "int", "loss", "bool", "int", "loss", "loss"]
-    rows = []
-    for r in runs:
-        for d, g in gap[r.name].items():
-            rows.append(
-                [
-                    r.name,
-                    d,
-                    g["start"],
-                    g["worst"],
-                    g["worst_step"],
-                    g["worst_tokens"],
-                    g["depth"],
-                    g["recovered"],
-                    g["recover_tokens"] if g["recovered"] else "never",
-                    g["final"],
-                    g["change"],
-                ]
-            )
-    return {
-        "title": "Stability gap (validation loss per domain)",
-        "columns": cols,
-        "formats": formats,
-        "rows": rows,
-        "note": "start = the first evaluation; worst = highest loss after it; recovered = the "
-        "first evaluation after the worst back at or below the start.",
-    }
-
-
 def make_report(
     paths: list[str | Path],
     out: str | Path,
@@ -181,7 +139,7 @@ def make_report(
         gap = {r.name: gaps(r, gap_window) for r in runs}
         tables["runs"] = _runs_table(runs)
         tables["saved"] = _saved_table(runs, saved, metric, base)
-        tables["gap"] = _gap_table(runs, gap)
+        tables["gap"] = gap_table(gap)
         summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         summary["runs"] = [
             {
@@ -227,8 +185,3 @@ def make_report(
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return {**summary, "html": str(out / "report.html"), "markdown": str(out / "report.md")}
 
-
-def quickstart_step(root: Path, runs: list[Path], baseline: Path, metric: str = "val/avg/loss") -> Path:
-    """The quickstart's last step: the report of its runs in ROOT/report; returns the HTML page's path."""
-    result = make_report(runs, Path(root) / "report", baseline=baseline, metric=metric)
-    return Path(result["html"])

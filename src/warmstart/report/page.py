@@ -1,5 +1,7 @@
 """Tables as Markdown and one self-contained HTML page (PNG files embedded as base64 data URIs).
 
+Tables and their text/Markdown cells come from `warmstart.recipes.tables`; this module adds the HTML.
+
 A table is {"columns": [...], "formats": [...], "rows": [[value, ...]]} with raw JSON values; summary.json holds the
 same tables, and every HTML cell carries its raw value in `data-value`, so the page can be checked against it.
 """
@@ -11,6 +13,10 @@ import html
 import json
 from pathlib import Path
 
+from warmstart.recipes.tables import fmt, markdown_table
+
+__all__ = ["fmt", "markdown_table", "html_table", "markdown_page", "html_page"]
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
@@ -19,36 +25,6 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .note { color: #666; font-size: 0.9em; }
 """
-
-
-def fmt(value, spec: str) -> str:
-    """Display text of one cell; `spec` is 'int', 'sci', 'loss', 'frac', 'pct', 'bool' or 'str'."""
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        return value
-    if spec == "bool":
-        return "yes" if value else "no"
-    if spec == "int":
-        return f"{int(round(value)):,}"
-    if spec == "sci":
-        return f"{value:.3e}"
-    if spec == "loss":
-        return f"{value:.4f}"
-    if spec == "frac":
-        return f"{value:.3f}"
-    if spec == "pct":
-        return f"{100 * value:+.1f}%"
-    return str(value)
-
-
-def markdown_table(table: dict) -> str:
-    cols = table["columns"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in table["rows"]:
-        cells = [fmt(v, f) for v, f in zip(row, table["formats"], strict=True)]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
 
 
 def html_table(table: dict, table_id: str) -> str:

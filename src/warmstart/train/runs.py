@@ -4,6 +4,11 @@ Sweeps, grow rounds, DDO proxies and the quickstart all call `run_once`: a finis
 not retrained; an interrupted one (or one whose summary lacks its final eval) is resumed from its checkpoint; one
 that died before its first checkpoint is started again; a run directory holding a different recipe is refused
 rather than silently reused.
+
+Interruption, one policy for every recipe that trains several runs (`run_to_end`, or `RunOutcome.raise_if_
+interrupted` where the recipe first saves what it has): a run stopped by SIGTERM/SIGINT (checkpointed by the
+loop) stops the whole recipe with `signals.Interrupted`, so the CLI prints one line and exits 128 + the signal
+number; re-running the same command skips the finished runs and resumes the stopped one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Literal
 
 import yaml
 
+from warmstart import signals
 from warmstart.config import Recipe, to_yaml
 from warmstart.errors import UserError
 from warmstart.runtime import rundir
@@ -29,6 +35,16 @@ class RunOutcome:
     @property
     def final_eval(self) -> dict:
         return (self.summary or {}).get("final_eval", {})
+
+    def raise_if_interrupted(self) -> RunOutcome:
+        """This outcome when the run finished; `signals.Interrupted` (exit code 128 + signum, a note saying to
+        re-run the same command) when a signal stopped it."""
+        if self.status == "interrupted":
+            raise signals.Interrupted(self.exit_code - 128, RESUME_NOTE)
+        return self
+
+
+RESUME_NOTE = "re-run the same command to resume"
 
 
 def run_once(recipe: Recipe) -> RunOutcome:
@@ -54,3 +70,9 @@ def run_once(recipe: Recipe) -> RunOutcome:
     if result.interrupted_by:
         return RunOutcome("interrupted", None, result.exit_code)
     return RunOutcome("resumed" if resume else "trained", rundir.read_summary(run_dir))
+
+
+def run_to_end(recipe: Recipe) -> RunOutcome:
+    """`run_once`, with the multi-run recipes' interruption policy: a stopped run raises `signals.Interrupted`
+    (see the module docstring), so the returned outcome is always finished and carries its summary."""
+    return run_once(recipe).raise_if_interrupted()

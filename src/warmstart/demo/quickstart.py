@@ -12,18 +12,19 @@
 8. a report (PNG plots + HTML summary) of the runs, compute saved measured against that baseline on the
    `code` validation loss (own tokens, and counting the upstream pre-training).
 
-Each step is skipped when its output is already complete, and an interrupted run is resumed.
+Each step is skipped when its output is already complete, and an interrupted run is resumed. The steps of
+5, 6, 8 and the replay variant of 4 are in `warmstart.demo.steps`; this module holds the story and its recipes.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from warmstart import atomic
 from warmstart.config import Recipe, to_yaml, validate
-from warmstart.runtime.metrics import read_metrics
+from warmstart.jsonfile import read_json_object
+from warmstart.runtime import rundir
 
 UPSTREAM, DOWNSTREAM = "prose", "code"
 SEQ_LEN = 128
@@ -71,29 +72,8 @@ def recipes(root: Path) -> dict[str, Recipe]:
     }
 
 
-def _run(recipe: Recipe) -> None:
-    from warmstart.train.runs import run_once
-
-    outcome = run_once(recipe)
-    if outcome.status == "interrupted":
-        raise SystemExit(outcome.exit_code)
-
-
-def _gap_table(run_dir: Path, domains: list[str]) -> str:
-    evals = [m for m in read_metrics(run_dir) if m.get("event") == "eval"]
-    lines = [f"{'domain':<12} {'before':>8} {'worst':>8} {'(step)':>7} {'end':>8} {'change':>8}"]
-    for dom in domains:
-        key = f"val/{dom}/loss"
-        pts = [(m["step"], m[key]) for m in evals if m.get(key) is not None]
-        start, end = pts[0][1], pts[-1][1]
-        worst_step, worst = max(pts, key=lambda p: p[1])
-        lines.append(f"{dom:<12} {start:8.3f} {worst:8.3f} {worst_step:7d} {end:8.3f} {end - start:+8.3f}")
-    return "\n".join(lines)
-
-
-def _saved_lines(summary_path: Path) -> str:
-    """The report's compute saved against the scratch baseline, in a few printable lines."""
-    s = json.loads(summary_path.read_text())
+def _saved_lines(s: dict) -> str:
+    """The report's compute saved against the scratch baseline (its summary.json), in a few printable lines."""
     lines = [f"compute saved against {s['baseline']} (reaching its final {s['metric']}, {s['target']:.3f}):"]
     for r in s["runs"]:
         c = r["compute_saved"]
@@ -113,7 +93,13 @@ def _saved_lines(summary_path: Path) -> str:
 
 
 def run_quickstart(out: Path, fresh: bool = False) -> None:
+    """Run the quickstart in OUT (see the module docstring); a run stopped by a signal raises
+    `signals.Interrupted` (re-running the same command resumes it)."""
     from warmstart.data.demo_corpus import prepare_demo
+    from warmstart.demo import steps
+    from warmstart.eval.gap import run_gap
+    from warmstart.recipes.tables import gap_table, text_table
+    from warmstart.train.runs import run_to_end
 
     out = Path(out)
     if fresh and out.exists():
@@ -127,28 +113,25 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     for name, r in rs.items():
         atomic.write_text(out / "recipes" / f"{name}.yaml", to_yaml(r))
     print(f"[quickstart] pre-training the reference model on '{UPSTREAM}'")
-    _run(rs["upstream"])
+    run_to_end(rs["upstream"])
     print(f"[quickstart] continuing it on '{DOWNSTREAM}' with re-warming (warmup + cosine)")
-    _run(rs["downstream-rewarm"])
+    run_to_end(rs["downstream-rewarm"])
 
-    domains = [d.name for d in prepared.domains]
+    rewarm = rs["downstream-rewarm"].run_dir
     print(f"\nContinual pre-training {UPSTREAM} -> {DOWNSTREAM}: validation loss per domain")
-    print(_gap_table(rs["downstream-rewarm"].run_dir, domains))
-
-    from warmstart.recipes import autoscale, continual, inheritune
-    from warmstart.report import quickstart_step as report_step
+    print(text_table(gap_table({rewarm.name: run_gap(rewarm)})))
 
     print("\n[quickstart] stability gap and a replay variant")
-    print(continual.quickstart_step(out, rs["upstream"].run_dir, rs["downstream-rewarm"].run_dir))
+    print(steps.replay_step(rs["downstream-rewarm"], rs["upstream"].run_dir, UPSTREAM))
     print("\n[quickstart] Inheritune: half of the reference's blocks vs the same-size random init")
-    print(inheritune.quickstart_step(out, rs["upstream"].run_dir))
+    print(steps.inheritune_step(out, rs["upstream"].run_dir))
     print("\n[quickstart] AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
-    print(autoscale.quickstart_step(out))
+    print(steps.autoscale_step(out))
     print(f"\n[quickstart] the baseline the re-warmed runs replace: the same model from scratch on '{DOWNSTREAM}'")
-    _run(rs["downstream-scratch"])
-    runs = sorted(p.parent for p in (out / "runs").glob("*/summary.json"))
-    html = report_step(out, runs, baseline=rs["downstream-scratch"].run_dir, metric=f"val/{DOWNSTREAM}/loss")
-    print(_saved_lines(html.parent / "summary.json"))
-    print(f"\nruns: {out / 'runs'}  (metrics.jsonl, final/ Hugging Face checkpoints)")
+    run_to_end(rs["downstream-scratch"])
+    runs = sorted(p for p in (out / "runs").iterdir() if rundir.summary_path(p).is_file())
+    html = steps.report_step(out, runs, baseline=rs["downstream-scratch"].run_dir, metric=f"val/{DOWNSTREAM}/loss")
+    print(_saved_lines(read_json_object(html.parent / "summary.json", "report summary")))
+    print(f"\nruns: {out / 'runs'}  ({rundir.METRICS}, {rundir.FINAL}/ Hugging Face checkpoints)")
     print(f"recipes: {out / 'recipes'}  (re-run with `warmstart train RECIPE`)")
     print(f"report: {html}")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from warmstart.config import DDOConfig, Recipe, validate
 from warmstart.errors import UserError
-from warmstart.jsonfile import read_json_object
 from warmstart.runtime import rundir
 
 INHERITUNE_STEPS = 60
@@ -84,7 +83,7 @@ def inheritune_step(root: Path, reference_run: Path) -> str:
         done = run_to_end(recipe).summary
         evals = [m for m in read_metrics(recipe.run_dir) if m.get("event") == "eval"]
         results[label] = (done["params"], evals[0]["val/prose/loss"], evals[-1]["val/prose/loss"])
-    ref_summary = read_json_object(rundir.summary_path(reference_run), "run summary")
+    ref_summary = rundir.load_summary(reference_run)
     ref_loss = ref_summary["final_eval"].get("val/prose/loss", float("nan"))
     lines = [
         f"Inheritune: {n} of {k} blocks of {reference_run.name}, {INHERITUNE_STEPS} steps on 'prose' "

@@ -17,7 +17,6 @@ from pathlib import Path
 from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.errors import UserError
-from warmstart.jsonfile import read_json_object
 from warmstart.models.locate import resolve_checkpoint
 from warmstart.models.presets import FAMILY_DEFAULTS
 from warmstart.models.surgery import inherit, layer_count
@@ -122,9 +121,8 @@ def reference_loss(cfg: GrowRecipe, src: Path | str) -> tuple[float, str]:
                 f"reference.from: {run} was evaluated with a different {diff[0]} ({theirs[diff[0]]!r} vs "
                 f"{mine[diff[0]]!r}); set reference.evaluate: true to evaluate it on this recipe's data"
             )
-        path = rundir.summary_path(run)
-        summary = read_json_object(path, "run summary")
-        return target_loss(summary.get("final_eval", {}), cfg.grow.target, str(path)), "summary"
+        summary = rundir.load_summary(run)
+        return target_loss(summary.get("final_eval", {}), cfg.grow.target, str(rundir.summary_path(run))), "summary"
     return _evaluate_reference(cfg, src), "evaluated"
 
 

@@ -205,3 +205,51 @@ def test_continual_recipes_validate():
     assert len(paths) >= 4
     for p in paths:
         assert load_recipe(p).name == p.stem
+
+
+def test_an_interrupted_sweep_exits_128_plus_signum_then_resumes(data_dir, tokenizer_dir, tmp_path, capsys):
+    """The multi-run interruption policy through the CLI: a SIGTERM in the first point's step loop stops the whole
+    sweep (summary of the points so far written, one line, exit 143); the same command then finishes it."""
+    import signal
+    import threading
+    import time
+
+    from warmstart.cli import main
+
+    tree = tiny_recipe_tree(
+        data_dir,
+        tokenizer_dir,
+        tmp_path / "runs",
+        "ri",
+        train={"steps": 20, "batch_tokens": 128, "micro_batch_size": 4, "log_every": 1, "progress": False},
+        eval={"every": 10, "max_tokens": 128, "batch_size": 8},
+    )
+    recipe = tmp_path / "ri.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    argv = ["sweep", str(recipe), "--grid", "seed=1,2"]
+    root = tmp_path / "runs" / "ri"
+    metrics = root / "seed=1" / "metrics.jsonl"
+
+    def interrupt():
+        while not (metrics.is_file() and '"train"' in metrics.read_text()):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    code = main(argv)
+    t.join()
+    assert code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "warmstart: stopped by SIGTERM; re-run the same command to resume"
+    table = json.loads((root / "sweep.json").read_text())
+    assert [p["complete"] for p in table["points"]] == [False, False]
+    assert not (root / "seed=2").exists()  # the sweep stopped at the interrupted point
+
+    assert main(argv) == 0
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"train"' in line]
+    assert steps == list(range(1, 21))  # resumed, every step logged once
+    table = json.loads((root / "sweep.json").read_text())
+    assert [p["complete"] for p in table["points"]] == [True, True]
+    md = (root / "sweep.md").read_text()
+    assert md.count("| seed=") == 2 * 2  # two points x two domains in the gap table

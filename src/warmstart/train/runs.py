@@ -66,7 +66,11 @@ def run_once(recipe: Recipe) -> RunOutcome:
     if old is not None and (run_dir / rundir.SUMMARY).exists():
         print(f"{run_dir}: not complete ({missing}); finishing it")
     resume = old is not None  # resume finds a checkpoint, or starts again one that stopped before its first
-    result = train(recipe, resume=resume)
+    try:
+        result = train(recipe, resume=resume)
+    except signals.Interrupted as e:  # stopped outside the step loop: the same advice as inside it
+        e.note = RESUME_NOTE
+        raise
     if result.interrupted_by:
         return RunOutcome("interrupted", None, result.exit_code)
     return RunOutcome("resumed" if resume else "trained", rundir.read_summary(run_dir))

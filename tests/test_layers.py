@@ -1,7 +1,8 @@
 """The package's layers: every import of a warmstart module points down (or stays in its own layer), and no two
 modules import each other, directly or round a longer cycle. Lazy imports inside functions count too.
 
-Layers, bottom to top (README "Layout"): the base modules (errors, atomic, jsonfile, outputs, signals, config)
+Layers, bottom to top (README "Layout"): the base modules (errors, atomic, jsonfile, outputs, signals, tables,
+config)
 -> runtime/ -> data/ -> models/ -> eval/ -> train/ -> recipes/ -> report/ -> demo/ -> cli.
 """
 
@@ -14,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "warmstart"
 LAYERS = [
-    {"errors", "atomic", "jsonfile", "outputs", "signals", "config", "__init__", "__main__"},
+    {"errors", "atomic", "jsonfile", "outputs", "signals", "tables", "config", "__init__", "__main__"},
     {"runtime"},
     {"data"},
     {"models"},

@@ -226,8 +226,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_gap(args: argparse.Namespace) -> int:
     if args.window < 1:
         raise UserError(f"--window: must be >= 1 (got {args.window})")
-    from warmstart.eval.gap import run_gap
-    from warmstart.recipes.tables import gap_table, text_table
+    from warmstart.eval.gap import gap_table, run_gap
+    from warmstart.tables import text_table
 
     run_dir = Path(args.run_dir)
     gaps = run_gap(run_dir, baseline_step=args.baseline_step, window=args.window)

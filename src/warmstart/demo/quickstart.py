@@ -97,8 +97,8 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     `signals.Interrupted` (re-running the same command resumes it)."""
     from warmstart.data.demo_corpus import prepare_demo
     from warmstart.demo import steps
-    from warmstart.eval.gap import run_gap
-    from warmstart.recipes.tables import gap_table, text_table
+    from warmstart.eval.gap import gap_table, run_gap
+    from warmstart.tables import text_table
     from warmstart.train.runs import run_to_end
 
     out = Path(out)

@@ -26,8 +26,8 @@ def replay_step(rewarm: Recipe, upstream_run: Path, upstream_domain: str) -> str
     1.0}}` (same steps and schedule; compute-equivalent), started from `upstream_run`, next to it. Returns the
     gap table of both (and writes gap.json in both run directories). Raises UserError when `rewarm` has not run.
     """
-    from warmstart.eval.gap import run_gap
-    from warmstart.recipes.tables import gap_table, text_table
+    from warmstart.eval.gap import gap_table, run_gap
+    from warmstart.tables import text_table
     from warmstart.train.runs import run_to_end
 
     rewarm_run = rewarm.run_dir

@@ -124,14 +124,55 @@ def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dic
     return out
 
 
-def format_gap_table(gaps: dict[str, dict]) -> str:
-    """A fixed-width table: one row per metric."""
-    head = f"{'metric':<22} {'start':>8} {'worst':>8} {'@step':>6} {'depth':>7} {'recovered@tok':>14} {'final':>8} {'change':>8}"
-    lines = [head]
-    for key, g in gaps.items():
-        rec = f"{g['recover_tokens']:,}" if g["recovered"] else "never"
-        lines.append(
-            f"{key:<22} {g['start']:8.4f} {g['worst']:8.4f} {g['worst_step']:6d} {g['depth']:7.4f} "
-            f"{rec:>14} {g['final']:8.4f} {g['change']:+8.4f}"
-        )
-    return "\n".join(lines)
+GAP_COLUMNS = [
+    "run",
+    "domain",
+    "start",
+    "worst",
+    "worst step",
+    "worst tokens",
+    "depth",
+    "recovered",
+    "recovered at tokens",
+    "final",
+    "change",
+]
+GAP_FORMATS = ["str", "str", "loss", "loss", "int", "int", "loss", "bool", "int", "loss", "loss"]
+
+
+def _metric_label(key: str) -> str:
+    """'val/code/loss' -> 'code' (a domain's validation loss); any other metric key as it is."""
+    parts = key.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "val" and parts[2] == "loss" else key
+
+
+def gap_table(gaps: dict[str, dict[str, dict]]) -> dict:
+    """The stability-gap table: one row per (run, metric) of `gaps` = {run label: {metric key or domain:
+    `gap_metrics` result}}; start/worst/depth/final/change in the metric's units (a loss), steps and tokens as
+    counted by the run's log."""
+    rows = []
+    for run, metrics in gaps.items():
+        for key, g in metrics.items():
+            rows.append(
+                [
+                    run,
+                    _metric_label(key),
+                    g["start"],
+                    g["worst"],
+                    g["worst_step"],
+                    g["worst_tokens"],
+                    g["depth"],
+                    g["recovered"],
+                    g["recover_tokens"] if g["recovered"] else "never",
+                    g["final"],
+                    g["change"],
+                ]
+            )
+    return {
+        "title": "Stability gap (validation loss per domain)",
+        "columns": list(GAP_COLUMNS),
+        "formats": list(GAP_FORMATS),
+        "rows": rows,
+        "note": "start = the first evaluation; worst = highest loss after it; recovered = the "
+        "first evaluation after the worst back at or below the start.",
+    }

@@ -27,7 +27,8 @@ import yaml
 from warmstart import atomic
 from warmstart.config import Recipe, apply_overrides, read_yaml, set_dotted, split_assignment, validate
 from warmstart.errors import UserError
-from warmstart.recipes.tables import gap_table, markdown_table
+from warmstart.eval.gap import gap_table
+from warmstart.tables import markdown_table
 
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9._+\-]")  # in a value; `=` and `,` only separate
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from warmstart import atomic
 from warmstart.errors import UserError
-from warmstart.recipes.tables import gap_table
+from warmstart.eval.gap import gap_table
 from warmstart.report import page, plots
 from warmstart.report.data import Run, classify, final_value, gaps
 from warmstart.report.saved import compute_saved, start_kind

@@ -13,7 +13,7 @@ import html
 import json
 from pathlib import Path
 
-from warmstart.recipes.tables import fmt, markdown_table
+from warmstart.tables import fmt, markdown_table
 
 __all__ = ["fmt", "markdown_table", "html_table", "markdown_page", "html_page"]
 

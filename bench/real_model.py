@@ -50,6 +50,7 @@ from warmstart.eval.gap import run_gap  # noqa: E402
 from warmstart.recipes.continual import pretraining_like_recipe  # noqa: E402
 from warmstart.report import make_report  # noqa: E402
 from warmstart.runtime import rundir  # noqa: E402
+from warmstart.tables import fmt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 UPSTREAM_TOKENS = 2e12  # SmolLM2-135M's pre-training tokens (model card)
@@ -502,7 +503,7 @@ def _pct(row: dict, key: str) -> str:
     if not row.get("comparable", True):
         return "not comparable"
     v = row.get(key)
-    return "not reached" if not row.get("reached") else ("—" if v is None else f"{100 * v:+.1f}%")
+    return "not reached" if not row.get("reached") else ("—" if v is None else fmt(v, "saved"))
 
 
 def main() -> None:

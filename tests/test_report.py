@@ -382,3 +382,15 @@ def test_total_compute_of_real_continued_and_inherited_runs(data_dir, tokenizer_
     assert by["inh"]["compared_as"] == "inherited from cut vs same-shape random init; same data"
     assert by["inh"]["upstream_tokens"] == 8 * 256 and by["inh"]["upstream"] == "cut from up"
     assert "parameters" in by["cont"]["not_comparable"]  # the full-size continued run vs a 1-block init
+
+
+@pytest.mark.parametrize("saved, text", [
+    (0.25, "+25.0%"),
+    (1.0, "+100.0%"),
+    (-1.0, "-100.0%"),  # twice the baseline's compute: still a percentage
+    (-1.6276e8, "none: 1.63e+08x the baseline"),  # a total charging a checkpoint's whole pre-training
+])
+def test_saved_cells_read_as_a_percentage_or_as_the_multiple(saved, text):
+    from warmstart.tables import fmt
+
+    assert fmt(saved, "saved") == text

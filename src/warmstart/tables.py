@@ -9,7 +9,11 @@ from __future__ import annotations
 
 
 def fmt(value, spec: str) -> str:
-    """Display text of one cell; `spec` is 'int', 'sci', 'loss', 'frac', 'pct', 'bool' or 'str'."""
+    """Display text of one cell; `spec` is 'int', 'sci', 'loss', 'frac', 'pct', 'saved', 'bool' or 'str'.
+
+    'saved' is a compute-saved fraction (1 - run / baseline): a percentage while the run needs at most twice the
+    baseline's compute, and beyond that the multiple itself ("none: 1.6e+08x the baseline"), which a percentage
+    such as -16276041566.7% hides (a total that charges a checkpoint's whole pre-training)."""
     if value is None:
         return "—"
     if isinstance(value, str):
@@ -26,6 +30,8 @@ def fmt(value, spec: str) -> str:
         return f"{value:.3f}"
     if spec == "pct":
         return f"{100 * value:+.1f}%"
+    if spec == "saved":
+        return f"{100 * value:+.1f}%" if value >= -1 else f"none: {1 - value:.3g}x the baseline"
     return str(value)
 
 

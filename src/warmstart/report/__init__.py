@@ -76,7 +76,7 @@ def _saved_table(runs: list[Run], saved: dict[str, dict], metric: str, base: Run
         "tokens saved (total)",
         "FLOPs saved (total)",
     ]
-    formats = ["str", "str", "int", "pct", "sci", "pct", "int", "sci", "pct", "pct"]
+    formats = ["str", "str", "int", "saved", "sci", "saved", "int", "sci", "saved", "saved"]
     rows = []
     for r in runs:
         s = saved[r.name]

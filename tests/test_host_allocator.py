@@ -54,3 +54,17 @@ def test_keep_heap_changes_no_number(data_dir, tokenizer_dir, tmp_path):
         runs[keep] = train(r).run_dir
     assert metrics_without_timing(runs[False]) == metrics_without_timing(runs[True])
     assert_same_weights(runs[False] / "final" / "model.safetensors", runs[True] / "final" / "model.safetensors")
+
+
+@pytest.mark.parametrize("setting, n_params, on", [
+    ("auto", 1_800_000, True),
+    ("auto", 49_999_999, True),
+    ("auto", 50_000_000, False),
+    ("auto", 190_000_000, False),
+    (True, 190_000_000, True),
+    (False, 1_000, False),
+])
+def test_keep_heap_auto_is_on_for_small_models_only(setting, n_params, on):
+    from warmstart.train.host_allocator import wanted
+
+    assert wanted(setting, n_params) is on

@@ -184,8 +184,10 @@ class TrainConfig(Section):
         "ddp", description="under torchrun: ddp (whole model per process) or fsdp (FSDP2, sharded per block)"
     )
     cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads per process (default: torch's)")
-    keep_heap: bool = Field(
-        True, description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc)"
+    keep_heap: bool | Literal["auto"] = Field(
+        "auto",
+        description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc); auto: "
+        "for models under 50M parameters, where the faults cost more time than the kept heap costs memory",
     )
     activation_checkpointing: bool = Field(
         False, description="recompute each transformer block in backward instead of keeping its activations"

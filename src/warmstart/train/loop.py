@@ -27,7 +27,6 @@ from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, all_gather_objects, all_reduce_sum, barrier, setup, teardown
 from warmstart.runtime.metrics import logged_eval
 from warmstart.train import checkpoint as ckpt
-from warmstart.train.host_allocator import keep_heap
 from warmstart.train.parallelize import full_state_dict, full_value, gradient_sync
 from warmstart.train.run_plan import decide
 from warmstart.train.schedules import lr_at
@@ -60,8 +59,6 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
             try:
                 if recipe.train.cpu_threads:
                     torch.set_num_threads(recipe.train.cpu_threads)
-                if d.device.type == "cpu":
-                    keep_heap(recipe.train.keep_heap)
                 with rundir.held(recipe.run_dir, d) as lock:
                     plan = decide(recipe, d, resume, allow_config_change, existed=not lock.created_dir)
                     total = rundir.planned_steps(recipe)

@@ -41,6 +41,7 @@ from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog
 from warmstart.train import checkpoint as ckpt
+from warmstart.train.host_allocator import keep_heap, wanted
 from warmstart.train.objectives import Objective, eval_pairs
 from warmstart.train.optim import build_optimizer
 from warmstart.train.parallelize import parallelize, unwrap
@@ -185,6 +186,8 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     vocab = model.get_input_embeddings().weight.shape[0]
     _check_data_meets_model(tok, vocab, domains, used, data_cfg, d)
     fpt, n_params = flops_per_token(model, data_cfg.seq_len), count_params(model)
+    if d.device.type == "cpu":  # before the first step's buffers: they are what the setting is about
+        keep_heap(wanted(recipe.train.keep_heap, n_params))
 
     model.train()
     if hasattr(model.config, "use_cache"):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
+import time
 
 import pytest
 import yaml
@@ -11,6 +15,33 @@ from train_helpers import tiny_recipe_tree
 
 from warmstart.errors import UserError
 from warmstart.recipes.sweep import expand_grid, parse_grid, point_recipes, run_sweep
+
+
+def interruptible_tree(data_dir, tokenizer_dir, tmp_path, name: str, steps: int) -> dict:
+    """A tiny recipe that logs every step, so a signal lands inside its step loop."""
+    return tiny_recipe_tree(
+        data_dir, tokenizer_dir, tmp_path / "runs", name,
+        train={"steps": steps, "batch_tokens": 128, "micro_batch_size": 4, "log_every": 1, "progress": False},
+        eval={"every": 10, "max_tokens": 128, "batch_size": 8},
+    )
+
+
+@contextlib.contextmanager
+def sigterm_once_training_logs(metrics):
+    """A real SIGTERM to this process once `metrics` (a metrics.jsonl) holds its first train event; the step loop
+    checkpoints and stops. The signal comes from a thread, joined on leaving the block."""
+
+    def interrupt():
+        while not (metrics.is_file() and '"train"' in metrics.read_text()):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
 
 
 def test_cartesian_product_names_and_types():
@@ -130,32 +161,14 @@ def test_sweep_runs_every_point_then_skips_them(data_dir, tokenizer_dir, tmp_pat
 
 
 def test_sweep_resumes_an_interrupted_point_and_refuses_a_changed_recipe(data_dir, tokenizer_dir, tmp_path):
-    import signal
-    import threading
-    import time
-
     from warmstart.recipes.sweep import run_point
 
-    tree = tiny_recipe_tree(
-        data_dir,
-        tokenizer_dir,
-        tmp_path / "runs",
-        "rs",
-        train={"steps": 30, "batch_tokens": 128, "micro_batch_size": 4, "log_every": 1, "progress": False},
-        eval={"every": 10, "max_tokens": 128, "batch_size": 8},
-    )
+    tree = interruptible_tree(data_dir, tokenizer_dir, tmp_path, "rs", steps=30)
     ((_, recipe),) = point_recipes(tree, parse_grid(["seed=3"]))
     metrics = recipe.run_dir / "metrics.jsonl"
 
-    def interrupt():  # a real SIGTERM once training has logged its first step; the loop checkpoints and stops
-        while not (metrics.is_file() and '"train"' in metrics.read_text()):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    t = threading.Thread(target=interrupt)
-    t.start()
-    status, code = run_point(recipe)
-    t.join()
+    with sigterm_once_training_logs(metrics):
+        status, code = run_point(recipe)
     assert (status, code) == ("interrupted", 128 + signal.SIGTERM)
     assert not (recipe.run_dir / "summary.json").exists()
     stopped_at = json.loads(metrics.read_text().splitlines()[-1])["step"]
@@ -210,35 +223,17 @@ def test_continual_recipes_validate():
 def test_an_interrupted_sweep_exits_128_plus_signum_then_resumes(data_dir, tokenizer_dir, tmp_path, capsys):
     """The multi-run interruption policy through the CLI: a SIGTERM in the first point's step loop stops the whole
     sweep (summary of the points so far written, one line, exit 143); the same command then finishes it."""
-    import signal
-    import threading
-    import time
-
     from warmstart.cli import main
 
-    tree = tiny_recipe_tree(
-        data_dir,
-        tokenizer_dir,
-        tmp_path / "runs",
-        "ri",
-        train={"steps": 20, "batch_tokens": 128, "micro_batch_size": 4, "log_every": 1, "progress": False},
-        eval={"every": 10, "max_tokens": 128, "batch_size": 8},
-    )
+    tree = interruptible_tree(data_dir, tokenizer_dir, tmp_path, "ri", steps=20)
     recipe = tmp_path / "ri.yaml"
     recipe.write_text(yaml.safe_dump(tree))
     argv = ["sweep", str(recipe), "--grid", "seed=1,2"]
     root = tmp_path / "runs" / "ri"
     metrics = root / "seed=1" / "metrics.jsonl"
 
-    def interrupt():
-        while not (metrics.is_file() and '"train"' in metrics.read_text()):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    t = threading.Thread(target=interrupt)
-    t.start()
-    code = main(argv)
-    t.join()
+    with sigterm_once_training_logs(metrics):
+        code = main(argv)
     assert code == 128 + signal.SIGTERM
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "warmstart: stopped by SIGTERM; re-run the same command to resume"

@@ -187,7 +187,7 @@ class TrainConfig(Section):
     keep_heap: bool | Literal["auto"] = Field(
         "auto",
         description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc); auto: "
-        "for models under 50M parameters, where the faults cost more time than the kept heap costs memory",
+        "for models under 50M parameters, where the faults cost the most time for the least memory",
     )
     activation_checkpointing: bool = Field(
         False, description="recompute each transformer block in backward instead of keeping its activations"

@@ -62,14 +62,14 @@ SCALES = {
         "ckpt_layers": 4, "seq": 64, "batch": 64, "micro": 1, "max_docs": 24, "max_chars": 200, "val_docs": 4, "eval_tokens": 128,
         "cont_steps": 2, "dense": 1, "every": 2, "lrs": (1e-4, 1e-3), "mid_lr": 1e-4, "low_lr": 1e-5,
         "epochs": 1, "score_tokens": 64,
-        "inh_ks": (1, 2), "inh_steps": 2, "inh_lr": 1e-3, "grow_step": 1,
+        "inh_ks": (1, 2), "inh_steps": 2, "inh_long_steps": 4, "inh_lr": 1e-3, "grow_step": 1,
         "ddo_budgets": (1536, 3072), "ddo_target": 6144, "ddo_batch": 64, "mix_every": 24,
     },
     "full": {
         "ckpt_layers": None, "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "max_chars": 1500, "val_docs": 16, "eval_tokens": 1024,
         "cont_steps": 12, "dense": 4, "every": 4, "lrs": (1e-4, 3e-4, 1e-3), "mid_lr": 3e-4, "low_lr": 3e-5,
         "epochs": 4, "score_tokens": 128,
-        "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_lr": 1e-3, "grow_step": 10,
+        "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_long_steps": 64, "inh_lr": 1e-3, "grow_step": 10,
         "ddo_budgets": (16384, 32768), "ddo_target": 131072, "ddo_batch": 256, "mix_every": 64,
     },
 }
@@ -343,6 +343,14 @@ class Bench:
             ("inheritune", inherited(cfg, k2), None), ("scratch", None, random_init_model(inherited(cfg, k2))))]
         for r in extra:
             self.train(r)
+        # the headline depth again with 4x the tokens: does the inherited model overtake given a longer budget?
+        n_long = s["inh_long_steps"]
+        cfg_long = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": n_long}),
+                                          "eval": cfg.eval.model_copy(update={"every": max(1, n_long // 8)})})
+        long = [_round_recipe(cfg_long, f"{p}-L{k2:02d}-long", i, m) for p, i, m in (
+            ("inheritune", inherited(cfg, k2), None), ("scratch", None, random_init_model(inherited(cfg, k2))))]
+        for r in long:
+            self.train(r)
         g = grow(cfg)
         self.timings["inherit"] = time.perf_counter() - t0
         gs = g.summary
@@ -356,6 +364,13 @@ class Bench:
                          "start": _first(inh), "random_start": _first(rnd)})
         s1 = {r.name: rundir.load_summary(r.run_dir)["final_eval"]["val/avg/loss"]
               for r in extra}
+        rep_long = make_report([long[1].run_dir, long[0].run_dir], self.work / "reports" / f"inherit-L{k2:02d}-long",
+                               baseline=long[1].run_dir, upstream_tokens=self.upstream["tokens"],
+                               upstream_flops=self.upstream["flops"])
+        lr_ = {x["name"]: x for x in rep_long["runs"]}
+        li, lr0 = lr_[long[0].name], lr_[long[1].name]
+        long_row = {"k": k2, "tokens": n_long * s["batch"], "inherited": li["final"]["val/avg/loss"],
+                    "random": lr0["final"]["val/avg/loss"], "saved": li["compute_saved"]}
         ref = gs["reference"]
         lines = self.header("Inheritune on SmolLM2-135M: its first k blocks vs the same-shape random init", "inherit")
         lines += [
@@ -373,6 +388,10 @@ class Bench:
                          f"{r['random_start']:.3f} | {r['random']:.3f} | {_cell(r['saved'], 'tokens_to_target')} | "
                          f"{_pct(r['saved'], 'tokens_saved')} | {_pct(r['saved'], 'total_tokens_saved')} |")
         lines += ["", f"Second seed at k = {k2}: " + ", ".join(f"{n} {v:.3f}" for n, v in s1.items()), "",
+                  f"Longer budget at k = {k2}: {n_long} steps ({long_row['tokens']:,} tokens, 4x), same schedule "
+                  f"shape: inherited {long_row['inherited']:.3f} vs random init {long_row['random']:.3f}; inherited "
+                  f"tokens to random's final: {_cell(long_row['saved'], 'tokens_to_target')} (saved, marginal: "
+                  f"{_pct(long_row['saved'], 'tokens_saved')}).", "",
                   f"## grow (start {max(ks)}, step {s['grow_step']}) to the reference's loss {ref['val_loss']:.3f}", "",
                   "| round | blocks | params | val loss | matched |", "|---|---|---|---|---|"]
         for i, r in enumerate(gs["rounds"]):
@@ -385,6 +404,9 @@ class Bench:
         f = [
             ("An inherited model beats the same-shape random init at equal tokens (every k)", beat,
              ", ".join(f"k={r['k']}: {r['inherited']:.3f} vs {r['random']:.3f}" for r in rows)),
+            (f"With 4x the tokens (k = {k2}) the inherited model beats the random init",
+             long_row["inherited"] < long_row["random"],
+             f"{long_row['inherited']:.3f} vs {long_row['random']:.3f} after {long_row['tokens']:,} tokens"),
             ("More inherited blocks: lower loss (before overfitting)", more,
              " / ".join(f"{r['inherited']:.3f}" for r in rows)),
             ("grow reaches the reference's validation loss within its rounds (v2: matching with fewer blocks)",
@@ -394,6 +416,7 @@ class Bench:
         lines += ["## Which of the paper's findings reproduce here", ""]
         lines += [f"- **{'reproduces' if h else 'does not reproduce'}**: {c}. ({e})" for c, h, e in f]
         self.write("inheritune", lines, {"scale": self.args.scale, "settings": s, "rows": rows, "seed1": s1,
+                                         "long": long_row,
                                          "grow": gs, "findings": [list(x) for x in f],
                                          "wall_s": self.timings["inherit"]})
 

@@ -394,3 +394,30 @@ def test_saved_cells_read_as_a_percentage_or_as_the_multiple(saved, text):
     from warmstart.tables import fmt
 
     assert fmt(saved, "saved") == text
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe garbage", b'{"steps": 3'])
+def test_a_damaged_upstream_summary_is_one_line_naming_it(tmp_path, content):
+    """The total column follows init.from into a parent run: a damaged summary.json there is named, not a
+    traceback or a silent 'unknown'."""
+    from warmstart.report.saved import upstream_compute
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "config.yaml").write_text("name: parent\n")
+    (parent / "summary.json").write_bytes(content)
+    with pytest.raises(UserError, match=r"parent/summary\.json"):
+        upstream_compute(str(parent), {})
+    assert (parent / "summary.json").read_bytes() == content
+
+
+@pytest.mark.parametrize("content", [b"- a\n- b\n", b"\xff\xfe\x00", b"key: [unclosed\n"])
+def test_a_damaged_config_yaml_stops_the_report_in_one_line(tmp_path, content):
+    from warmstart.report.data import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "eval", "step": 0, "tokens": 0, "val/a/loss": 1.0}) + "\n")
+    (run / "config.yaml").write_bytes(content)
+    with pytest.raises(UserError, match=r"run/config\.yaml"):
+        load_run(run, "run")

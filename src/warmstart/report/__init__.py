@@ -106,7 +106,8 @@ def _saved_table(runs: list[Run], saved: dict[str, dict], metric: str, base: Run
         "formats": formats,
         "rows": rows,
         "note": f"target = the baseline's final {metric}; 'to target' = first reaching it, linear between "
-        "eval points; saved = 1 - (run's need / the baseline's own need). Marginal: each run's own tokens and "
+        "eval points; saved = 1 - (run's need / the baseline's own need), shown as the multiple ('none: Nx the "
+        "baseline') once the run needs more than twice the baseline's compute. Marginal: each run's own tokens and "
         "FLOPs. Total: plus the compute of the checkpoint it started from (upstream; empty = unknown), for the "
         "run and for the baseline alike. Rules (what is not comparable): warmstart/report/saved.py.",
     }

@@ -10,8 +10,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_metrics
 from warmstart.jsonfile import read_json_object
@@ -84,18 +82,8 @@ def load_run(path: Path, name: str) -> Run:
     if not evals:
         raise UserError(f"{rundir.metrics_path(path)}: no evaluation events (the run has not evaluated yet)")
     summary = rundir.load_summary(path) if rundir.summary_path(path).is_file() else {}
-    config = _read_yaml(rundir.config_path(path)) if rundir.config_path(path).is_file() else {}
+    config = rundir.read_config(path) or {}
     return Run(name, path, evals, trains, summary, config)
-
-
-
-
-def _read_yaml(p: Path) -> dict:
-    try:
-        obj = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"{p}: not valid YAML") from None
-    return obj if isinstance(obj, dict) else {}
 
 
 def read_mixture(path: Path) -> dict | None:

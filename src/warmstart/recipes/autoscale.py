@@ -171,6 +171,8 @@ def run_ddo(cfg: DDOConfig, runner: Runner | None = None) -> dict:
     for d in names:
         pts = [(1.0, base_loss)] + [(r.x, y) for r, _, y in records if r.domain == d]
         fits[d] = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
+        if not fits[d].identified:
+            print(f"[ddo] {d}: {fits[d].note}")
 
     m = len(names)
     w = np.array([base[d] for d in names])

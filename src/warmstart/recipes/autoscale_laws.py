@@ -21,11 +21,10 @@ is thus held at its cap and the others re-optimised with the same lam. `kkt_resi
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, brentq, curve_fit
+from scipy.optimize import brentq, minimize_scalar
 
 from warmstart.errors import UserError
 
@@ -39,7 +38,13 @@ def power_law(x, a: float, b: float, c: float):
 
 @dataclass
 class PowerLawFit:
-    """A fitted `(x + a)^(-b) + c`, with the points it came from and how well it matches them."""
+    """A fitted `(x + a)^(-b) + c`, with the points it came from and how well it matches them.
+
+    `identified` is False when the points do not pin the curve down (`note` says why): several curves of the
+    family pass through 3 points, none does, a parameter sits at its bound, or (> 3 points) the Jacobian is so
+    ill-conditioned that the data cannot separate `a` from `b`. The curve is still the one the documented rule
+    picks, so the same points give the same curve on every machine; only its extrapolation is less certain.
+    """
 
     a: float
     b: float
@@ -48,7 +53,14 @@ class PowerLawFit:
     y: list[float]
     residuals: list[float]  # y - L(x), per point
     rmse: float
-    method: str  # "interpolation" (3 points, 3 parameters) or "least-squares" (> 3 points)
+    method: (
+        str  # "interpolation" (3 points, 3 parameters) or "least-squares" (> 3 points, or no curve fits 3)
+    )
+    identified: bool = True
+    note: str = ""
+    alternatives: list[dict] = field(
+        default_factory=list
+    )  # other curves through the same 3 points: {a, b, c}
 
     def __call__(self, x):
         return power_law(x, self.a, self.b, self.c)
@@ -57,15 +69,143 @@ class PowerLawFit:
         return asdict(self)
 
 
-def fit_power_law(x, y) -> PowerLawFit:
-    """Fit `(x + a)^(-b) + c` to (multiplier, target loss) points with scipy's bounded curve_fit.
+# The family is (x + a)^(-b) + c with x > 0 the multiplier: a in (-min x, _A_MAX], b in _B_RANGE.
+_A_MAX = 100.0
+_COND_MAX = (
+    1e8  # above this scaled Jacobian condition number (> 3 points) the fit is reported as not identified
+)
 
-    Bounds: a > -min(x) (the curve stays finite at every observed point), 1e-4 <= b <= 20, c <= min(y) (the
-    power term is positive). For fixed (a, b) the best c is the mean gap, so every point of a grid over (a, b)
-    gets its c; curve_fit (trust-region reflective) refines the 8 best and the lowest squared error wins (the
-    surface has several basins: a single start can stop in the wrong one). With 3 points the result is an exact
-    interpolation that need not be unique (other (a, b, c) can pass through the same points and part ways outside
-    them); more multipliers make it a real fit that identifies the parameters.
+
+def _a_range(x: np.ndarray) -> tuple[float, float]:
+    return -0.999 * float(x.min()), _A_MAX
+
+
+def _a_grid(x: np.ndarray, n: int = 96) -> np.ndarray:
+    """Grid over a, uniform in log(x_min + a): dense near the pole at a = -x_min and at small |a|."""
+    lo, hi = _a_range(x)
+    xm = float(x.min())
+    return np.geomspace(lo + xm, hi + xm, n) - xm
+
+
+def _ratio_b(a: float, x: np.ndarray, r: float) -> float | None:
+    """The unique b > 0 with [f(x0) - f(x1)] / [f(x1) - f(x2)] = r for f = (x + a)^(-b), x0 < x1 < x2.
+
+    With u = log(x + a), p = u1 - u0, q = u2 - u1 the ratio is e^{bq} (e^{bp} - 1) / (e^{bq} - 1), whose log has
+    derivative q + p / (1 - e^{-bp}) - q / (1 - e^{-bq}) > 0 (since 1/b <= t / (1 - e^{-bt}) <= t + 1/b): it rises
+    strictly from p/q (b -> 0) to infinity, so b exists and is unique iff r > p/q. None otherwise (or if b > 20).
+    """
+    u = np.log(x + a)
+    p, q = float(u[1] - u[0]), float(u[2] - u[1])
+
+    def log_ratio(b: float) -> float:
+        return b * q + math.log(math.expm1(b * p)) - math.log(math.expm1(b * q)) - math.log(r)
+
+    lo, hi = _B_RANGE
+    if r <= p / q or log_ratio(lo) >= 0 or log_ratio(hi) <= 0:
+        return None
+    return brentq(log_ratio, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+
+
+def _interpolate(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float, float]]:
+    """Every (a, b, c) of the family through 3 points (x sorted ascending), found as the roots of one equation.
+
+    c drops out of the differences; the ratio of the two differences fixes b for each a (`_ratio_b`); the first
+    difference itself (the amplitude, which the family ties to a and b) leaves g(a) = f(x0) - f(x1) - (y0 - y1) = 0.
+    Its sign changes on a fine grid of a are refined by brentq, so each root is found to machine precision.
+    """
+    r = (y[0] - y[1]) / (y[1] - y[2])
+    if not (y[0] > y[1] > y[2]) or not math.isfinite(r):
+        return []
+
+    def g(a: float) -> float:
+        b = _ratio_b(a, x, r)
+        if b is None:
+            return math.nan
+        f = np.power(x + a, -b)
+        return float(f[0] - f[1] - (y[0] - y[1]))
+
+    grid = _a_grid(x, 400)
+    vals = [g(a) for a in grid]
+    roots = []
+    for i in range(len(grid) - 1):
+        g0, g1 = vals[i], vals[i + 1]
+        if not (math.isfinite(g0) and math.isfinite(g1)):
+            continue
+        if g0 == 0.0:
+            roots.append(float(grid[i]))
+        elif g0 * g1 < 0:
+            roots.append(
+                brentq(g, grid[i], grid[i + 1], xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+            )
+    out = []
+    for a in roots:
+        b = _ratio_b(a, x, r)
+        if b is not None:
+            out.append((a, b, float(np.mean(y - np.power(x + a, -b)))))
+    return out
+
+
+def _best_b(a: float, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """min over b of the squared error with c at its least-squares value (mean gap); returns (sse, b)."""
+
+    def sse(b: float) -> float:
+        f = np.power(x + a, -b)
+        res = y - f - np.mean(y - f)
+        return float(res @ res)
+
+    bs = np.geomspace(*_B_RANGE, 121)
+    vals = np.array([sse(b) for b in bs])
+    i = int(np.argmin(vals))
+    lo, hi = bs[max(i - 1, 0)], bs[min(i + 1, len(bs) - 1)]
+    res = minimize_scalar(sse, bounds=(lo, hi), method="bounded", options={"xatol": 1e-13 * hi})
+    return (float(res.fun), float(res.x)) if res.fun <= vals[i] else (float(vals[i]), float(bs[i]))
+
+
+def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least squares by variable projection: c is linear (profiled out), b a bounded 1-D search for each a,
+    and a a grid plus a bounded 1-D search of the profile. Every step is a 1-D problem solved to a tight
+    tolerance, so the result does not hinge on where a multi-dimensional optimiser happens to stop."""
+    grid = _a_grid(x)
+    prof = [_best_b(float(a), x, y)[0] for a in grid]
+    i = int(np.argmin(prof))
+    lo, hi = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)])
+    res = minimize_scalar(
+        lambda a: _best_b(a, x, y)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}
+    )
+    a = float(res.x) if res.fun <= prof[i] else float(grid[i])
+    b = _best_b(a, x, y)[1]
+    return a, b, float(np.mean(y - np.power(x + a, -b)))
+
+
+def _condition(x: np.ndarray, a: float, b: float) -> float:
+    """Condition number of the Jacobian of the curve in (log(x_min + a), log b, c) at the points."""
+    u = np.log(x + a)
+    f = np.exp(-b * u)
+    ja = -b * f / (x + a) * (float(x.min()) + a)  # d/d log(x_min + a)
+    jb = -b * u * f  # d/d log b
+    s = np.linalg.svd(np.column_stack([ja, jb, np.ones_like(x)]), compute_uv=False)
+    return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
+
+
+def fit_power_law(x, y) -> PowerLawFit:
+    """Fit `(x + a)^(-b) + c` to (multiplier, target loss) points: AutoScale's per-domain law (Kang et al. 2024,
+    the DDO stage), with a rule that makes the curve a property of the points, not of the machine.
+
+    Domain: a in (-0.999 min x, 100] (the curve stays finite at every observed point), 1e-4 <= b <= 20.
+
+    3 points (the paper's base + two perturbations): the curve interpolates them. Such curves are the roots of one
+    equation in a (see `_interpolate`), and there are often two (e.g. a = 0.05, b = 0.25 and a = 0.98, b = 1.53
+    through the same points): the rule takes the one with the smallest |a|, the curve closest to the paper's plain
+    power law x^(-b) + c, and records the others in `alternatives` (identified = False, since the points cannot
+    tell them apart). If no curve of the family passes through the 3 points (they are not decreasing, or bend less
+    than a logarithm), the least-squares curve below is used and the fit says so.
+
+    > 3 points: least squares by variable projection (`_least_squares`); reported as not identified when a or b
+    sits at its bound or the scaled Jacobian's condition number exceeds 1e8.
+
+    Each step is a root or a 1-D minimum found to near machine precision, so perturbing the losses by 1e-12
+    (relative) moves the curve by about that much times the problem's conditioning, on any CPU or BLAS.
+    Raises UserError for fewer than 3 distinct multipliers, non-positive multipliers or non-finite losses.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -77,58 +217,61 @@ def fit_power_law(x, y) -> PowerLawFit:
         raise UserError(f"power-law fit: needs 3 distinct multipliers, got {sorted(set(x.tolist()))}")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0):
         raise UserError("power-law fit: multipliers must be > 0 and losses finite")
-    a_lo = -0.999 * float(x.min())
-    c_hi = float(y.min())
-    span = float(y.max() - y.min()) + 1.0
-    lower, upper = [a_lo, _B_RANGE[0], c_hi - 100.0 * span - 100.0], [100.0, _B_RANGE[1], c_hi]
-
-    starts = []
-    a_grid = np.concatenate(
-        [a_lo + (0.0 - a_lo) * np.array([0.1, 0.4, 0.7, 0.9]), [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]]
-    )
-    for a in a_grid:
-        for b in np.geomspace(0.02, 8.0, 12):
-            f = np.power(x + a, -b)
-            c = min(float(np.mean(y - f)), c_hi)
-            if c >= lower[2]:
-                starts.append((float(np.sum((y - f - c) ** 2)), [float(a), float(b), c]))
-    if not starts:
-        raise UserError("power-law fit: no starting point; are the losses finite and on a sensible scale?")
-    starts.sort(key=lambda t: t[0])
-    best_sse, popt = starts[0][0], np.asarray(starts[0][1])
-    for _, p0 in starts[:8]:  # the surface has several basins: refine the best few grid points, keep the best
-        try:
-            # 3 points, 3 parameters: no covariance to estimate, and none is used
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OptimizeWarning)
-                p, _ = curve_fit(
-                    power_law,
-                    x,
-                    y,
-                    p0=p0,
-                    bounds=(lower, upper),
-                    method="trf",
-                    maxfev=20000,
-                    xtol=1e-14,
-                    ftol=1e-14,
-                    gtol=1e-14,
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    alternatives: list[dict] = []
+    identified, note = True, ""
+    if len(x) == 3:
+        curves = sorted(_interpolate(xs, ys), key=lambda p: (abs(p[0]), p[0]))
+        if curves:
+            a, b, c = curves[0]
+            method = "interpolation"
+            alternatives = [{"a": ca, "b": cb, "c": cc} for ca, cb, cc in curves[1:]]
+            if alternatives:
+                identified = False
+                note = (
+                    f"{len(curves)} curves pass through the 3 points; took the one with the smallest |a| "
+                    "(closest to a plain power law); more multipliers would decide"
                 )
-        except RuntimeError:
-            continue
-        sse = float(np.sum((y - power_law(x, *p)) ** 2))
-        if sse < best_sse:
-            best_sse, popt = sse, p
-    a, b, c = (float(v) for v in popt)
+        else:
+            a, b, c = _least_squares(xs, ys)
+            method = "least-squares"
+            identified = False
+            note = (
+                "no curve of the family passes through the 3 points (the loss does not fall, or bends less "
+                "than a logarithm); the least-squares curve is used"
+            )
+    else:
+        a, b, c = _least_squares(xs, ys)
+        method = "least-squares"
+        cond = _condition(xs, a, b)
+        if not math.isfinite(cond) or cond > _COND_MAX:
+            identified = False
+            note = f"the points cannot separate a from b (condition number {cond:.3g}); use multipliers further apart"
+
+    def near(v: float, bound: float) -> bool:
+        return abs(v - bound) <= 1e-6 * max(1.0, abs(bound))
+
+    a_lo, a_hi = _a_range(xs)
+    at_bound = [
+        n for n, v, lo, hi in (("a", a, a_lo, a_hi), ("b", b, *_B_RANGE)) if near(v, lo) or near(v, hi)
+    ]
+    if at_bound:
+        identified = False
+        note = (note + "; " if note else "") + f"{' and '.join(at_bound)} at the bound of its range"
     res = y - power_law(x, a, b, c)
     return PowerLawFit(
-        a=a,
-        b=b,
-        c=c,
+        a=float(a),
+        b=float(b),
+        c=float(c),
         x=x.tolist(),
         y=y.tolist(),
         residuals=res.tolist(),
         rmse=float(np.sqrt(np.mean(res**2))),
-        method="interpolation" if len(x) == 3 else "least-squares",
+        method=method,
+        identified=identified,
+        note=note,
+        alternatives=alternatives,
     )
 
 

@@ -418,13 +418,59 @@ def split_assignment(item: str, flag: str, example: str) -> tuple[str, str]:
     return key, raw
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping key written twice (YAML requires unique keys; PyYAML would keep the last one silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping.
+
+    `weights: {prose: 0.9, code: 0.1, prose: 0.0}` or a `train:` section written twice is ambiguous; PyYAML
+    resolves it by a silent last-one-wins rule. Keys brought in by a merge (`<<: *base`) may still be overridden.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if first is not None:
+                    lines = f"line {line}" if first == line else f"lines {first} and {line}"
+                    problem = f"key {key!r} written twice ({lines}); keep one"
+                    raise DuplicateKeyError(None, None, problem, key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that a mapping key written twice raises `DuplicateKeyError` (a `yaml.YAMLError`).
+    Every recipe, override, saved config and corpus file warmstart reads goes through this."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
-    """Apply `a.b.c=value` strings; values are parsed as YAML (so 3e-4, true, [1, 2] are typed)."""
+    """Apply `a.b.c=value` strings; values are parsed as YAML (so 3e-4, true, [1, 2] are typed).
+
+    A key set twice (`--set train.steps=2 --set train.steps=4`, or a flag and a `--set` of the same key) and a
+    value whose mapping repeats a key are refused in one line: which one was meant is unknowable."""
     tree = copy.deepcopy(tree)
+    given: dict[str, str] = {}
     for item in overrides or []:
         key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
+        if key in given:
+            raise UserError(f"--set {key}: given twice ({given[key]!r} and {raw!r}); keep one")
+        given[key] = raw
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
+        except DuplicateKeyError as e:
+            raise UserError(f"--set {item}: {e.problem}") from None
         except yaml.YAMLError:
             value = raw
         set_dotted(tree, key, value)
@@ -436,7 +482,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as e:
+        raise UserError(f"{path}: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

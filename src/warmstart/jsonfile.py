@@ -8,6 +8,25 @@ from pathlib import Path
 from warmstart.errors import UserError
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object with a key written twice (json keeps the last one silently)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKeyError(f"key {k!r} written twice in one object; keep one")
+        out[k] = v
+    return out
+
+
+def loads(text: str | bytes) -> object:
+    """`json.loads`, except that an object repeating a key raises `DuplicateKeyError` (a ValueError): a mixture
+    or index that names a domain twice is ambiguous, never resolved by last-one-wins."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)
+
+
 def read_json_object(path: str | Path, what: str | None = None, fix: str | None = None) -> dict:
     """The JSON object in `path`. Raises `UserError` naming the file (as a corrupt `what`, with `fix` appended)
     when it is not valid UTF-8 JSON or not an object; OSError (e.g. missing) propagates."""
@@ -15,8 +34,8 @@ def read_json_object(path: str | Path, what: str | None = None, fix: str | None 
     head = f"{p}: corrupt {what}: " if what else f"{p}: "
     tail = f"; {fix}" if fix else ""
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        obj = loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{head}not valid JSON ({str(e).splitlines()[0]}){tail}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{head}expected a JSON object, got a {type(obj).__name__}{tail}")

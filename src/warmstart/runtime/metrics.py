@@ -106,9 +106,7 @@ class MetricsLog:
 def _configured_trackers(config_path: Path) -> list[str]:
     if not config_path.is_file():
         return []
-    import yaml
-
-    cfg = yaml.safe_load(config_path.read_text()) or {}
+    cfg = rundir.read_config(config_path.parent) or {}
     return list((cfg.get("train") or {}).get("trackers") or [])
 
 

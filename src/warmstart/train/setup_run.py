@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from warmstart import signals
+from warmstart import jsonfile, signals
 from warmstart.config import DataConfig, Recipe, to_yaml
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
@@ -97,7 +97,9 @@ def resolve_weights(data: DataConfig) -> DataConfig:
     if not path.is_file():
         raise UserError(f"data.weights_from: {path} not found")
     try:
-        weights = json.loads(path.read_text())["weights"]
+        weights = jsonfile.loads(path.read_text())["weights"]
+    except jsonfile.DuplicateKeyError as e:
+        raise UserError(f"data.weights_from: {path}: {e}") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"data.weights_from: {path} is not a mixture file (needs a 'weights' table)") from None
     if data.weights:

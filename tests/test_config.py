@@ -158,7 +158,9 @@ def test_prepare_recipe_with_a_key_twice_is_refused(tmp_path, text, message):
 )
 def test_train_recipe_with_a_key_twice_is_refused(tmp_path, extra, message):
     p = tmp_path / "r.yaml"
-    text = BASE.replace("weights: {a: 1.0}", "weights: {a: 0.9, b: 0.1, a: 0.0}") if not extra else BASE + extra
+    text = (
+        BASE.replace("weights: {a: 1.0}", "weights: {a: 0.9, b: 0.1, a: 0.0}") if not extra else BASE + extra
+    )
     p.write_text(text)
     with pytest.raises(UserError) as e:
         load_recipe(p)
@@ -185,7 +187,9 @@ def test_a_mixture_file_naming_a_domain_twice_is_refused(tmp_path):
     from warmstart.train.setup_run import resolve_weights
 
     p = tmp_path / "mixture.json"
-    p.write_text('{"budget": 10, "tokens": {"a": 5, "b": 5, "a": 0}, "weights": {"a": 0.5, "b": 0.5, "a": 0}}')
+    p.write_text(
+        '{"budget": 10, "tokens": {"a": 5, "b": 5, "a": 0}, "weights": {"a": 0.5, "b": 0.5, "a": 0}}'
+    )
     with pytest.raises(UserError) as e:
         read_mixture(p)
     assert str(e.value) == f"{p}: key 'a' written twice in one object; keep one"

@@ -456,17 +456,13 @@ def load_yaml(text: str) -> Any:
 
 
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
-    """Apply `a.b.c=value` strings; values are parsed as YAML (so 3e-4, true, [1, 2] are typed).
+    """Apply `a.b.c=value` strings in order; values are parsed as YAML (so 3e-4, true, [1, 2] are typed).
 
-    A key set twice (`--set train.steps=2 --set train.steps=4`, or a flag and a `--set` of the same key) and a
-    value whose mapping repeats a key are refused in one line: which one was meant is unknowable."""
+    A value whose mapping repeats a key is refused in one line. Code may layer overrides (a later one of the same
+    key wins); what a user typed is checked with `check_unique_overrides` first."""
     tree = copy.deepcopy(tree)
-    given: dict[str, str] = {}
     for item in overrides or []:
         key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
-        if key in given:
-            raise UserError(f"--set {key}: given twice ({given[key]!r} and {raw!r}); keep one")
-        given[key] = raw
         try:
             value = load_yaml(raw) if raw.strip() else None
         except DuplicateKeyError as e:
@@ -475,6 +471,17 @@ def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
             value = raw
         set_dotted(tree, key, value)
     return tree
+
+
+def check_unique_overrides(overrides: list[str] | None) -> None:
+    """A key set twice on one command line (`--set train.steps=2 --set train.steps=4`, or a flag and a `--set`
+    of the same key) is refused in one line: which one was meant is unknowable."""
+    given: dict[str, str] = {}
+    for item in overrides or []:
+        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
+        if key in given:
+            raise UserError(f"--set {key}: given twice ({given[key]!r} and {raw!r}); keep one")
+        given[key] = raw
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -504,7 +511,9 @@ def validate(model: type[M], tree: dict, source: str = "recipe") -> M:
 
 
 def load(model: type[M], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> M:
-    """Read a YAML recipe (or start from `base`), apply `--set` overrides, validate into `model`."""
+    """Read a YAML recipe (or start from `base`), apply the command line's `--set` overrides (each key once),
+    validate into `model`."""
+    check_unique_overrides(overrides)
     tree = read_yaml(path) if path is not None else dict(base or {})
     tree = apply_overrides(tree, overrides)
     return validate(model, tree, str(path) if path is not None else "recipe")

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from warmstart.errors import UserError
+
+
+def finite(obj: object) -> object:
+    """`obj` with every non-finite float (NaN, +-inf) replaced by None, through dicts, lists and tuples: an
+    undefined number is written as JSON's null, never as the bare `NaN` that is not JSON at all."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: object, **kwargs) -> str:
+    """`json.dumps` of `finite(obj)` with allow_nan=False: what every JSON file warmstart writes goes through."""
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 class DuplicateKeyError(ValueError):

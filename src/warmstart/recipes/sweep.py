@@ -29,6 +29,7 @@ from warmstart.config import (
     DuplicateKeyError,
     Recipe,
     apply_overrides,
+    check_unique_overrides,
     load_yaml,
     read_yaml,
     set_dotted,
@@ -131,6 +132,7 @@ def point_recipes(
     base: dict, grid: dict[str, list[str]], overrides: list[str] | None = None, source: str = "recipe"
 ) -> list[tuple[Point, Recipe]]:
     """Validated recipes of every point: base recipe + --set overrides + the point's values; named by the point."""
+    check_unique_overrides(overrides)
     for item in overrides or []:
         key = item.split("=", 1)[0].strip()
         if key in grid:

@@ -10,20 +10,14 @@ receive a copy of every event's numbers; they are told nothing the file does not
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
+from warmstart import jsonfile
 from warmstart.errors import UserError, warn
 from warmstart.runtime import rundir
 
 TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")  # wall-clock dependent; everything else is reproducible
-
-
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 class MetricsLog:
@@ -82,7 +76,7 @@ class MetricsLog:
     def write(self, event: dict) -> None:
         if not self.enabled:
             return
-        line = json.dumps({k: _clean(v) for k, v in event.items()}) + "\n"
+        line = jsonfile.dumps(event) + "\n"
         if self._trackers is None:  # opened before the first line, so a bad tracker setting writes nothing
             from warmstart.runtime.tracking import open_trackers
 

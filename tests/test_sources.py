@@ -287,3 +287,38 @@ def test_parquet_damaged_page_named_by_file_or_skipped_and_counted(tmp_path):
     assert stats["bad_records"] == 100 and stats["first_bad_record"].startswith(
         f"{p}: row group 1 (rows 101-200)"
     )
+
+
+def test_parquet_invalid_utf8_is_a_bad_record_not_a_traceback(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "u.parquet"
+    col = pa.array([b"ok", b"bad \xff here", b"fine"], type=pa.binary()).cast(pa.string(), safe=False)
+    pq.write_table(pa.table({"text": col}), p)
+    with pytest.raises(UserError) as e:
+        read(p)
+    assert (
+        one_line(e)
+        == f"{p}: row 2: 'text' not UTF-8 (byte 4); fix it or pass --skip-bad-records to skip such records"
+    )
+    stats: dict = {}
+    assert list(iter_documents(SourceConfig(path=str(p)), True, stats)) == ["ok", "fine"]
+    assert stats["bad_records"] == 1
+
+
+def test_the_same_text_is_the_same_document_whatever_the_format(tmp_path):
+    """A UTF-8 byte-order mark opening a file is encoding, not text: JSONL (json reads bytes as utf-8-sig) never
+    passed it on, a plain text file did (as U+FEFF at the document's start). Line ends and Unicode are kept
+    as written in every format."""
+    import zstandard
+
+    text = "first line\r\nsecond — ünïcode 🙂\n"
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.txt").write_bytes(bom + text.encode())
+    (tmp_path / "b.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(bom + text.encode()))
+    (tmp_path / "c.jsonl").write_bytes(bom + jsonl_bytes([text]))
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(bom + jsonl_bytes([text])))
+    write_parquet(tmp_path / "e.parquet", [text])
+    for name in ("a.txt", "b.txt.zst", "c.jsonl", "d.jsonl.gz", "e.parquet"):
+        assert read(tmp_path / name) == [text], name

@@ -260,10 +260,13 @@ def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
         size, done = pf.metadata.row_group(group).num_rows, 0
         try:
             for batch in pf.iter_batches(columns=[field], batch_size=_PARQUET_BATCH, row_groups=[group]):
-                for text in batch.column(0).to_pylist():
+                for text in _parquet_texts(batch.column(0)):
                     done += 1
                     if text is None:
                         bad(f"{path}: row {row + done}", f"{field!r} is null")
+                        continue
+                    if isinstance(text, UnicodeDecodeError):
+                        bad(f"{path}: row {row + done}", f"{field!r} not UTF-8 (byte {text.start})")
                         continue
                     yield text
         except (OSError, pa.ArrowException) as e:  # a damaged page: the rest of the group cannot be decoded
@@ -271,6 +274,23 @@ def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
             where = f"{path}: row group {group} (rows {row + done + 1}-{row + size})"
             bad(where, f"damaged ({_first_line(e)})", records=size - done)
         row += size
+
+
+def _parquet_texts(column) -> list:
+    """A string column's values: str, None (null) or, for a value that is not valid UTF-8 (Arrow does not check
+    what a writer put in a string column), its UnicodeDecodeError."""
+    import pyarrow as pa
+
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:  # one bad value fails the batch: decode value by value
+        out: list = []
+        for raw in column.cast(pa.large_binary()).to_pylist():
+            try:
+                out.append(None if raw is None else raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                out.append(e)
+        return out
 
 
 def _iter_text(files: list[tuple[str, Path]], bad: _Bad) -> Iterator[str]:
@@ -281,7 +301,8 @@ def _iter_text(files: list[tuple[str, Path]], bad: _Bad) -> Iterator[str]:
         except _corrupt_errors() as e:
             raise UserError(f"{path}: cannot read ({_first_line(e)})") from None
         try:
-            yield data.decode("utf-8")
+            # a byte-order mark opening the file is its encoding, not text (JSONL's reader drops it too)
+            yield data.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             hint = "; narrow the source's glob to text files" if rel else ""
             bad(f"{path}", f"not UTF-8 text (byte {e.start}){hint}")

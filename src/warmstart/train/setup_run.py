@@ -157,7 +157,13 @@ def _open_data(recipe: Recipe, data_cfg: DataConfig, d: Dist) -> tuple[dict, lis
         if recipe.train.parallel == "fsdp" and d.enabled:
             raise UserError("eval.tasks: lm-eval tasks run on rank 0 alone, which a sharded model (train.parallel: "
                             "fsdp) cannot do; use parallel: ddp, or run `warmstart eval` on final/")
-    return domains, eval_names, MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
+    sampler = MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
+    replayed = {n for n, w in (data_cfg.replay.domains if data_cfg.replay else {}).items() if w > 0}
+    unused = [n for n, w in data_cfg.weights.items() if w == 0 and n not in replayed]
+    if d.is_main and unused:  # a listed domain that is never read: said once, in case it was not meant
+        print(f"note: data.weights gives {', '.join(unused)} weight 0: not trained on"
+              + (" (still evaluated)" if set(unused) & set(eval_names) else ""))
+    return domains, eval_names, sampler
 
 
 def _check_data_meets_model(tok, vocab: int, domains: dict, used: list[str], data_cfg: DataConfig, d: Dist) -> None:

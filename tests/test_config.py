@@ -198,3 +198,22 @@ def test_a_mixture_file_naming_a_domain_twice_is_refused(tmp_path):
     with pytest.raises(UserError) as e:
         resolve_weights(DataConfig(dir="d", weights_from=str(p), seq_len=64))
     assert str(e.value) == f"data.weights_from: {p}: key 'a' written twice in one object; keep one"
+
+
+def test_json_files_never_hold_a_bare_nan(tmp_path):
+    """NaN/Infinity are not JSON (a strict reader refuses the file): an undefined number is written as null."""
+    import json
+    import math
+
+    from warmstart import atomic, jsonfile
+
+    p = tmp_path / "s.json"
+    atomic.write_json(p, {"loss": math.nan, "ok": 1.5, "nested": [{"x": math.inf}, -math.inf]})
+    text = p.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "loss": None,
+        "ok": 1.5,
+        "nested": [{"x": None}, None],
+    }
+    assert jsonfile.dumps({"a": (1.0, math.nan)}) == '{"a": [1.0, null]}'

@@ -322,3 +322,16 @@ def test_the_same_text_is_the_same_document_whatever_the_format(tmp_path):
     write_parquet(tmp_path / "e.parquet", [text])
     for name in ("a.txt", "b.txt.zst", "c.jsonl", "d.jsonl.gz", "e.parquet"):
         assert read(tmp_path / name) == [text], name
+
+
+def test_zstd_with_skippable_frames_as_pzstd_writes_it(tmp_path):
+    """pzstd opens its output with a skippable frame (its frame sizes): such a file was read as raw bytes."""
+    import struct
+
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor()
+    skip = struct.pack("<II", 0x184D2A50, 4) + b"abcd"
+    p = tmp_path / "s.jsonl.zst"
+    p.write_bytes(skip + cctx.compress(jsonl_bytes(DOCS[:2])) + skip + cctx.compress(jsonl_bytes(DOCS[2:])))
+    assert read(p) == DOCS

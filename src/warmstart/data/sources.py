@@ -107,9 +107,14 @@ def open_binary(path: Path) -> IO[bytes]:
     if head.startswith(_GZIP_MAGIC):
         fh.close()
         return gzip.open(path, "rb")
-    if head == _ZSTD_MAGIC:
+    if head == _ZSTD_MAGIC or _is_skippable_frame(head):  # pzstd opens its files with a skippable frame
         return io.BufferedReader(_ZstdFrames(fh), buffer_size=1 << 20)
     return fh
+
+
+def _is_skippable_frame(head: bytes) -> bool:
+    """zstd's skippable-frame magic, 0x184D2A50 to 0x184D2A5F little-endian (metadata that decoders skip)."""
+    return len(head) == 4 and head[1:] == b"\x2a\x4d\x18" and 0x50 <= head[0] <= 0x5F
 
 
 class _ZstdFrames(io.RawIOBase):

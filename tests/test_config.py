@@ -123,3 +123,97 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+# ----------------------------------------------------------------------------------------------- duplicate keys
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (  # a domain written twice: the second (code) would silently build `prose`
+            "tokenizer: tok\nout: p\ndomains:\n  prose: [prose.jsonl]\n  code: [code.jsonl]\n  prose: [code.jsonl]\n",
+            "key 'prose' written twice (lines 4 and 6); keep one",
+        ),
+        (
+            "tokenizer: tok\nout: p\ndomains: {a: [a.jsonl]}\nout: q\n",
+            "key 'out' written twice (lines 2 and 4); keep one",
+        ),
+    ],
+)
+def test_prepare_recipe_with_a_key_twice_is_refused(tmp_path, text, message):
+    p = tmp_path / "prep.yaml"
+    p.write_text(text)
+    before = p.read_bytes()
+    with pytest.raises(UserError) as e:
+        load(PrepareConfig, p)
+    assert str(e.value) == f"{p}: {message}"
+    assert p.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("", "key 'a' written twice (line 3); keep one"),
+        ("train: {steps: 20, batch_tokens: 256}\n", "key 'train' written twice (lines 5 and 6); keep one"),
+    ],
+)
+def test_train_recipe_with_a_key_twice_is_refused(tmp_path, extra, message):
+    p = tmp_path / "r.yaml"
+    text = (
+        BASE.replace("weights: {a: 1.0}", "weights: {a: 0.9, b: 0.1, a: 0.0}") if not extra else BASE + extra
+    )
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"{p}: {message}"
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    from warmstart.config import load_yaml
+
+    assert load_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
+
+
+def test_an_override_given_twice_or_repeating_a_key_is_refused(recipe_file):
+    with pytest.raises(UserError) as e:
+        load_recipe(recipe_file, ["train.steps=2", "train.steps=4"])
+    assert str(e.value) == "--set train.steps: given twice ('2' and '4'); keep one"
+    with pytest.raises(UserError) as e:
+        load_recipe(recipe_file, ["data.weights={a: 1, a: 0}"])
+    assert str(e.value) == "--set data.weights={a: 1, a: 0}: key 'a' written twice (line 1); keep one"
+
+
+def test_a_mixture_file_naming_a_domain_twice_is_refused(tmp_path):
+    from warmstart.recipes.autoscale import read_mixture
+    from warmstart.train.setup_run import resolve_weights
+
+    p = tmp_path / "mixture.json"
+    p.write_text(
+        '{"budget": 10, "tokens": {"a": 5, "b": 5, "a": 0}, "weights": {"a": 0.5, "b": 0.5, "a": 0}}'
+    )
+    with pytest.raises(UserError) as e:
+        read_mixture(p)
+    assert str(e.value) == f"{p}: key 'a' written twice in one object; keep one"
+    from warmstart.config import DataConfig
+
+    with pytest.raises(UserError) as e:
+        resolve_weights(DataConfig(dir="d", weights_from=str(p), seq_len=64))
+    assert str(e.value) == f"data.weights_from: {p}: key 'a' written twice in one object; keep one"
+
+
+def test_json_files_never_hold_a_bare_nan(tmp_path):
+    """NaN/Infinity are not JSON (a strict reader refuses the file): an undefined number is written as null."""
+    import json
+    import math
+
+    from warmstart import atomic, jsonfile
+
+    p = tmp_path / "s.json"
+    atomic.write_json(p, {"loss": math.nan, "ok": 1.5, "nested": [{"x": math.inf}, -math.inf]})
+    text = p.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "loss": None,
+        "ok": 1.5,
+        "nested": [{"x": None}, None],
+    }
+    assert jsonfile.dumps({"a": (1.0, math.nan)}) == '{"a": [1.0, null]}'

@@ -338,3 +338,80 @@ def test_corrupt_data_files_are_one_line(toks, tmp_path, capsys, what, content):
     assert main(["format", "show", str(tmp_path / "shards")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupt" in err[0] and str(path) in err[0]
+
+
+# ----------------------------------------------------------------------------------------------- long documents
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _long_text() -> str:
+    from conftest import _stdlib_texts
+
+    texts = _stdlib_texts()
+    return "\n\n".join(texts["prose"] + texts["code"])[:200_000]
+
+
+def _pretokenizer_kinds(texts: list[str]):
+    """Tokenizers of the pre-tokenizer families in use: GPT-2 byte-level, Llama-3's split regex, BERT's
+    WordPiece with lowercasing, and a Metaspace that prepends its marker to every text."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def bpe(pre, normalizer=None, model=None, trainer=None):
+        tok = Tokenizer(model or models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre
+        if normalizer is not None:
+            tok.normalizer = normalizer
+        trainer = trainer or trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"], show_progress=False,
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+    yield "gpt2", bpe(pre_tokenizers.ByteLevel(add_prefix_space=False))
+    yield "llama3", bpe(pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+    yield "wordpiece", bpe(pre_tokenizers.BertPreTokenizer(), normalizers.BertNormalizer(lowercase=True),
+                           models.WordPiece(unk_token="[UNK]"),
+                           trainers.WordPieceTrainer(vocab_size=600, special_tokens=["[UNK]"], show_progress=False))
+    yield "metaspace", bpe(pre_tokenizers.Metaspace(prepend_scheme="always"))
+
+
+def test_a_long_text_in_pieces_gives_the_tokens_of_the_whole():
+    """One huge document is encoded a piece at a time (the tokenizer's memory on one text grows far faster than
+    its length); every cut is checked, so the tokens are those of encoding it whole, for every pre-tokenizer
+    family. Where a piece's start would change (Metaspace prepends its marker to a piece opening on a newline),
+    the check refuses the cut."""
+    from warmstart.data.doc_format import piece_bounds
+
+    text = _long_text()
+    for name, tok in _pretokenizer_kinds([text]):
+        bounds = piece_bounds(tok, text, 2000)
+        whole = tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        pieces = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            pieces += tok(text[a:b], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        assert pieces == whole, name
+        assert bounds[0] == 0 and bounds[-1] == len(text) and bounds == sorted(set(bounds)), name
+        # about one cut per 2,000 characters (a cut may be checked and refused: then the piece grows)
+        assert len(bounds) - 1 >= len(text) // 2000 * 0.9, (name, len(bounds))
+        if name == "metaspace":  # "\nword" alone becomes "▁\nword": every cut before a newline was refused
+            assert {text[q] for q in bounds[1:-1]} == {" "}
+        else:
+            assert {text[q] for q in bounds[1:-1]} == {" ", "\n"}, name
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_writes_a_huge_document_as_its_whole_encoding(tokenizer_dir, tmp_path, workers):
+    from warmstart.data.doc_format import PIECE_CHARS
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    text = _long_text()
+    assert len(text) > PIECE_CHARS  # encoded in pieces
+    texts = ["a short one", text, "another short one"]
+    _prepare(tokenizer_dir, tmp_path, texts=texts, val_docs=0, workers=workers)
+    fmt = json.loads((tmp_path / "shards/web/index.json").read_text())["document"]
+    want = [fmt["prefix"] + tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            + fmt["suffix"] for t in texts]
+    assert _all_docs(tmp_path / "shards") == want

@@ -90,6 +90,52 @@ def _train_tree(**changes) -> dict:
     return tree
 
 
+def _cut_zstd(rel: str, fraction: float = 0.6):
+    """A zstd file of many lines of src/good.jsonl's records (JSONL or its texts), cut inside its frame."""
+
+    def setup(d: Path) -> None:
+        import zstandard
+
+        raw = (d / "src" / "good.jsonl").read_bytes() * 20
+        if not rel.endswith(".jsonl.zst"):
+            raw = b"".join(json.loads(line)["text"].encode() + b"\n" for line in raw.splitlines())
+        data = zstandard.ZstdCompressor().compress(raw)
+        (d / rel).write_bytes(data[: int(len(data) * fraction)])
+
+    return setup
+
+
+def _cut_gzip(rel: str):
+    def setup(d: Path) -> None:
+        import gzip
+
+        data = gzip.compress((d / "src" / "good.jsonl").read_bytes() * 20)
+        (d / rel).write_bytes(data[: int(len(data) * 0.6)])
+
+    return setup
+
+
+def _damaged_parquet(rel: str):
+    """A Parquet file whose second row group's page data is garbage."""
+
+    def setup(d: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        docs = [f"row {i} " + "text " * 20 for i in range(300)]
+        path = d / rel
+        pq.write_table(pa.table({"text": docs}), path, row_group_size=100, compression="snappy",
+                       use_dictionary=False)
+        chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
+        raw = bytearray(path.read_bytes())
+        for k in range(chunk.data_page_offset + chunk.total_compressed_size // 2,
+                       chunk.data_page_offset + chunk.total_compressed_size):
+            raw[k] ^= 0x5A
+        path.write_bytes(bytes(raw))
+
+    return setup
+
+
 def _recipe(tree: dict, rel: str = "bad.yaml"):
     return _yaml(rel, tree)
 
@@ -384,6 +430,77 @@ def _cases() -> list[Case]:
     # quickstart
     add(Case("quickstart-out-is-a-file", ["quickstart", "--out", "afile"], expect="is a file"))
     add(Case("quickstart-out-read-only", ["quickstart", "--out", READ_ONLY], expect="cannot write"))
+    # damaged inputs of every source format: refused naming the file (issue 22 (a))
+    pa = ["prepare", "prep.yaml", "--set"]
+    add(Case("prepare-zstd-jsonl-cut", [*pa, "domains.a=[{path: cut.jsonl.zst}]"], _cut_zstd("cut.jsonl.zst"),
+             "cut.jsonl.zst: corrupt or truncated after line"))
+    add(Case("prepare-zstd-text-cut", [*pa, "domains.a=[{path: cut.txt.zst}]"], _cut_zstd("cut.txt.zst"),
+             "inside a zstd frame"))
+    add(Case("prepare-gzip-jsonl-cut", [*pa, "domains.a=[{path: cut.jsonl.gz}]"], _cut_gzip("cut.jsonl.gz"),
+             "cut.jsonl.gz: corrupt or truncated"))
+    add(Case("prepare-parquet-damaged-page", [*pa, "domains.a=[{path: bad.parquet}]"], _damaged_parquet("bad.parquet"),
+             "bad.parquet: row group 1 (rows 101-200): damaged"))
+    add(Case("tokenizer-zstd-jsonl-cut", [*tt, "--out", "t2", "--set", "domains.a=[{path: cut.jsonl.zst}]"],
+             _cut_zstd("cut.jsonl.zst"), "inside a zstd frame"))
+    add(Case("tokenizer-parquet-damaged-page", [*tt, "--out", "t2", "--set", "domains.a=[{path: bad.parquet}]"],
+             _damaged_parquet("bad.parquet"), "row group 1"))
+
+    # ambiguous recipes, overrides and data files: refused, never last-one-wins (issue 22 (b))
+    add(Case("prepare-domain-twice", ["prepare", "bad.yaml"], _write("bad.yaml", (
+        "tokenizer: tok\nout: p\ndomains:\n  a: [{path: src/good.jsonl}]\n  b: [{path: src/good.jsonl}]\n"
+        "  a: [{path: src/empty.jsonl}]\n")), "bad.yaml: key 'a' written twice (lines 4 and 6)"))
+    add(Case("prepare-flag-and-set", ["prepare", "prep.yaml", "--val-docs", "1", "--set", "val_docs=2"],
+             expect="--set val_docs: given twice"))
+    add(Case("tokenizer-domain-twice", ["tokenizer", "train", "bad.yaml", "--vocab-size", "300", "--out", "t2"],
+             _write("bad.yaml", "domains: {a: [{path: src/good.jsonl}], a: [{path: src/empty.jsonl}]}\n"),
+             "written twice"))
+    train_text = yaml.safe_dump(_train_tree(), sort_keys=False)
+    add(Case("train-section-twice", T, _write("bad.yaml", train_text + "train: {steps: 4, batch_tokens: 256}\n"),
+             "key 'train' written twice"))
+    add(Case("train-weight-twice", T, _write("bad.yaml", train_text.replace(
+        "weights:\n    code: 0.5\n    prose: 0.5\n", "weights: {prose: 0.9, code: 0.1, prose: 0.0}\n")),
+        "key 'prose' written twice"))
+    add(Case("train-set-twice", [*T, "--set", "train.steps=2", "--set", "train.steps=4"], _recipe(_train_tree()),
+             "--set train.steps: given twice ('2' and '4'); keep one"))
+    add(Case("train-set-value-key-twice", [*T, "--set", "data.weights={code: 1, code: 0}"], _recipe(_train_tree()),
+             "key 'code' written twice"))
+    add(Case("train-weights-from-key-twice", T,
+             _both(_recipe(_train_tree(data__weights={}, data__weights_from="mdup.json")),
+                   _write("mdup.json", '{"weights": {"code": 0.5, "prose": 0.5, "code": 0.0}}')),
+             "mdup.json: key 'code' written twice"))
+    add(Case("grow-key-twice", ["grow", "bad.yaml"],
+             _write("bad.yaml", yaml.safe_dump(grow_tree, sort_keys=False) + "name: h\n"), "key 'name' written twice"))
+    add(Case("sweep-key-twice", ["sweep", "bad.yaml", "--grid", "seed=1,2"],
+             _write("bad.yaml", train_text + "seed: 3\nseed: 4\n"), "key 'seed' written twice"))
+    add(Case("sweep-set-of-a-grid-key", ["sweep", "bad.yaml", "--grid", "seed=1,2", "--set", "seed=3"],
+             _recipe(_train_tree()), "--set seed: also a --grid key"))
+    add(Case("ddo-key-twice", ["mixture", "ddo", "bad.yaml"],
+             _write("bad.yaml", "proxy: {name: p}\nproxy: {name: q}\n"), "key 'proxy' written twice"))
+    add(Case("predict-mixture-key-twice", ["mixture", "predict", "--from", "mdup.json", "--from", "m2.json",
+                                           "--budget", "1e6"],
+             _write("mdup.json", '{"format": "warmstart-mixture-v1", "budget": 1e5, '
+                                 '"tokens": {"code": 4e4, "prose": 6e4, "code": 0}}'),
+             "mdup.json: key 'code' written twice"))
+    add(Case("report-run-config-key-twice", ["report", "runs/dk", "--out", "rep"],
+             _both(_metrics_run("runs/dk", [GOOD_EVAL]), _write("runs/dk/config.yaml", "name: dk\nname: dk2\n")),
+             "key 'name' written twice"))
+    add(Case("format-probe-write-recipe-key-twice", ["format", "probe", "runs/up", "--data", "data", "--domain",
+                                                     "code", "--write-recipe", "bad.yaml"],
+             _write("bad.yaml", "tokenizer: tok\nout: p\nout: q\ndomains: {a: [{path: src/good.jsonl}]}\n"),
+             "key 'out' written twice"))
+
+    # a resume may not recount the steps taken (issue 22 (c))
+    add(Case("train-resume-batch-tokens-changed", [*T, "--resume", "--allow-config-change", "--set",
+                                                   "train.steps=4", "--set", "train.batch_tokens=512"],
+             _recipe(_train_tree(name="up")), "cannot change train.batch_tokens (256 -> 512)"))
+
+    # a validation domain with nothing to score is never a NaN average; named, it is refused (issue 22 (d))
+    add(Case("train-eval-domain-of-empty-documents", T,
+             _recipe(_train_tree(data__dir="dataE", data__weights={"code": 1.0}, eval__domains=["blank"],
+                                 eval__windows="documents")), "no validation document of 2 or more tokens"))
+    add(Case("eval-domain-of-empty-documents", ["eval", "runs/up", "--data", "dataE", "--domains", "blank",
+                                                "--windows", "documents"],
+             expect="no validation document of 2 or more tokens"))
     return c
 
 
@@ -428,6 +545,11 @@ def _build_world(root: Path, tokenizer_dir: Path, data_dir: Path) -> Path:
     # a data directory whose domains have no validation split
     prepare({"tokenizer": str(base / "tok"), "out": str(base / "data0"), "val_docs": 0,
              "domains": {"code": [{"path": str(src / "good.jsonl")}]}}, progress=False)
+    # a data directory with a domain of empty documents: nothing to score with windows: documents
+    (src / "blank.jsonl").write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(20)))
+    prepare({"tokenizer": str(base / "tok"), "out": str(base / "dataE"), "val_docs": 4,
+             "domains": {"code": [{"path": str(src / "good.jsonl")}], "blank": [{"path": str(src / "blank.jsonl")}]}},
+            progress=False)
     # a finished tiny run (2 blocks, 512 positions) with a checkpoint
     train(tiny_recipe(base / "data", base / "tok", base / "runs", name="up",
                       overrides=["train.steps=2", "eval.every=2"]))

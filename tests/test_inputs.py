@@ -283,3 +283,46 @@ def test_argument_errors_come_back_before_torch_is_imported(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "[0, 2, 2, 2, 2, 2, 2] False False", proc.stderr
+
+
+def test_domain_of_empty_documents_is_left_out_of_the_average_never_nan(mixed_data, tokenizer_dir, tmp_path,
+                                                                        capsys):
+    """With eval.windows: documents, a domain whose validation documents are all empty has no token to score: it
+    made val/avg/loss NaN in metrics.jsonl and a bare NaN in summary.json (not JSON), which gap and report refuse."""
+    from conftest import SAMPLE_TEXTS
+    from train_helpers import tiny_recipe
+
+    from warmstart.data import prepare
+    from warmstart.data.shards import open_data_dir
+    from warmstart.eval.run_eval import eval_checkpoint
+    from warmstart.runtime.metrics import read_metrics
+    from warmstart.train.loop import train
+
+    data = tmp_path / "data"
+    (tmp_path / "blank.jsonl").write_text("".join(json.dumps({"text": ""}) + "\n" for _ in SAMPLE_TEXTS * 4))
+    sources = {n: [{"path": str(mixed_data.parent / f"{n}.jsonl")}] for n in ("many", "one")}
+    prepare({"tokenizer": str(tokenizer_dir), "out": str(data),
+             "domains": {**sources, "blank": [{"path": str(tmp_path / "blank.jsonl")}]}}, progress=False)
+    blank = open_data_dir(data)["blank"]
+    assert blank.n_docs("val") >= 1 and blank.n_tokens("val") >= 2  # packed windows would score it
+    capsys.readouterr()
+    recipe = tiny_recipe(data, tokenizer_dir, tmp_path, overrides=[
+        "data.weights={many: 0.5, blank: 0.5}", "train.steps=2", "eval.every=2", "eval.windows=documents"])
+    res = train(recipe)
+    out = capsys.readouterr().out
+    assert out.count(
+        "note: no validation documents in one; no validation document of 2 or more tokens in blank (windows: "
+        "documents); training without validation for it (and without it in val/avg/loss)\n") == 1
+    evals = [m for m in read_metrics(res.run_dir) if m["event"] == "eval"]
+    assert all("val/blank/loss" not in m and m["val/avg/loss"] == m["val/many/loss"] for m in evals)
+    summary_text = (res.run_dir / "summary.json").read_text()
+    assert "NaN" not in summary_text
+    assert json.loads(summary_text)["final_eval"]["val/avg/loss"] == evals[-1]["val/many/loss"]
+    with pytest.raises(UserError) as e:
+        train(tiny_recipe(data, tokenizer_dir, tmp_path, name="r2", overrides=[
+            "data.weights={many: 1.0}", "eval.domains=[blank]", "eval.windows=documents"]))
+    assert str(e.value) == ("eval.domains: domain 'blank' has no validation document of 2 or more tokens to score "
+                            "with windows: documents (all are empty); leave it out, or use windows: packed")
+    result = eval_checkpoint(str(res.run_dir), data, out=tmp_path / "e", device="cpu", seq_len=32)
+    assert list(result["val"]) == ["many"] and result["windows"] == "documents"
+    assert "NaN" not in (tmp_path / "e" / "eval-step000002.json").read_text()

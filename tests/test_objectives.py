@@ -17,7 +17,7 @@ from warmstart.train.objectives import IGNORE, Objective
 
 def test_masking_rates_and_slices(tokenizer_dir):
     tok = load_tokenizer(str(tokenizer_dir))
-    obj = Objective("masked", tok, vocab_size=len(tok), seed=3, mask_prob=0.15)
+    obj = Objective("masked", tok, seed=3, mask_prob=0.15)
     x = torch.randint(3, len(tok), (64, 129))
     x[:, ::17] = tok.eos_token_id  # special tokens are never masked
     noise = obj.noise((7,), (64, 128))
@@ -34,6 +34,34 @@ def test_masking_rates_and_slices(tokenizer_dir):
     assert torch.equal(part_in, inputs[8:16]) and torch.equal(part_lab, labels[8:16])
     other, _ = obj.split(x, obj.noise((8,), (64, 128)))
     assert not torch.equal(other, inputs)
+
+
+def test_random_replacements_are_tokens_even_with_a_padded_embedding(data_dir, tokenizer_dir, tmp_path):
+    """An embedding table padded past the tokenizer (576 rows for 512 tokens) must not widen the random draws:
+    10.9% of the "random token" replacements were ids that are no token. The objective is built from the
+    tokenizer alone, so the rows cannot leak in; a padded masked LM trains through the one loop."""
+    import json
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    assert len(tok) == 512
+    obj = Objective("masked", tok, seed=0, mask_prob=1.0)
+    x = torch.randint(3, len(tok), (256, 129))
+    inputs, labels = obj.split(x, obj.noise((1,), (256, 128)))
+    _, how, rand = obj.noise((1,), (256, 128))
+    replaced = (labels != IGNORE) & (how >= 0.8) & (how < 0.9)
+    assert replaced.sum().item() > 3000  # ~10% of 256 x 128 (specials excluded)
+    assert torch.equal(inputs[replaced], rand[replaced])
+    assert int(inputs[replaced].max()) == len(tok) - 1 and int(inputs.max()) < len(tok)
+
+    config = tmp_path / "bert.json"
+    config.write_text(json.dumps({"model_type": "bert", "vocab_size": 576, "hidden_size": 32,
+                                  "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}))
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, overrides=["model.preset=null"],
+                         model={"config": str(config), "objective": "masked"}, train={"steps": 2},
+                         eval={"every": 2})
+    result = train(recipe)
+    model = AutoModelForMaskedLM.from_pretrained(str(result.final_dir))
+    assert model.get_input_embeddings().weight.shape[0] == 576
 
 
 def test_masked_lm_trains_and_reloads(data_dir, tokenizer_dir, tmp_path):

@@ -169,6 +169,51 @@ def test_resume_with_allowed_config_change_uses_the_new_weight_decay(data_dir, t
     assert not _same(_final_weights(recipe.run_dir), uninterrupted)
 
 
+@pytest.mark.parametrize("budget", [{"steps": 4}, {"tokens": 1024}])
+def test_resume_changing_batch_tokens_or_seq_len_is_refused_for_either_budget(data_dir, tokenizer_dir, tmp_path,
+                                                                              budget):
+    """Tokens, FLOPs, a token budget's step count and the schedule position count `step x batch_tokens`: a resume
+    at another batch size would recount the steps taken (it stopped at half a token budget, or reported 4,096
+    tokens where 3,072 were trained), so the change is refused, every file as it was."""
+    import shutil
+
+    kw = {"train": {"steps": None, **budget, "checkpoint_every": 2}}
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="bt", **kw)
+    train(recipe)
+    for p in ("summary.json", "final", "checkpoints/step-00000004"):  # back to an unfinished run at step 2
+        path = recipe.run_dir / p
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    before = {p: p.read_bytes() for p in recipe.run_dir.rglob("*") if p.is_file()}
+    bigger = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="bt", overrides=["train.batch_tokens=512"], **kw)
+    with pytest.raises(UserError) as e:
+        train(bigger, resume=True, allow_config_change=True)
+    assert str(e.value) == (
+        f"{recipe.run_dir}: --resume cannot change train.batch_tokens (256 -> 512): its steps so far are counted "
+        "as 256 tokens each; keep train.batch_tokens: 256, or start a new run from this one's weights with init.from"
+    )
+    assert {p: p.read_bytes() for p in recipe.run_dir.rglob("*") if p.is_file()} == before
+    longer = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="bt", overrides=["data.seq_len=64"], **kw)
+    with pytest.raises(UserError) as e:
+        train(longer, resume=True, allow_config_change=True)
+    assert str(e.value) == (
+        f"{recipe.run_dir}: --resume cannot change data.seq_len (32 -> 64): the data read so far is counted in "
+        "sequences of 32 tokens; keep data.seq_len: 32, or start a new run from this one's weights with init.from"
+    )
+    assert {p: p.read_bytes() for p in recipe.run_dir.rglob("*") if p.is_file()} == before
+    # the same resume at the run's own batch size finishes it with true counts: 4 steps of 256 tokens
+    assert train(recipe, resume=True).step == 4
+    assert json.loads((recipe.run_dir / "summary.json").read_text())["tokens"] == 1024
+
+
+def test_a_listed_domain_of_weight_zero_is_said_once(data_dir, tokenizer_dir, tmp_path, capsys):
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="w0",
+                         overrides=["data.weights={code: 1.0, prose: 0.0}", "train.steps=2", "eval.every=2"])
+    result = train(recipe)
+    out = capsys.readouterr().out
+    assert out.count("note: data.weights gives prose weight 0: not trained on (still evaluated)\n") == 1
+    assert json.loads((result.run_dir / "summary.json").read_text())["sequences_per_domain"]["prose"] == 0
+
+
 def test_existing_run_dir_refused_and_untouched(base_run):
     recipe, result = base_run
     before = (result.run_dir / "metrics.jsonl").read_bytes()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from warmstart.jsonfile import dumps
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,7 +52,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """`obj` as indented JSON; a non-finite float is written as null (see `jsonfile.finite`)."""
+    write_text(path, dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -287,7 +287,6 @@ def cmd_format_show(args: argparse.Namespace) -> int:
 
 
 def cmd_format_probe(args: argparse.Namespace) -> int:
-    import json
 
     from warmstart.models.locate import resolve_checkpoint
     from warmstart.outputs import check_out_file
@@ -304,7 +303,7 @@ def cmd_format_probe(args: argparse.Namespace) -> int:
     if args.json:
         from warmstart import atomic
 
-        atomic.write_text(Path(args.json), json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        atomic.write_json(Path(args.json), {k: v for k, v in result.items() if k != "table"})
         print(f"wrote {args.json}")
     if args.write_recipe:
         print(f"wrote bos/doc_end into {args.write_recipe}")

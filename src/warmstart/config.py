@@ -418,17 +418,70 @@ def split_assignment(item: str, flag: str, example: str) -> tuple[str, str]:
     return key, raw
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping key written twice (YAML requires unique keys; PyYAML would keep the last one silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping.
+
+    `weights: {prose: 0.9, code: 0.1, prose: 0.0}` or a `train:` section written twice is ambiguous; PyYAML
+    resolves it by a silent last-one-wins rule. Keys brought in by a merge (`<<: *base`) may still be overridden.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if first is not None:
+                    lines = f"line {line}" if first == line else f"lines {first} and {line}"
+                    problem = f"key {key!r} written twice ({lines}); keep one"
+                    raise DuplicateKeyError(None, None, problem, key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that a mapping key written twice raises `DuplicateKeyError` (a `yaml.YAMLError`).
+    Every recipe, override, saved config and corpus file warmstart reads goes through this."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
-    """Apply `a.b.c=value` strings; values are parsed as YAML (so 3e-4, true, [1, 2] are typed)."""
+    """Apply `a.b.c=value` strings in order; values are parsed as YAML (so 3e-4, true, [1, 2] are typed).
+
+    A value whose mapping repeats a key is refused in one line. Code may layer overrides (a later one of the same
+    key wins); what a user typed is checked with `check_unique_overrides` first."""
     tree = copy.deepcopy(tree)
     for item in overrides or []:
         key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
+        except DuplicateKeyError as e:
+            raise UserError(f"--set {item}: {e.problem}") from None
         except yaml.YAMLError:
             value = raw
         set_dotted(tree, key, value)
     return tree
+
+
+def check_unique_overrides(overrides: list[str] | None) -> None:
+    """A key set twice on one command line (`--set train.steps=2 --set train.steps=4`, or a flag and a `--set`
+    of the same key) is refused in one line: which one was meant is unknowable."""
+    given: dict[str, str] = {}
+    for item in overrides or []:
+        key, raw = split_assignment(item, "--set", "KEY=VALUE, e.g. --set schedule.max_lr=3e-4")
+        if key in given:
+            raise UserError(f"--set {key}: given twice ({given[key]!r} and {raw!r}); keep one")
+        given[key] = raw
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -436,7 +489,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as e:
+        raise UserError(f"{path}: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -456,7 +511,9 @@ def validate(model: type[M], tree: dict, source: str = "recipe") -> M:
 
 
 def load(model: type[M], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> M:
-    """Read a YAML recipe (or start from `base`), apply `--set` overrides, validate into `model`."""
+    """Read a YAML recipe (or start from `base`), apply the command line's `--set` overrides (each key once),
+    validate into `model`."""
+    check_unique_overrides(overrides)
     tree = read_yaml(path) if path is not None else dict(base or {})
     tree = apply_overrides(tree, overrides)
     return validate(model, tree, str(path) if path is not None else "recipe")

@@ -370,16 +370,14 @@ def prepare_demo(root: Path, vocab_size: int = 2048, workers: int = 2, progress:
     Each part is skipped when already there (prepare itself does no work on unchanged inputs). Returns
     (shards dir, tokenizer dir, PrepareResult); the quickstart and every benchmark start from this.
     """
-    import yaml
-
-    from warmstart.config import PrepareConfig, validate
+    from warmstart.config import PrepareConfig, read_yaml, validate
     from warmstart.data.preparation import prepare
     from warmstart.data.tokenizer_train import train_tokenizer
 
     corpus = Path(root) / "corpus"
     if not (corpus / "corpus.json").exists():
         write_demo_corpus(corpus, overwrite=True)
-    tree = yaml.safe_load((corpus / "prepare.yaml").read_text())
+    tree = read_yaml(corpus / "prepare.yaml")
     tree.update({"tokenizer": str(corpus / "tokenizer"), "out": str(corpus / "shards"), "workers": workers})
     cfg = validate(PrepareConfig, tree, str(corpus / "prepare.yaml"))
     if not (corpus / "tokenizer" / "tokenizer.json").exists():

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.data.doc_format import DocumentFormat, encode_texts
+from warmstart.data.doc_format import PIECE_CHARS, DocumentFormat, encode_pieces, encode_texts
 from warmstart.errors import UserError
 
+BATCH_CHARS = 8 * PIECE_CHARS  # characters per tokenizer call: its memory grows with what one call is given
 INFLIGHT_PER_WORKER = 2  # chunks queued per worker: enough to keep workers busy, small enough to bound memory
 
 _WORKER: dict[str, Any] = {}
@@ -44,19 +45,42 @@ def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def encode_chunk(tok, texts: list[str], fmt: DocumentFormat, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """(per-document lengths, the documents' tokens as prefix + text + suffix, concatenated) for a list of texts.
 
-    Special-token strings inside a text are encoded as text (`encode_texts`)."""
-    ids = encode_texts(tok, texts)
+    Special-token strings inside a text are encoded as text (`encode_texts`). Texts go to the tokenizer in calls
+    of at most BATCH_CHARS characters, and a text longer than `PIECE_CHARS` a piece at a time (`encode_pieces`:
+    the same tokens), so memory follows the tokens, not the tokenizer's work on a whole chunk or document."""
     prefix, suffix = fmt.prefix, fmt.suffix
     extra = len(prefix) + len(suffix)
-    lengths = np.fromiter((len(x) + extra for x in ids), dtype=np.int64, count=len(ids))
-    joined: list[int] = []
-    for x in ids:  # list.extend runs in C: a few ns a token, against ~100 for a generator into np.fromiter
-        joined.extend(prefix)
-        joined.extend(x)
-        joined.extend(suffix)
-    flat = np.array(joined, dtype=np.int64)
-    total = len(joined)
-    if total and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    parts: list[np.ndarray] = []
+
+    def short(a: int, b: int) -> None:  # texts[a:b], all short: one batch call, joined in C by list.extend
+        joined: list[int] = []
+        for i, x in enumerate(encode_texts(tok, texts[a:b]), a):
+            lengths[i] = len(x) + extra
+            joined.extend(prefix)
+            joined.extend(x)
+            joined.extend(suffix)
+        parts.append(np.array(joined, dtype=np.int64))
+
+    start, chars = 0, 0  # the batch of short texts so far: texts[start:i], `chars` characters
+    for i, text in enumerate(texts):
+        if start < i and chars + len(text) > BATCH_CHARS:  # batch_docs bounds documents; this bounds characters
+            short(start, i)
+            start, chars = i, 0
+        chars += len(text)
+        if len(text) > PIECE_CHARS:
+            if start < i:
+                short(start, i)
+            doc = [np.array(prefix, dtype=np.int64)]
+            doc += [np.array(ids, dtype=np.int64) for ids in encode_pieces(tok, text)]
+            doc.append(np.array(suffix, dtype=np.int64))
+            parts.append(np.concatenate(doc))
+            lengths[i] = len(parts[-1])
+            start, chars = i + 1, 0
+    if start < len(texts):
+        short(start, len(texts))
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(dtype).max):
         raise UserError(
             f"tokenizer produced id {int(flat.max())} that does not fit {dtype}; set dtype: uint32"
         )

@@ -107,13 +107,71 @@ def open_binary(path: Path) -> IO[bytes]:
     if head.startswith(_GZIP_MAGIC):
         fh.close()
         return gzip.open(path, "rb")
-    if head == _ZSTD_MAGIC:
+    if head == _ZSTD_MAGIC or _is_skippable_frame(head):  # pzstd opens its files with a skippable frame
+        return io.BufferedReader(_ZstdFrames(fh), buffer_size=1 << 20)
+    return fh
+
+
+def _is_skippable_frame(head: bytes) -> bool:
+    """zstd's skippable-frame magic, 0x184D2A50 to 0x184D2A5F little-endian (metadata that decoders skip)."""
+    return len(head) == 4 and head[1:] == b"\x2a\x4d\x18" and 0x50 <= head[0] <= 0x5F
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A zstd file's content, frame after frame; input that stops inside a frame raises EOFError.
+
+    python-zstandard's `stream_reader` reports a clean end when its input stops mid-frame, so a cut `.zst`
+    would read as a shorter corpus. A decompression object says whether its frame ended (`eof`); one per frame
+    (files written by multi-threaded zstd, or concatenated, hold several). Compressed input goes in 16 KiB at a
+    time, which bounds the output held at once by the data's compression ratio.
+    """
+
+    _CHUNK = 1 << 14
+
+    def __init__(self, fh: IO[bytes]):
         import zstandard
 
-        # read_across_frames: files written by multi-threaded zstd (or concatenated) hold several frames.
-        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
-    return fh
+        self._fh = fh
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = None  # the current frame's decompressor; None between frames
+        self._pending = b""  # compressed input not yet given to a decompressor
+        self._out = b""
+        self._pos = 0
+        self._offset = 0  # compressed bytes read so far, for the message
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._out):
+            if not self._decompress_more():
+                return 0
+        n = min(len(b), len(self._out) - self._pos)
+        b[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _decompress_more(self) -> bool:
+        """Decompress the next piece into `_out`; False at a clean end of input (between frames)."""
+        if not self._pending:
+            self._pending = self._fh.read(self._CHUNK)
+            self._offset += len(self._pending)
+            if not self._pending:
+                if self._obj is not None:
+                    raise EOFError(f"input ends inside a zstd frame at byte {self._offset}")
+                return False
+        if self._obj is None:
+            self._obj = self._dctx.decompressobj()
+        data, self._pending = self._pending, b""
+        self._out, self._pos = self._obj.decompress(data), 0
+        if self._obj.eof:
+            self._pending = self._obj.unused_data
+            self._obj = None
+        return True
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -125,10 +183,10 @@ class _Bad:
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("bad_records", 0)
 
-    def __call__(self, where: str, what: str) -> None:
+    def __call__(self, where: str, what: str, records: int = 1) -> None:
         if not self.skip:
             raise UserError(f"{where}: {what}; {SKIP_HINT}")
-        self.stats["bad_records"] += 1
+        self.stats["bad_records"] += records
         self.stats.setdefault("first_bad_record", f"{where}: {what}")
 
 
@@ -202,14 +260,42 @@ def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
     is_view = getattr(pa.types, "is_string_view", lambda _t: False)  # pyarrow >= 16
     if not (pa.types.is_string(ftype) or pa.types.is_large_string(ftype) or is_view(ftype)):
         raise UserError(f"{path}: column {field!r} is {ftype}, not a string column; set text_field")
-    row = 0
-    for batch in pf.iter_batches(columns=[field], batch_size=_PARQUET_BATCH):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            if text is None:
-                bad(f"{path}: row {row}", f"{field!r} is null")
-                continue
-            yield text
+    row = 0  # rows before the current row group
+    for group in range(pf.metadata.num_row_groups):
+        size, done = pf.metadata.row_group(group).num_rows, 0
+        try:
+            for batch in pf.iter_batches(columns=[field], batch_size=_PARQUET_BATCH, row_groups=[group]):
+                for text in _parquet_texts(batch.column(0)):
+                    done += 1
+                    if text is None:
+                        bad(f"{path}: row {row + done}", f"{field!r} is null")
+                        continue
+                    if isinstance(text, UnicodeDecodeError):
+                        bad(f"{path}: row {row + done}", f"{field!r} not UTF-8 (byte {text.start})")
+                        continue
+                    yield text
+        except (OSError, pa.ArrowException) as e:  # a damaged page: the rest of the group cannot be decoded
+            # what is lost is the rest of the row group: counted as bad records
+            where = f"{path}: row group {group} (rows {row + done + 1}-{row + size})"
+            bad(where, f"damaged ({_first_line(e)})", records=size - done)
+        row += size
+
+
+def _parquet_texts(column) -> list:
+    """A string column's values: str, None (null) or, for a value that is not valid UTF-8 (Arrow does not check
+    what a writer put in a string column), its UnicodeDecodeError."""
+    import pyarrow as pa
+
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:  # one bad value fails the batch: decode value by value
+        out: list = []
+        for raw in column.cast(pa.large_binary()).to_pylist():
+            try:
+                out.append(None if raw is None else raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                out.append(e)
+        return out
 
 
 def _iter_text(files: list[tuple[str, Path]], bad: _Bad) -> Iterator[str]:
@@ -220,7 +306,8 @@ def _iter_text(files: list[tuple[str, Path]], bad: _Bad) -> Iterator[str]:
         except _corrupt_errors() as e:
             raise UserError(f"{path}: cannot read ({_first_line(e)})") from None
         try:
-            yield data.decode("utf-8")
+            # a byte-order mark opening the file is its encoding, not text (JSONL's reader drops it too)
+            yield data.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             hint = "; narrow the source's glob to text files" if rel else ""
             bad(f"{path}", f"not UTF-8 text (byte {e.start}){hint}")

@@ -18,7 +18,6 @@ worst value is the smoothed one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +116,8 @@ def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dic
     for key, hib in keys:
         pts = [(m["step"], m["tokens"], m[key]) for m in evals if m.get(key) is not None]
         out[key] = gap_metrics(pts, higher_is_better=hib, baseline_step=baseline_step, window=window)
-    atomic.write_text(
-        run_dir / "gap.json",
-        json.dumps({"baseline_step": baseline_step, "window": window, "metrics": out}, indent=2) + "\n",
+    atomic.write_json(
+        run_dir / "gap.json", {"baseline_step": baseline_step, "window": window, "metrics": out}
     )
     return out
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from warmstart import atomic
-from warmstart.data.validation import evaluable_domains
+from warmstart.data.validation import evaluable_domains, skipped_note
 from warmstart.errors import UserError
 from warmstart.runtime import rundir
 
@@ -76,7 +76,7 @@ def domain_losses(
     from warmstart.models.build import check_data_compatible, check_data_format
     from warmstart.runtime.distributed import Dist
 
-    data, names = eval_domains(data_dir, domains)
+    data, names = eval_domains(data_dir, domains, windows=windows)
     vocab = model.get_input_embeddings().weight.shape[0]
     for n in names:
         max_id = data[n].index["splits"]["val"].get("max_token_id")
@@ -93,11 +93,14 @@ def _targets(s) -> int:
     return int((s[1] != -100).sum()) if isinstance(s, tuple) else int(s[:, 1:].size)
 
 
-def eval_domains(data_dir: str | Path, domains: list[str] | None, say: bool = True) -> tuple[dict, list[str]]:
-    """(the prepared domains, the names to evaluate): `domains` or every domain with a validation split.
+def eval_domains(
+    data_dir: str | Path, domains: list[str] | None, say: bool = True, windows: str = "documents"
+) -> tuple[dict, list[str]]:
+    """(the prepared domains, the names to evaluate): `domains` or every domain with a validation token to score
+    in `windows`.
 
-    A named domain that is missing or has no validation split is a UserError; unnamed ones without a validation
-    split are left out with a note.
+    A named domain that is missing or has nothing to score is a UserError; unnamed ones with nothing to score are
+    left out with a note (never scored as NaN into val/avg/loss).
     """
     from warmstart.data.shards import open_data_dir
 
@@ -106,9 +109,9 @@ def eval_domains(data_dir: str | Path, domains: list[str] | None, say: bool = Tr
     missing = [n for n in names if n not in data]
     if missing:
         raise UserError(f"--domains: {', '.join(missing)} not in {data_dir} (have: {', '.join(data)})")
-    kept = evaluable_domains(data, names, domains is not None, "--domains" if domains else "--data")
+    kept = evaluable_domains(data, names, domains is not None, "--domains" if domains else "--data", windows)
     if say and len(kept) < len(names):
-        print(f"note: no validation documents in {', '.join(n for n in names if n not in kept)}; not evaluated")
+        print(f"note: {skipped_note(data, [n for n in names if n not in kept], windows, 'not evaluated')}")
     return data, kept
 
 
@@ -141,8 +144,11 @@ def eval_checkpoint(
     out_dir = Path(out) if out is not None else run
     if out_dir is None:
         raise UserError(f"checkpoint: {spec} is not a warmstart run, so its results have no home; give --out DIR")
+    win = windows or info.get("windows") or "documents"
+    if win not in ("documents", "packed"):
+        raise UserError(f"--windows: expected documents or packed (got {win!r})")
     if data_dir is not None:
-        eval_domains(data_dir, domains, say=False)  # a bad --data or --domains fails before torch is imported
+        eval_domains(data_dir, domains, say=False, windows=win)  # a bad --data or --domains fails before torch
     import torch
 
     from warmstart.data.tokenizer import load_tokenizer
@@ -177,9 +183,6 @@ def eval_checkpoint(
         max_pos = context_length(model.config) or 1024
         n = seq_len or info.get("seq_len") or min(int(max_pos), 1024)
         check_seq_len(model.config, n, "--seq-len", "give a smaller --seq-len")
-        win = windows or info.get("windows") or "documents"
-        if win not in ("documents", "packed"):
-            raise UserError(f"--windows: expected documents or packed (got {win!r})")
         max_tokens = max_tokens or info.get("max_tokens") or 16384  # a run's own, so eval repeats its number
         per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev, win, allow_format_mismatch)
         result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "windows": win, "val": per})

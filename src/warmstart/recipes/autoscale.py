@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from warmstart import atomic
+from warmstart import atomic, jsonfile
 from warmstart.config import DDOConfig, Recipe, to_yaml, validate
 from warmstart.errors import UserError
 from warmstart.recipes.autoscale_laws import fit_power_law, kkt_residual, predict_mixture, solve_ddo
@@ -270,8 +270,10 @@ def read_mixture(path: str | Path) -> dict:
     if not p.is_file():
         raise UserError(f"{path}: no mixture.json (run `warmstart mixture ddo` first)")
     try:
-        mix = json.loads(p.read_text())
+        mix = jsonfile.loads(p.read_text())
         tokens = {k: float(v) for k, v in mix["tokens"].items()}
+    except jsonfile.DuplicateKeyError as e:
+        raise UserError(f"{p}: {e}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{p}: not a mixture file (needs 'tokens' per domain and 'budget')") from None
     mix["tokens"], mix["_path"] = tokens, str(p)

@@ -25,7 +25,17 @@ from typing import Any
 import yaml
 
 from warmstart import atomic
-from warmstart.config import Recipe, apply_overrides, read_yaml, set_dotted, split_assignment, validate
+from warmstart.config import (
+    DuplicateKeyError,
+    Recipe,
+    apply_overrides,
+    check_unique_overrides,
+    load_yaml,
+    read_yaml,
+    set_dotted,
+    split_assignment,
+    validate,
+)
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_table
 from warmstart.tables import markdown_table
@@ -85,7 +95,9 @@ _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 def _typed(raw: str) -> Any:
     """A YAML scalar, except that `3e-4` is a float too (YAML 1.1 reads it as a string: it wants `3.0e-4`)."""
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
+    except DuplicateKeyError as e:
+        raise UserError(f"--grid value {raw!r}: {e.problem}") from None
     except yaml.YAMLError:
         return raw
     if isinstance(value, str) and _FLOAT.match(value.strip()):
@@ -120,6 +132,11 @@ def point_recipes(
     base: dict, grid: dict[str, list[str]], overrides: list[str] | None = None, source: str = "recipe"
 ) -> list[tuple[Point, Recipe]]:
     """Validated recipes of every point: base recipe + --set overrides + the point's values; named by the point."""
+    check_unique_overrides(overrides)
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if key in grid:
+            raise UserError(f"--set {key}: also a --grid key; the grid sets it for every point, keep one")
     tree = apply_overrides(base, overrides)
     name = tree.get("name")
     if not name:

@@ -10,7 +10,6 @@ table values as the pages).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from warmstart import atomic
@@ -183,6 +182,6 @@ def make_report(
         intro.append(f"baseline: {summary['baseline']} (final {metric} {summary['target']:.4f})")
     atomic.write_text(out / "report.md", page.markdown_page(title, intro, tables, images, notes))
     atomic.write_text(out / "report.html", page.html_page(title, intro, tables, images, notes))
-    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(out / "summary.json", summary)
     return {**summary, "html": str(out / "report.html"), "markdown": str(out / "report.md")}
 

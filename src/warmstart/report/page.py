@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
+from warmstart import jsonfile
 from warmstart.tables import fmt, markdown_table
 
 __all__ = ["fmt", "markdown_table", "html_table", "markdown_page", "html_page"]
@@ -32,7 +32,7 @@ def html_table(table: dict, table_id: str) -> str:
     body = []
     for row in table["rows"]:
         cells = "".join(
-            f'<td data-value="{html.escape(json.dumps(v), quote=True)}">{html.escape(fmt(v, f))}</td>'
+            f'<td data-value="{html.escape(jsonfile.dumps(v), quote=True)}">{html.escape(fmt(v, f))}</td>'
             for v, f in zip(row, table["formats"], strict=True)
         )
         body.append(f"<tr>{cells}</tr>")

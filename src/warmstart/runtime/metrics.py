@@ -10,20 +10,14 @@ receive a copy of every event's numbers; they are told nothing the file does not
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
+from warmstart import jsonfile
 from warmstart.errors import UserError, warn
 from warmstart.runtime import rundir
 
 TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")  # wall-clock dependent; everything else is reproducible
-
-
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 class MetricsLog:
@@ -82,7 +76,7 @@ class MetricsLog:
     def write(self, event: dict) -> None:
         if not self.enabled:
             return
-        line = json.dumps({k: _clean(v) for k, v in event.items()}) + "\n"
+        line = jsonfile.dumps(event) + "\n"
         if self._trackers is None:  # opened before the first line, so a bad tracker setting writes nothing
             from warmstart.runtime.tracking import open_trackers
 
@@ -106,9 +100,7 @@ class MetricsLog:
 def _configured_trackers(config_path: Path) -> list[str]:
     if not config_path.is_file():
         return []
-    import yaml
-
-    cfg = yaml.safe_load(config_path.read_text()) or {}
+    cfg = rundir.read_config(config_path.parent) or {}
     return list((cfg.get("train") or {}).get("trackers") or [])
 
 

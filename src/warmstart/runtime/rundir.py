@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 import yaml
 
 from warmstart import atomic
-from warmstart.config import Recipe
+from warmstart.config import DuplicateKeyError, Recipe, load_yaml
 from warmstart.errors import UserError
 
 LOCK = ".lock"
@@ -203,7 +203,9 @@ def read_config(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = load_yaml(path.read_text())
+    except DuplicateKeyError as e:
+        raise UserError(f"{path}: {e.problem}; it is not the config.yaml warmstart wrote") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: unreadable ({e.__class__.__name__}); it is not the config.yaml warmstart wrote") from None
     if not isinstance(tree, dict):

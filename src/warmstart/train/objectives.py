@@ -23,14 +23,21 @@ def _generator(*key: int) -> torch.Generator:
 
 
 class Objective:
-    """Turns token windows into (inputs, labels); labels are IGNORE where no loss is taken."""
+    """Turns token windows into (inputs, labels); labels are IGNORE where no loss is taken.
 
-    def __init__(self, kind: str, tokenizer=None, vocab_size: int = 0, seed: int = 0, mask_prob: float = 0.15):
+    Masked LM (Devlin et al. 2019, sec. 3.1): 15% of non-special positions are predicted; of those 80% become
+    [MASK], 10% a random token, 10% stay. The random token is drawn from the tokenizer's ids (`len(tokenizer)`,
+    as Hugging Face's DataCollatorForLanguageModeling), never from an embedding table's padding rows, which are
+    no token at all (with 576 rows for 512 tokens, 10.9% of the draws were such rows).
+    """
+
+    def __init__(self, kind: str, tokenizer=None, seed: int = 0, mask_prob: float = 0.15):
         self.kind = kind
         self.seed = seed
         self.mask_prob = mask_prob
-        self.vocab_size = vocab_size
+        self.vocab_size = 0
         if kind == "masked":
+            self.vocab_size = len(tokenizer)
             self.mask_id = int(tokenizer.mask_token_id)
             self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
 

@@ -97,6 +97,27 @@ def _no_checkpoint(recipe: Recipe, old: dict | None) -> Plan:
                                 "starting it again from step 0")
 
 
+def _refuse_counter_changes(recipe: Recipe, old: dict, changed: list[str]) -> None:
+    """A resume may not change what its counters are made of: tokens, FLOPs, a token budget's step count and
+    the schedule's position are all `step x train.batch_tokens`, so a new batch size would recount the steps
+    already taken (512-token steps resumed at 1,024 stopped at half a token budget, or reported 4,096 tokens
+    where 3,072 were trained). Nor the sequence length: the sampler's positions and epochs count sequences."""
+    if "train.batch_tokens" in changed:
+        was = (old.get("train") or {}).get("batch_tokens")
+        raise UserError(
+            f"{recipe.run_dir}: --resume cannot change train.batch_tokens ({was} -> {recipe.train.batch_tokens}): "
+            f"its steps so far are counted as {was} tokens each; keep train.batch_tokens: {was}, or start a new "
+            "run from this one's weights with init.from"
+        )
+    if "data.seq_len" in changed:
+        was = (old.get("data") or {}).get("seq_len")
+        raise UserError(
+            f"{recipe.run_dir}: --resume cannot change data.seq_len ({was} -> {recipe.data.seq_len}): the data "
+            f"read so far is counted in sequences of {was} tokens; keep data.seq_len: {was}, or start a new run "
+            "from this one's weights with init.from"
+        )
+
+
 def plan(recipe: Recipe, resume: bool, changed: list[str], allow_config_change: bool, existed: bool = True) -> Plan:
     """What `train` does with RUN_DIR (call with the lock held; `changed`: config.yaml's keys that differ from
     the recipe's; `existed`: RUN_DIR was there before the lock was taken).
@@ -142,6 +163,7 @@ def plan(recipe: Recipe, resume: bool, changed: list[str], allow_config_change: 
     rejected = []
     for path, problem in checkpoints:
         if problem is None:
+            _refuse_counter_changes(recipe, old, changed)
             rundir.remove_stale_temps(run_dir)
             return Plan("resume", checkpoint=path)
         warn(f"checkpoint {path} is damaged ({problem}); skipped")

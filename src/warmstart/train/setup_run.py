@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from warmstart import signals
+from warmstart import jsonfile, signals
 from warmstart.config import DataConfig, Recipe, to_yaml
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
-from warmstart.data.validation import evaluable_domains
+from warmstart.data.validation import evaluable_domains, skipped_note
 from warmstart.errors import UserError
 from warmstart.eval.perplexity import eval_windows
 from warmstart.models.build import (
@@ -97,7 +97,9 @@ def resolve_weights(data: DataConfig) -> DataConfig:
     if not path.is_file():
         raise UserError(f"data.weights_from: {path} not found")
     try:
-        weights = json.loads(path.read_text())["weights"]
+        weights = jsonfile.loads(path.read_text())["weights"]
+    except jsonfile.DuplicateKeyError as e:
+        raise UserError(f"data.weights_from: {path}: {e}") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"data.weights_from: {path} is not a mixture file (needs a 'weights' table)") from None
     if data.weights:
@@ -141,10 +143,13 @@ def _open_data(recipe: Recipe, data_cfg: DataConfig, d: Dist) -> tuple[dict, lis
         if name not in domains:
             raise UserError(f"eval.domains: no domain {name!r} in {data_cfg.dir} (have: {', '.join(domains)})")
     listed = eval_names
-    eval_names = evaluable_domains(domains, eval_names, recipe.eval.domains is not None, "eval.domains")
+    eval_names = evaluable_domains(
+        domains, eval_names, recipe.eval.domains is not None, "eval.domains", recipe.eval.windows
+    )
     if d.is_main and len(eval_names) < len(listed):
-        skipped = ", ".join(n for n in listed if n not in eval_names)
-        print(f"note: no validation documents in {skipped}; training without validation for it")
+        skipped = [n for n in listed if n not in eval_names]
+        then = "training without validation for it (and without it in val/avg/loss)"
+        print(f"note: {skipped_note(domains, skipped, recipe.eval.windows, then)}")
     if recipe.eval.tasks:  # on every rank, so none waits at a barrier for one that failed
         from warmstart.eval.tasks import task_manager
 
@@ -152,7 +157,13 @@ def _open_data(recipe: Recipe, data_cfg: DataConfig, d: Dist) -> tuple[dict, lis
         if recipe.train.parallel == "fsdp" and d.enabled:
             raise UserError("eval.tasks: lm-eval tasks run on rank 0 alone, which a sharded model (train.parallel: "
                             "fsdp) cannot do; use parallel: ddp, or run `warmstart eval` on final/")
-    return domains, eval_names, MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
+    sampler = MixtureSampler.from_config(data_cfg, domains, seed=recipe.seed)
+    replayed = {n for n, w in (data_cfg.replay.domains if data_cfg.replay else {}).items() if w > 0}
+    unused = [n for n, w in data_cfg.weights.items() if w == 0 and n not in replayed]
+    if d.is_main and unused:  # a listed domain that is never read: said once, in case it was not meant
+        print(f"note: data.weights gives {', '.join(unused)} weight 0: not trained on"
+              + (" (still evaluated)" if set(unused) & set(eval_names) else ""))
+    return domains, eval_names, sampler
 
 
 def _check_data_meets_model(tok, vocab: int, domains: dict, used: list[str], data_cfg: DataConfig, d: Dist) -> None:
@@ -200,7 +211,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     # forward passes return the loss, never the full logits (models/loss.py); after the optimizer is built, since
     # its one check forward is the first forward, where FSDP2 settles its sharded parameters
     loss_model = LossModel(model)
-    objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
+    objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob)
     if objective.kind == "masked" and recipe.eval.windows == "documents":
         raise UserError("eval.windows: documents is for causal LMs; use packed with model.objective: masked")
     val_sets = {n: eval_windows(domains[n], data_cfg.seq_len, recipe.eval.max_tokens, recipe.eval.windows)

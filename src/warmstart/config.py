@@ -276,11 +276,23 @@ class InheritConfig(Section):
     blocks: str | list[int] | None = Field(None, description="or an ordered block list, e.g. '0-5,8'")
     out: str
     overwrite: bool = False
+    rule: Literal["first", "angular", "auto"] = Field(
+        "first", description="which N blocks: first (Inheritune), angular (drop the contiguous run that changes "
+        "the hidden state least, keeping the final block), auto (the rule whose cut has the lowest sample loss)"
+    )
+    sample: str | None = Field(None, description="a prepared data dir whose train split the rule measures on")
+    sample_tokens: int = Field(16384, gt=0, description="tokens of the sample (split evenly over its domains)")
+    seq_len: int = Field(512, gt=1, description="sample windows: each document's first seq_len + 1 tokens")
+    keep_last: int = Field(1, ge=1, description="angular: the final blocks that are never removed")
 
     @model_validator(mode="after")
     def _check(self) -> InheritConfig:
         if (self.layers is None) == (self.blocks is None):
             raise ValueError("give exactly one of layers (first N blocks) and blocks (e.g. 0-5,8)")
+        if self.rule != "first" and self.layers is None:
+            raise ValueError(f"rule {self.rule} chooses the blocks itself; give layers (how many), not blocks")
+        if self.rule != "first" and self.sample is None:
+            raise ValueError(f"rule {self.rule} measures the blocks on your data; give sample (a prepared data dir)")
         return self
 
 

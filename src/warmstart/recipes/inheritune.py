@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.errors import UserError
@@ -28,12 +30,64 @@ def inherited_dir(root: Path, layers: int) -> Path:
     return Path(root) / "inherited" / f"L{layers:02d}"
 
 
-def ensure_inherited(ref: str | Path, root: Path, layers: int) -> Path:
-    """The inherited checkpoint of `layers` blocks under `root` (written once; atomic, so present = complete)."""
+def ensure_inherited(ref: str | Path, root: Path, layers: int, rule: str = "first", sample: dict | None = None) -> Path:
+    """The inherited checkpoint of `layers` blocks under `root`, chosen by `rule` (written once; atomic, so
+    present = complete). `sample`: the keyword arguments of `inherit_by_rule` that name the sample."""
     out = inherited_dir(root, layers)
     if not (out / "config.json").is_file():
-        inherit(ref, out, layers=layers)
+        inherit_by_rule(ref, out, layers, rule, **(sample or {}))
     return out
+
+
+def inherit_by_rule(
+    ref: str | Path,
+    out: str | Path,
+    layers: int,
+    rule: str = "first",
+    sample_dir: str | None = None,
+    sample_tokens: int = 16384,
+    seq_len: int = 512,
+    keep_last: int = 1,
+    overwrite: bool = False,
+    device: str = "cpu",
+    echo=print,
+):
+    """`inherit` n = `layers` blocks chosen by `rule` (eval/block_choice.py), measured on `sample_dir`'s train
+    split; prints and records (inherited.json "choice") what was measured and chosen. Returns InheritResult."""
+    import torch
+    from transformers import AutoConfig
+
+    from warmstart.eval.block_choice import choose_blocks, describe, load_sample
+    from warmstart.models.locate import load_failure
+    from warmstart.models.surgery import auto_class
+
+    if rule == "first":
+        return inherit(ref, out, layers=layers, overwrite=overwrite, choice={"rule": "first", "chosen": "first"})
+    if sample_dir is None:
+        raise UserError(f"--rule {rule}: measures the blocks on a sample of your data; give --sample DATA_DIR")
+    src = resolve_checkpoint(str(ref), "--from")
+    config = AutoConfig.from_pretrained(str(src))
+    k = layer_count(config)
+    auto = auto_class(config)
+    causal = auto.__name__ == "AutoModelForCausalLM"
+    inputs, labels = load_sample(sample_dir, seq_len, sample_tokens, causal)
+    try:
+        model = auto.from_pretrained(str(src), dtype=torch.float32).to(device)
+    except Exception as e:  # OSError/ValueError/KeyError: see surgery.inherit
+        raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
+    if not causal:  # masked LM: the masked positions are fixed by the sample (eval_pairs' seeded noise)
+        from transformers import AutoTokenizer
+
+        from warmstart.train.objectives import Objective, eval_pairs
+
+        obj = Objective("masked", AutoTokenizer.from_pretrained(str(src)), config.vocab_size)
+        inputs, labels = eval_pairs(np.concatenate([inputs, labels[:, -1:]], axis=1), obj, 0)
+    blocks, record = choose_blocks(model, k, layers, rule, (inputs, labels), keep_last, causal=causal)
+    record["sample"] = {"dir": str(sample_dir), "split": "train", "seq_len": seq_len, "max_tokens": sample_tokens}
+    del model
+    for line in describe(record, k):
+        echo(f"[inherit] {line}")
+    return inherit(ref, out, blocks=blocks, overwrite=overwrite, choice=record)
 
 
 def random_init_model(inherited: Path) -> dict:

@@ -129,6 +129,15 @@ class ModelConfig(Section):
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="masked objective: share of positions predicted")
 
 
+class DistillConfig(Section):
+    """Train against a teacher's next-token distribution (models/distill.py): loss per token
+    alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * next-token cross-entropy."""
+
+    teacher: str = Field(..., description="the teacher: a HF checkpoint dir, hub name or warmstart run dir")
+    temperature: float = Field(1.0, gt=0.0, description="T: both distributions are softened by 1/T")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="weight of the KL term; 1 - alpha on next-token loss")
+
+
 class InitConfig(Section):
     from_: str | None = Field(
         None, alias="from", description="weights only: a HF checkpoint dir, hub name, or a warmstart run dir"
@@ -247,6 +256,7 @@ class Recipe(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig | None = Field(None, description="learn from a teacher's logits (default: tokens only)")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -260,6 +270,8 @@ class Recipe(Section):
         _check_batch_tokens(self.train, self.data)
         if self.init.keep_optimizer and self.init.from_ is None:
             raise ValueError("init.keep_optimizer: needs init.from (a warmstart run directory)")
+        if self.distill is not None and self.model.objective != "causal":
+            raise ValueError("distill: distils next-token distributions; it needs model.objective: causal")
         return self
 
     @property
@@ -327,6 +339,9 @@ class GrowRecipe(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig | None = Field(
+        None, description="train every round against a teacher (e.g. the reference's checkpoint) instead of tokens"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GrowRecipe:

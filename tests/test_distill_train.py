@@ -175,3 +175,28 @@ def test_two_process_ddp_and_fsdp_distillation_match_one_process(pair, data_dir,
     for other in ("ddp", "fsdp"):
         _same_numbers(single, read_metrics(runs / other))
         _close_weights(runs / "single", runs / other)
+
+
+def test_report_charges_the_teacher(pair, data_dir, tokenizer_dir, tmp_path):
+    """Compute saved: a distilled run's FLOPs to the target include its teacher's forward passes, its tokens do
+    not; the row says so."""
+    from warmstart.report.data import load_run
+    from warmstart.report.saved import compute_saved
+
+    teacher, student = pair
+    common = {
+        "init": {"from": str(student)},
+        "model": {"preset": None, "tokenizer": None},
+        "train": {"steps": 4, "log_every": 2},
+        "eval": {"every": 1},
+    }
+    base = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "base", **common))
+    kd = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "kd", distill=_kd(teacher), **common))
+    runs = [load_run(base.run_dir, "base"), load_run(kd.run_dir, "kd")]
+    row = compute_saved(runs, runs[0], "val/avg/loss")["kd"]
+    s = json.loads((kd.run_dir / "summary.json").read_text())
+    assert "distilled from teacher (its forward FLOPs counted)" in row["compared_as"]
+    own = compute_saved(runs, runs[1], "val/avg/loss")["kd"]  # the distilled run reaches its own final loss
+    assert own["reached"] and own["tokens_to_target"] > 0
+    assert own["flops_to_target"] == pytest.approx(own["tokens_to_target"] * s["flops_per_token"])
+    assert s["flops_per_token"] > json.loads((base.run_dir / "summary.json").read_text())["flops_per_token"]

@@ -324,6 +324,10 @@ class GrowConfig(Section):
     tolerance: float = Field(0.0, ge=0.0, description="matched when loss <= reference loss + tolerance")
     target: list[str] | None = Field(None, description="domains whose mean val loss is compared; default: avg")
     baseline: bool = Field(True, description="also train a random init of the final depth, same steps")
+    rule: Literal["first", "angular", "auto"] = Field(
+        "first", description="which blocks each round inherits (`warmstart inherit --rule`), measured on data.dir"
+    )
+    sample_tokens: int = Field(16384, gt=0, description="angular/auto: train-split tokens the rule measures on")
 
 
 class GrowRecipe(Section):

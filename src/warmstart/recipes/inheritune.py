@@ -26,14 +26,14 @@ from warmstart.runtime import rundir
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
-def inherited_dir(root: Path, layers: int) -> Path:
-    return Path(root) / "inherited" / f"L{layers:02d}"
+def inherited_dir(root: Path, layers: int, rule: str = "first") -> Path:
+    return Path(root) / "inherited" / (f"L{layers:02d}" if rule == "first" else f"L{layers:02d}-{rule}")
 
 
 def ensure_inherited(ref: str | Path, root: Path, layers: int, rule: str = "first", sample: dict | None = None) -> Path:
     """The inherited checkpoint of `layers` blocks under `root`, chosen by `rule` (written once; atomic, so
     present = complete). `sample`: the keyword arguments of `inherit_by_rule` that name the sample."""
-    out = inherited_dir(root, layers)
+    out = inherited_dir(root, layers, rule)
     if not (out / "config.json").is_file():
         inherit_by_rule(ref, out, layers, rule, **(sample or {}))
     return out
@@ -132,6 +132,8 @@ class GrowResult:
 def _round_recipe(cfg: GrowRecipe, name: str, init_from: Path | None, model: dict | None) -> Recipe:
     dump = cfg.model_dump(mode="json", by_alias=True)
     tree = {k: dump[k] for k in ("seed", "data", "optim", "schedule", "train", "eval")}
+    if dump.get("distill") is not None:  # every round (and the baseline) learns from the same teacher
+        tree["distill"] = dump["distill"]
     tree.update({"name": name, "out_dir": str(cfg.grow_dir)})
     if init_from is not None:
         tree["init"] = {"from": str(init_from)}
@@ -243,6 +245,8 @@ def grow(cfg: GrowRecipe) -> GrowResult:
         "target": cfg.grow.target or ["avg"],
         "tolerance": cfg.grow.tolerance,
         "step": cfg.grow.step,
+        "rule": cfg.grow.rule,
+        "distill": cfg.distill.model_dump(mode="json") if cfg.distill else None,
         "rounds": [],
         "matched": False,
         "final_layers": None,
@@ -266,11 +270,14 @@ def grow(cfg: GrowRecipe) -> GrowResult:
             save("interrupted")
         return outcome.raise_if_interrupted().summary
 
+    sample = {"sample_dir": cfg.data.dir, "sample_tokens": cfg.grow.sample_tokens, "seq_len": cfg.data.seq_len}
     while True:
-        init = ensure_inherited(src, root, n)
-        print(f"[grow] round: {n} of {k} blocks inherited from {src}")
+        init = ensure_inherited(src, root, n, cfg.grow.rule, sample)
+        kept = json.loads((init / "inherited.json").read_text())["blocks"]
+        print(f"[grow] round: {n} of {k} blocks inherited from {src} (rule {cfg.grow.rule}: blocks {kept})")
         done = train_round(_round_recipe(cfg, f"inheritune-L{n:02d}", init, None))
         row = _row(n, done, cfg, "inheritune")
+        row["blocks"] = kept
         row["matched"] = row["val_loss"] <= ref_loss + cfg.grow.tolerance
         summary["rounds"].append(row)
         summary["final_layers"] = n
@@ -286,7 +293,7 @@ def grow(cfg: GrowRecipe) -> GrowResult:
 
     if cfg.grow.baseline:
         print(f"[grow] baseline: random init of {n} blocks, same steps")
-        init = inherited_dir(root, n)
+        init = inherited_dir(root, n, cfg.grow.rule)  # the final round's shape and per-layer settings
         done = train_round(_round_recipe(cfg, f"scratch-L{n:02d}", None, random_init_model(init)))
         summary["baseline"] = _row(n, done, cfg, "random-init")
     save("complete")

@@ -134,7 +134,26 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
     with pytest.raises(UserError, match="keeping 1 blocks including the final 2"):
         removable_starts(K, 1, keep_last=2)
     assert not (tmp_path / "o").exists()
-    sample = ["--sample", str(data_dir), "--sample-tokens", "300", "--seq-len", "16"]
+    assert (
+        main(
+            [*base, "--layers", "3", "--rule", "auto", "--sample", str(data_dir), "--sample-domains", "nope"]
+        )
+        == 2
+    )
+    assert "--sample: no domain 'nope'" in capsys.readouterr().err
+    sample = [
+        "--sample",
+        str(data_dir),
+        "--sample-tokens",
+        "300",
+        "--seq-len",
+        "16",
+        "--sample-domains",
+        "prose",
+    ]
     assert main([*base, "--layers", "3", "--rule", "auto", *sample]) == 0
     out = capsys.readouterr().out
     assert "step-0 loss on the sample: first" in out and "rule auto: chose" in out
+    assert json.loads((tmp_path / "o" / "inherited.json").read_text())["choice"]["sample"]["domains"] == [
+        "prose"
+    ]

@@ -294,6 +294,7 @@ class InheritConfig(Section):
     )
     sample: str | None = Field(None, description="a prepared data dir whose train split the rule measures on")
     sample_tokens: int = Field(16384, gt=0, description="tokens of the sample (split evenly over its domains)")
+    sample_domains: list[str] | None = Field(None, description="the sample's domains (default: all of them)")
     seq_len: int = Field(512, gt=1, description="sample windows: each document's first seq_len + 1 tokens")
     keep_last: int = Field(1, ge=1, description="angular: the final blocks that are never removed")
 

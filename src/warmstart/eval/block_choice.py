@@ -60,11 +60,17 @@ def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.arccos(cos) / math.pi
 
 
-def load_sample(data_dir: str, seq_len: int, max_tokens: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, labels) (N, seq_len) int64 from every domain's train split; labels -100 where nothing is scored.
-    Causal: one window per document from its start (`document_windows`); masked LM: packed windows (the caller
-    masks them)."""
-    domains = open_data_dir(data_dir)
+def load_sample(
+    data_dir: str, seq_len: int, max_tokens: int, causal: bool, domains: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) (N, seq_len) int64 from the train split of `domains` (default: all); labels -100 where
+    nothing is scored. Causal: one window per document from its start (`document_windows`); masked LM: packed
+    windows (the caller masks them). Raises UserError for an unknown domain or no tokens."""
+    everything = open_data_dir(data_dir)
+    unknown = [d for d in domains or [] if d not in everything]
+    if unknown:
+        raise UserError(f"--sample: no domain {unknown[0]!r} in {data_dir} (have: {', '.join(everything)})")
+    domains = {d: everything[d] for d in domains} if domains else everything
     share = max(1, max_tokens // max(1, len(domains)))
     parts = []
     for dom in domains.values():

@@ -51,6 +51,7 @@ def inherit_by_rule(
     overwrite: bool = False,
     device: str = "cpu",
     echo=print,
+    sample_domains: list[str] | None = None,
 ):
     """`inherit` n = `layers` blocks chosen by `rule` (eval/block_choice.py), measured on `sample_dir`'s train
     split; prints and records (inherited.json "choice") what was measured and chosen. Returns InheritResult."""
@@ -70,7 +71,7 @@ def inherit_by_rule(
     k = layer_count(config)
     auto = auto_class(config)
     causal = auto.__name__ == "AutoModelForCausalLM"
-    inputs, labels = load_sample(sample_dir, seq_len, sample_tokens, causal)
+    inputs, labels = load_sample(sample_dir, seq_len, sample_tokens, causal, sample_domains)
     try:
         model = auto.from_pretrained(str(src), dtype=torch.float32).to(device)
     except Exception as e:  # OSError/ValueError/KeyError: see surgery.inherit
@@ -83,7 +84,13 @@ def inherit_by_rule(
         obj = Objective("masked", AutoTokenizer.from_pretrained(str(src)), config.vocab_size)
         inputs, labels = eval_pairs(np.concatenate([inputs, labels[:, -1:]], axis=1), obj, 0)
     blocks, record = choose_blocks(model, k, layers, rule, (inputs, labels), keep_last, causal=causal)
-    record["sample"] = {"dir": str(sample_dir), "split": "train", "seq_len": seq_len, "max_tokens": sample_tokens}
+    record["sample"] = {
+        "dir": str(sample_dir),
+        "domains": sample_domains or "all",
+        "split": "train",
+        "seq_len": seq_len,
+        "max_tokens": sample_tokens,
+    }
     del model
     for line in describe(record, k):
         echo(f"[inherit] {line}")
@@ -270,7 +277,9 @@ def grow(cfg: GrowRecipe) -> GrowResult:
             save("interrupted")
         return outcome.raise_if_interrupted().summary
 
-    sample = {"sample_dir": cfg.data.dir, "sample_tokens": cfg.grow.sample_tokens, "seq_len": cfg.data.seq_len}
+    trained = [d for d, w in (cfg.data.weights or {}).items() if w > 0] or None  # the domains the rounds train on
+    sample = {"sample_dir": cfg.data.dir, "sample_tokens": cfg.grow.sample_tokens, "seq_len": cfg.data.seq_len,
+              "sample_domains": trained}
     while True:
         init = ensure_inherited(src, root, n, cfg.grow.rule, sample)
         kept = json.loads((init / "inherited.json").read_text())["blocks"]

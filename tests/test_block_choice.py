@@ -102,8 +102,15 @@ def test_each_rule_writes_the_reference_through_its_kept_blocks(tmp_path, refs, 
             assert res.blocks == angular
         else:
             step0 = record["choice"]["step0_loss"]
-            assert record["choice"]["chosen"] == min(step0, key=step0.get)
-            assert res.blocks == (angular if record["choice"]["chosen"] == "angular" else [0, 1])
+            # K = 4, n = 2: two removable runs (0-1, 1-2), both evaluated, and the first n
+            assert set(step0) == {"first", "angular", f"remove {1 - int(best)}-{2 - int(best)}"}
+            chosen = record["choice"]["chosen"]
+            assert chosen == min(step0, key=step0.get)
+            want = {"first": [0, 1], "angular": angular}.get(chosen)
+            if want is None:
+                a, b = (int(x) for x in chosen.split()[1].split("-"))
+                want = [i for i in range(K) if not a <= i <= b]
+            assert res.blocks == want
     small, info = auto.from_pretrained(str(res.out), dtype=torch.float32, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     small.eval()

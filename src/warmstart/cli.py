@@ -112,7 +112,8 @@ def cmd_inherit(args: argparse.Namespace) -> int:
     base = {"from": args.ref, "layers": args.layers, "blocks": args.blocks, "out": args.out,
             "overwrite": args.overwrite, "rule": args.rule, "sample": args.sample,
             "sample_tokens": args.sample_tokens, "seq_len": args.seq_len, "keep_last": args.keep_last,
-            "sample_domains": args.sample_domains.split(",") if args.sample_domains else None}
+            "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
+            "auto_candidates": args.auto_candidates}
     cfg = load(InheritConfig, None, [], base={k: v for k, v in base.items() if v is not None})
     resolve_checkpoint(cfg.from_, "--from")
     out = check_out_dir(cfg.out, "--out")
@@ -126,7 +127,8 @@ def cmd_inherit(args: argparse.Namespace) -> int:
         from warmstart.recipes.inheritune import inherit_by_rule
 
         res = inherit_by_rule(cfg.from_, cfg.out, cfg.layers, cfg.rule, cfg.sample, cfg.sample_tokens, cfg.seq_len,
-                              cfg.keep_last, overwrite=cfg.overwrite, sample_domains=cfg.sample_domains)
+                              cfg.keep_last, overwrite=cfg.overwrite, sample_domains=cfg.sample_domains,
+                              candidates=cfg.auto_candidates)
     else:
         from warmstart.models.surgery import inherit
 
@@ -398,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "run that changes the hidden state least on --sample, keeping the final block; Gromov et al. "
                     "2024), auto (the rule whose cut has the lowest step-0 loss on --sample)")
     ih.add_argument("--sample", help="prepared data dir (its train split) that angular/auto measure on")
+    ih.add_argument("--auto-candidates", dest="auto_candidates", type=int,
+                    help="auto: how many removable runs (smallest angular distance first) to evaluate (3)")
     ih.add_argument("--sample-domains", dest="sample_domains", help="comma-separated domains of --sample (all)")
     ih.add_argument("--sample-tokens", dest="sample_tokens", type=int, help="tokens of the sample (default 16384)")
     ih.add_argument("--seq-len", dest="seq_len", type=int, help="sample: each document's first N+1 tokens (512)")

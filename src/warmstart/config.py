@@ -295,6 +295,7 @@ class InheritConfig(Section):
     sample: str | None = Field(None, description="a prepared data dir whose train split the rule measures on")
     sample_tokens: int = Field(16384, gt=0, description="tokens of the sample (split evenly over its domains)")
     sample_domains: list[str] | None = Field(None, description="the sample's domains (default: all of them)")
+    auto_candidates: int = Field(3, ge=1, description="auto: runs of smallest angular distance evaluated")
     seq_len: int = Field(512, gt=1, description="sample windows: each document's first seq_len + 1 tokens")
     keep_last: int = Field(1, ge=1, description="angular: the final blocks that are never removed")
 
@@ -329,6 +330,7 @@ class GrowConfig(Section):
         "first", description="which blocks each round inherits (`warmstart inherit --rule`), measured on data.dir"
     )
     sample_tokens: int = Field(16384, gt=0, description="angular/auto: train-split tokens the rule measures on")
+    auto_candidates: int = Field(3, ge=1, description="auto: runs of smallest angular distance evaluated")
 
 
 class GrowRecipe(Section):

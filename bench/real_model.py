@@ -533,7 +533,7 @@ class Bench:
             "",
             "## Which blocks (`inherit --rule auto`, measured on a sample of the training domains)",
             "",
-            "| n of 30 | angular distance: removed run -> distance (smallest 3) | step-0 loss on the sample | chosen | blocks |",
+            f"| n of {self.layers} | angular distance: removed run -> distance (smallest 3) | step-0 loss on the sample | chosen | blocks |",
             "|---|---|---|---|---|",
         ]
         for k, rec in choices.items():

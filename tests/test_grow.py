@@ -30,13 +30,15 @@ def reference(tmp_path_factory, data_dir, tokenizer_dir):
     return recipe.run_dir
 
 
-def grow_recipe(data_dir, tokenizer_dir, out, ref_dir, ref=None, **grow_keys) -> GrowRecipe:
+def grow_recipe(data_dir, tokenizer_dir, out, ref_dir, ref=None, distill=None, **grow_keys) -> GrowRecipe:
     tree = tiny_recipe_tree(data_dir, tokenizer_dir, out, "grow")
     tree = {k: v for k, v in tree.items() if k != "model"}
     tree["train"].update({"steps": STEPS, "checkpoint_every": STEPS // 2})
     tree["eval"].update({"every": STEPS, "max_tokens": 128})
     tree["reference"] = {"from": str(ref_dir), **(ref or {})}
     tree["grow"] = grow_keys
+    if distill is not None:
+        tree["distill"] = distill
     return validate(GrowRecipe, tree)
 
 
@@ -122,3 +124,24 @@ def test_shipped_grow_recipe_validates():
     root = Path(__file__).resolve().parent.parent / "recipes"
     cfg = load(GrowRecipe, root / "grow.yaml")
     assert cfg.data.dir == "corpus/shards" and cfg.grow.step == 2
+
+
+def test_grow_with_a_block_rule_and_distillation(tmp_path, data_dir, tokenizer_dir, reference):
+    """Each round inherits the blocks the rule chooses (measured on data.dir) and learns from the teacher."""
+    teacher = str(reference / "final")
+    cfg = grow_recipe(data_dir, tokenizer_dir, tmp_path, reference, start_layers=2, step=1, ref={"loss": 0.0},
+                      distill={"teacher": teacher, "alpha": 0.5}, rule="angular", sample_tokens=512, baseline=False)
+    s = grow(cfg).summary
+    assert s["rule"] == "angular" and s["distill"]["teacher"] == teacher
+    assert [r["layers"] for r in s["rounds"]] == [2, 3]
+    for r in s["rounds"]:
+        n = r["layers"]
+        inherited = tmp_path / "grow" / "inherited" / f"L{n:02d}-angular"
+        record = json.loads((inherited / "inherited.json").read_text())
+        assert record["blocks"] == r["blocks"] and record["choice"]["rule"] == "angular"
+        dist = record["choice"]["angular"]["distance_by_start"]
+        best = int(min(dist, key=lambda k: (dist[k], int(k))))
+        assert r["blocks"] == [i for i in range(K) if not best <= i < best + K - n] and r["blocks"][-1] == K - 1
+        run = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert run["init"] == str(inherited) and run["teacher_flops_per_token"] > 0
+        assert r["flops"] == run["flops"] == pytest.approx(run["tokens"] * run["flops_per_token"])

@@ -110,15 +110,29 @@ def cmd_inherit(args: argparse.Namespace) -> int:
     from warmstart.models.locate import resolve_checkpoint
 
     base = {"from": args.ref, "layers": args.layers, "blocks": args.blocks, "out": args.out,
-            "overwrite": args.overwrite}
+            "overwrite": args.overwrite, "rule": args.rule, "sample": args.sample,
+            "sample_tokens": args.sample_tokens, "seq_len": args.seq_len, "keep_last": args.keep_last,
+            "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
+            "auto_candidates": args.auto_candidates}
     cfg = load(InheritConfig, None, [], base={k: v for k, v in base.items() if v is not None})
     resolve_checkpoint(cfg.from_, "--from")
     out = check_out_dir(cfg.out, "--out")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise UserError(f"--out: {out} exists and is not empty; choose another directory or pass --overwrite")
-    from warmstart.models.surgery import inherit
+    if cfg.sample is not None:
+        from warmstart.data.shards import open_data_dir
 
-    res = inherit(cfg.from_, cfg.out, layers=cfg.layers, blocks=cfg.blocks, overwrite=cfg.overwrite)
+        open_data_dir(cfg.sample)  # a wrong path: one line before the model loads
+    if cfg.layers is not None:
+        from warmstart.recipes.inheritune import inherit_by_rule
+
+        res = inherit_by_rule(cfg.from_, cfg.out, cfg.layers, cfg.rule, cfg.sample, cfg.sample_tokens, cfg.seq_len,
+                              cfg.keep_last, overwrite=cfg.overwrite, sample_domains=cfg.sample_domains,
+                              candidates=cfg.auto_candidates)
+    else:
+        from warmstart.models.surgery import inherit
+
+        res = inherit(cfg.from_, cfg.out, blocks=cfg.blocks, overwrite=cfg.overwrite)
     print(f"wrote {res.model_class} with blocks {res.blocks} of {res.ref_layers} "
           f"({res.params / 1e6:.2f}M of {res.ref_params / 1e6:.2f}M params) to {res.out}")
     return 0
@@ -380,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     ihg = ih.add_mutually_exclusive_group(required=True)
     ihg.add_argument("--layers", type=int, help="inherit the first N blocks (1..k-1)")
     ihg.add_argument("--blocks", help="inherit these blocks in this order, e.g. 0-5,8")
+    ih.add_argument("--rule", choices=("first", "angular", "auto"),
+                    help="with --layers: which N blocks; first (default, Inheritune), angular (remove the contiguous "
+                    "run that changes the hidden state least on --sample, keeping the final block; Gromov et al. "
+                    "2024), auto (the rule whose cut has the lowest step-0 loss on --sample)")
+    ih.add_argument("--sample", help="prepared data dir (its train split) that angular/auto measure on")
+    ih.add_argument("--auto-candidates", dest="auto_candidates", type=int,
+                    help="auto: how many removable runs (smallest angular distance first) to evaluate (3)")
+    ih.add_argument("--sample-domains", dest="sample_domains", help="comma-separated domains of --sample (all)")
+    ih.add_argument("--sample-tokens", dest="sample_tokens", type=int, help="tokens of the sample (default 16384)")
+    ih.add_argument("--seq-len", dest="seq_len", type=int, help="sample: each document's first N+1 tokens (512)")
+    ih.add_argument("--keep-last", dest="keep_last", type=int, help="angular: final blocks never removed (1)")
     ih.add_argument("--out", required=True, help="output directory (a plain Hugging Face checkpoint)")
     ih.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     ih.set_defaults(func=cmd_inherit)

@@ -129,6 +129,15 @@ class ModelConfig(Section):
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="masked objective: share of positions predicted")
 
 
+class DistillConfig(Section):
+    """Train against a teacher's next-token distribution (models/distill.py): loss per token
+    alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * next-token cross-entropy."""
+
+    teacher: str = Field(..., description="the teacher: a HF checkpoint dir, hub name or warmstart run dir")
+    temperature: float = Field(1.0, gt=0.0, description="T: both distributions are softened by 1/T")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="weight of the KL term; 1 - alpha on next-token loss")
+
+
 class InitConfig(Section):
     from_: str | None = Field(
         None, alias="from", description="weights only: a HF checkpoint dir, hub name, or a warmstart run dir"
@@ -247,6 +256,7 @@ class Recipe(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig | None = Field(None, description="learn from a teacher's logits (default: tokens only)")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -260,6 +270,8 @@ class Recipe(Section):
         _check_batch_tokens(self.train, self.data)
         if self.init.keep_optimizer and self.init.from_ is None:
             raise ValueError("init.keep_optimizer: needs init.from (a warmstart run directory)")
+        if self.distill is not None and self.model.objective != "causal":
+            raise ValueError("distill: distils next-token distributions; it needs model.objective: causal")
         return self
 
     @property
@@ -276,11 +288,25 @@ class InheritConfig(Section):
     blocks: str | list[int] | None = Field(None, description="or an ordered block list, e.g. '0-5,8'")
     out: str
     overwrite: bool = False
+    rule: Literal["first", "angular", "auto"] = Field(
+        "first", description="which N blocks: first (Inheritune), angular (drop the contiguous run that changes "
+        "the hidden state least, keeping the final block), auto (the rule whose cut has the lowest sample loss)"
+    )
+    sample: str | None = Field(None, description="a prepared data dir whose train split the rule measures on")
+    sample_tokens: int = Field(16384, gt=0, description="tokens of the sample (split evenly over its domains)")
+    sample_domains: list[str] | None = Field(None, description="the sample's domains (default: all of them)")
+    auto_candidates: int = Field(3, ge=1, description="auto: runs of smallest angular distance evaluated")
+    seq_len: int = Field(512, gt=1, description="sample windows: each document's first seq_len + 1 tokens")
+    keep_last: int = Field(1, ge=1, description="angular: the final blocks that are never removed")
 
     @model_validator(mode="after")
     def _check(self) -> InheritConfig:
         if (self.layers is None) == (self.blocks is None):
             raise ValueError("give exactly one of layers (first N blocks) and blocks (e.g. 0-5,8)")
+        if self.rule != "first" and self.layers is None:
+            raise ValueError(f"rule {self.rule} chooses the blocks itself; give layers (how many), not blocks")
+        if self.rule != "first" and self.sample is None:
+            raise ValueError(f"rule {self.rule} measures the blocks on your data; give sample (a prepared data dir)")
         return self
 
 
@@ -300,6 +326,11 @@ class GrowConfig(Section):
     tolerance: float = Field(0.0, ge=0.0, description="matched when loss <= reference loss + tolerance")
     target: list[str] | None = Field(None, description="domains whose mean val loss is compared; default: avg")
     baseline: bool = Field(True, description="also train a random init of the final depth, same steps")
+    rule: Literal["first", "angular", "auto"] = Field(
+        "first", description="which blocks each round inherits (`warmstart inherit --rule`), measured on data.dir"
+    )
+    sample_tokens: int = Field(16384, gt=0, description="angular/auto: train-split tokens the rule measures on")
+    auto_candidates: int = Field(3, ge=1, description="auto: runs of smallest angular distance evaluated")
 
 
 class GrowRecipe(Section):
@@ -315,6 +346,9 @@ class GrowRecipe(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig | None = Field(
+        None, description="train every round against a teacher (e.g. the reference's checkpoint) instead of tokens"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GrowRecipe:

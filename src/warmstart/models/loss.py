@@ -146,7 +146,7 @@ def linear_cross_entropy(
 
 
 # --------------------------------------------------------------------------------------------- the model side
-def _post_scale(model) -> tuple[float, float | None]:
+def post_scale(model) -> tuple[float, float | None]:
     cfg = model.config
     scale = 1.0
     if getattr(cfg, "logit_scale", None) is not None:  # Cohere: logits * logit_scale
@@ -181,7 +181,7 @@ class LossModel:
         name = type(model).__name__
         if not isinstance(head, torch.nn.Linear):
             raise UserError(f"model: {name} has no linear output layer; the blockwise loss cannot run on it")
-        self.scale, self.softcap = _post_scale(model)
+        self.scale, self.softcap = post_scale(model)
         self._request: tuple | None = None
         self._result = None
         prior = head.__dict__.get("forward")
@@ -204,7 +204,16 @@ class LossModel:
     def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None):
         if reduction not in ("sum", "none"):
             raise ValueError(f"reduction: {reduction!r} (have: sum, none)")
-        self._request = ("loss", labels, reduction)
+        return self._run(("loss", labels, reduction), input_ids, attention_mask, runner, reduction == "sum")
+
+    def with_head(self, head_fn, input_ids, attention_mask=None, runner=None):
+        """The model's forward with its output layer replaced by `head_fn(hidden (B, T, d), head module)`; returns
+        what head_fn returns (a (loss, n) pair backpropagates like `__call__`'s). Distillation (models/distill.py)
+        takes the teacher's final hidden states and the student's loss this way, inside each model's own forward."""
+        return self._run(("fn", head_fn), input_ids, attention_mask, runner, True)
+
+    def _run(self, request, input_ids, attention_mask, runner, is_loss):
+        self._request = request
         try:
             output = (runner or self.model)(input_ids=input_ids, attention_mask=attention_mask)
             out = self._result
@@ -213,7 +222,7 @@ class LossModel:
         if out is None:
             raise RuntimeError(f"{type(self.model).__name__}: the forward did not call its output layer")
         logits = output.logits  # empty: (B, T, 0)
-        if reduction == "sum" and logits.requires_grad:
+        if is_loss and isinstance(out, tuple) and logits.requires_grad:
             # the backward also passes through the forward's output, so hooks a wrapper put there run (FSDP2's
             # pre-backward hook on the root's output); an empty sum is exactly 0.0: the loss is unchanged
             out = (out[0] + logits.sum().to(out[0].dtype), out[1])
@@ -225,6 +234,9 @@ class LossModel:
         if self._request is None:
             return F.linear(hidden, head.weight, head.bias)
         kind, *rest = self._request
+        if kind == "fn":
+            self._result = rest[0](hidden, head)
+            return hidden[..., :0]
         if kind == "probe":
             ref = F.linear(hidden, head.weight, head.bias)
             z = ref.float() * self.scale

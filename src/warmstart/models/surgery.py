@@ -8,6 +8,8 @@ final norm, tied or untied head) is kept exactly as in the reference.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -108,7 +110,7 @@ def find_blocks(model: torch.nn.Module, k: int) -> tuple[torch.nn.Module, str, t
     return model.get_submodule(parent_name) if parent_name else model, attr, blocks
 
 
-def _auto_class(config):
+def auto_class(config):
     """Masked-LM reference -> AutoModelForMaskedLM, everything else -> AutoModelForCausalLM."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -141,7 +143,7 @@ def _remap_layer_indices(config, blocks: list[int]) -> None:
     sparse iff `index not in mlp_only_layers` and `(index + 1) % decoder_sparse_step == 0`. A kept block must
     keep its MLP kind at its new position, and no stride can express an arbitrary pattern, so the pattern is
     written out: decoder_sparse_step = 1 and mlp_only_layers = the new positions of the dense blocks.
-    Raises UserError for other index-dependent settings that cannot follow an arbitrary block choice.
+    (`_remap_check` refuses, before anything changes, the index-dependent settings that cannot follow.)
     """
     if hasattr(config, "mlp_only_layers") or hasattr(config, "decoder_sparse_step"):
         dense = set(getattr(config, "mlp_only_layers", None) or [])
@@ -153,12 +155,21 @@ def _remap_layer_indices(config, blocks: list[int]) -> None:
 
         config.mlp_only_layers = [pos for pos, i in enumerate(blocks) if not sparse(i)]
         config.decoder_sparse_step = 1
+
+
+def _remap_check(config, blocks: list[int]) -> None:
+    """UserError for index-dependent settings that cannot follow a non-prefix block choice."""
     for key in ("first_k_dense_replace", "moe_layer_freq", "interleave_moe_layer_step", "moe_layers"):
         if getattr(config, key, None) not in (None, 0, 1, []) and blocks != list(range(len(blocks))):
             raise UserError(
                 f"--blocks: this model's {key} picks each block's kind by its index; inheriting blocks "
                 f"{blocks} would change their kinds; use --layers N (a prefix)"
             )
+    if blocks != list(range(len(blocks))) and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise UserError(
+            "--blocks: this model scales attention by its block index (scale_attn_by_inverse_layer_idx), so only "
+            "a prefix of its blocks keeps its function; use --layers N"
+        )
 
 
 def verify_written(path: Path, model: torch.nn.Module, auto, blocks: list[int]) -> None:
@@ -194,6 +205,35 @@ def _renumber(blocks: torch.nn.ModuleList) -> None:
                 mod.layer_idx = pos
 
 
+def cut(model: torch.nn.Module, k: int, blocks: list[int]) -> None:
+    """Make `model` (k blocks) the model of `blocks` in place: its block list, layer indices and per-layer
+    config settings (sliced lists, renumbered index lists) follow the kept blocks. Raises UserError where an
+    index-dependent setting cannot follow them."""
+    _remap_check(model.config, blocks)
+    parent, attr, old = find_blocks(model, k)
+    new = torch.nn.ModuleList([old[i] for i in blocks])
+    setattr(parent, attr, new)
+    _renumber(new)
+    _slice_config(model.config, k, blocks)
+    _remap_layer_indices(model.config, blocks)
+
+
+@contextlib.contextmanager
+def cut_view(model: torch.nn.Module, k: int, blocks: list[int]):
+    """`cut` for the duration of the block, then the reference again (same modules, same config object): lets
+    several cuts be measured on one loaded reference without copying its weights."""
+    saved = copy.deepcopy(model.config.__dict__)
+    parent, attr, old = find_blocks(model, k)
+    try:
+        cut(model, k, blocks)
+        yield model
+    finally:
+        setattr(parent, attr, old)
+        _renumber(old)
+        model.config.__dict__.clear()
+        model.config.__dict__.update(saved)
+
+
 def _copy_tokenizer(ref_dir: Path | str, out: Path) -> bool:
     """Copy the reference's tokenizer files byte for byte (a hub reference: load and save its tokenizer)."""
     if isinstance(ref_dir, Path):
@@ -216,9 +256,11 @@ def inherit(
     layers: int | None = None,
     blocks: str | list[int] | None = None,
     overwrite: bool = False,
+    choice: dict | None = None,
 ) -> InheritResult:
     """Write REF's embeddings + chosen blocks (default: the first `layers`) + final norm + head to `out`, with
-    `inherited.json` ({from: REF, checkpoint, blocks, of: REF's block count}) recording where it came from."""
+    `inherited.json` ({from: REF, checkpoint, blocks, of: REF's block count, choice}) recording where it came
+    from; `choice` is how the blocks were chosen (rule, what was measured: eval/block_choice.py)."""
     from transformers import AutoConfig
 
     if (layers is None) == (blocks is None):
@@ -238,24 +280,15 @@ def inherit(
         chosen = list(range(layers))
     else:
         chosen = parse_blocks(blocks, k)
-    if chosen != list(range(len(chosen))) and getattr(config, "scale_attn_by_inverse_layer_idx", False):
-        raise UserError(
-            "--blocks: this model scales attention by its block index (scale_attn_by_inverse_layer_idx), so only "
-            "a prefix of its blocks keeps its function; use --layers N"
-        )
+    _remap_check(config, chosen)
 
-    auto = _auto_class(config)
+    auto = auto_class(config)
     try:
         model = auto.from_pretrained(str(src), dtype="auto")
     except Exception as e:  # OSError/ValueError/KeyError, pickle.UnpicklingError for a weights file torch refuses
         raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
     ref_params = count_params(model)
-    parent, attr, old = find_blocks(model, k)
-    new = torch.nn.ModuleList([old[i] for i in chosen])
-    setattr(parent, attr, new)
-    _renumber(new)
-    _slice_config(model.config, k, chosen)
-    _remap_layer_indices(model.config, chosen)
+    cut(model, k, chosen)
 
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty directory the user made for it
@@ -266,5 +299,7 @@ def inherit(
         # provenance: what it was cut from (a report charges the reference's compute to runs started here)
         origin = str(Path(ref).resolve()) if Path(str(ref)).exists() else str(ref)
         provenance = {"from": origin, "checkpoint": str(src), "blocks": chosen, "of": k}
+        if choice is not None:
+            provenance["choice"] = choice
         atomic.write_text(tmp / INHERITED_FILE, json.dumps(provenance, indent=2) + "\n")
     return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__)

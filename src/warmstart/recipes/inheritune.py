@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from warmstart import atomic
 from warmstart.config import GrowRecipe, Recipe, validate
 from warmstart.errors import UserError
@@ -24,16 +26,77 @@ from warmstart.runtime import rundir
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
-def inherited_dir(root: Path, layers: int) -> Path:
-    return Path(root) / "inherited" / f"L{layers:02d}"
+def inherited_dir(root: Path, layers: int, rule: str = "first") -> Path:
+    return Path(root) / "inherited" / (f"L{layers:02d}" if rule == "first" else f"L{layers:02d}-{rule}")
 
 
-def ensure_inherited(ref: str | Path, root: Path, layers: int) -> Path:
-    """The inherited checkpoint of `layers` blocks under `root` (written once; atomic, so present = complete)."""
-    out = inherited_dir(root, layers)
+def ensure_inherited(ref: str | Path, root: Path, layers: int, rule: str = "first", sample: dict | None = None) -> Path:
+    """The inherited checkpoint of `layers` blocks under `root`, chosen by `rule` (written once; atomic, so
+    present = complete). `sample`: the keyword arguments of `inherit_by_rule` that name the sample."""
+    out = inherited_dir(root, layers, rule)
     if not (out / "config.json").is_file():
-        inherit(ref, out, layers=layers)
+        inherit_by_rule(ref, out, layers, rule, **(sample or {}))
     return out
+
+
+def inherit_by_rule(
+    ref: str | Path,
+    out: str | Path,
+    layers: int,
+    rule: str = "first",
+    sample_dir: str | None = None,
+    sample_tokens: int = 16384,
+    seq_len: int = 512,
+    keep_last: int = 1,
+    overwrite: bool = False,
+    device: str = "cpu",
+    echo=print,
+    sample_domains: list[str] | None = None,
+    candidates: int = 3,
+):
+    """`inherit` n = `layers` blocks chosen by `rule` (eval/block_choice.py), measured on `sample_dir`'s train
+    split; prints and records (inherited.json "choice") what was measured and chosen. Returns InheritResult."""
+    import torch
+    from transformers import AutoConfig
+
+    from warmstart.eval.block_choice import choose_blocks, describe, load_sample
+    from warmstart.models.locate import load_failure
+    from warmstart.models.surgery import auto_class
+
+    if rule == "first":
+        return inherit(ref, out, layers=layers, overwrite=overwrite, choice={"rule": "first", "chosen": "first"})
+    if sample_dir is None:
+        raise UserError(f"--rule {rule}: measures the blocks on a sample of your data; give --sample DATA_DIR")
+    src = resolve_checkpoint(str(ref), "--from")
+    config = AutoConfig.from_pretrained(str(src))
+    k = layer_count(config)
+    auto = auto_class(config)
+    causal = auto.__name__ == "AutoModelForCausalLM"
+    inputs, labels = load_sample(sample_dir, seq_len, sample_tokens, causal, sample_domains)
+    try:
+        model = auto.from_pretrained(str(src), dtype=torch.float32).to(device)
+    except Exception as e:  # OSError/ValueError/KeyError: see surgery.inherit
+        raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
+    if not causal:  # masked LM: the masked positions are fixed by the sample (eval_pairs' seeded noise)
+        from transformers import AutoTokenizer
+
+        from warmstart.train.objectives import Objective, eval_pairs
+
+        obj = Objective("masked", AutoTokenizer.from_pretrained(str(src)), config.vocab_size)
+        inputs, labels = eval_pairs(np.concatenate([inputs, labels[:, -1:]], axis=1), obj, 0)
+    blocks, record = choose_blocks(model, k, layers, rule, (inputs, labels), keep_last, causal=causal,
+                                   candidates=candidates)
+    record["sample"] = {
+        "dir": str(sample_dir),
+        "domains": sample_domains or "all",
+        "split": "train",
+        "seq_len": seq_len,
+        "max_tokens": sample_tokens,
+    }
+    del model
+    for line in describe(record, k):
+        echo(f"[inherit] {line}")
+    return inherit(ref, out, blocks=blocks, overwrite=overwrite, choice=record)
 
 
 def random_init_model(inherited: Path) -> dict:
@@ -78,6 +141,8 @@ class GrowResult:
 def _round_recipe(cfg: GrowRecipe, name: str, init_from: Path | None, model: dict | None) -> Recipe:
     dump = cfg.model_dump(mode="json", by_alias=True)
     tree = {k: dump[k] for k in ("seed", "data", "optim", "schedule", "train", "eval")}
+    if dump.get("distill") is not None:  # every round (and the baseline) learns from the same teacher
+        tree["distill"] = dump["distill"]
     tree.update({"name": name, "out_dir": str(cfg.grow_dir)})
     if init_from is not None:
         tree["init"] = {"from": str(init_from)}
@@ -189,6 +254,8 @@ def grow(cfg: GrowRecipe) -> GrowResult:
         "target": cfg.grow.target or ["avg"],
         "tolerance": cfg.grow.tolerance,
         "step": cfg.grow.step,
+        "rule": cfg.grow.rule,
+        "distill": cfg.distill.model_dump(mode="json") if cfg.distill else None,
         "rounds": [],
         "matched": False,
         "final_layers": None,
@@ -212,11 +279,16 @@ def grow(cfg: GrowRecipe) -> GrowResult:
             save("interrupted")
         return outcome.raise_if_interrupted().summary
 
+    trained = [d for d, w in (cfg.data.weights or {}).items() if w > 0] or None  # the domains the rounds train on
+    sample = {"sample_dir": cfg.data.dir, "sample_tokens": cfg.grow.sample_tokens, "seq_len": cfg.data.seq_len,
+              "sample_domains": trained, "candidates": cfg.grow.auto_candidates}
     while True:
-        init = ensure_inherited(src, root, n)
-        print(f"[grow] round: {n} of {k} blocks inherited from {src}")
+        init = ensure_inherited(src, root, n, cfg.grow.rule, sample)
+        kept = json.loads((init / "inherited.json").read_text())["blocks"]
+        print(f"[grow] round: {n} of {k} blocks inherited from {src} (rule {cfg.grow.rule}: blocks {kept})")
         done = train_round(_round_recipe(cfg, f"inheritune-L{n:02d}", init, None))
         row = _row(n, done, cfg, "inheritune")
+        row["blocks"] = kept
         row["matched"] = row["val_loss"] <= ref_loss + cfg.grow.tolerance
         summary["rounds"].append(row)
         summary["final_layers"] = n
@@ -232,7 +304,7 @@ def grow(cfg: GrowRecipe) -> GrowResult:
 
     if cfg.grow.baseline:
         print(f"[grow] baseline: random init of {n} blocks, same steps")
-        init = inherited_dir(root, n)
+        init = inherited_dir(root, n, cfg.grow.rule)  # the final round's shape and per-layer settings
         done = train_round(_round_recipe(cfg, f"scratch-L{n:02d}", None, random_init_model(init)))
         summary["baseline"] = _row(n, done, cfg, "random-init")
     save("complete")

@@ -33,7 +33,9 @@ and nothing is computed — when, with both sides known:
 Facts a side does not record (no config.yaml, a moved data directory) are not checked, and the row says which
 ("unchecked: ..."). Comparable rows say what is compared ("continued from X vs from scratch", "inherited from X
 vs random init", "both from scratch", ...) and flag a training-data difference ("data differ: ...") and, for two
-runs from scratch, a size difference (then the FLOPs columns are the fair ones).
+runs from scratch, a size difference (then the FLOPs columns are the fair ones), and a run distilled from a
+teacher (`distill.teacher`): its FLOPs include the teacher's forward passes (train/setup_run.py), so its FLOPs
+columns charge the teacher and its tokens columns do not — the equal-FLOP and the equal-token comparison.
 """
 
 from __future__ import annotations
@@ -192,6 +194,11 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
         label = f"both {kr} from {name_r}"
     else:
         label = f"{kr} from {name_r} vs {kb} from {name_b}"
+    for side, who in ((run, "run"), (base, "baseline")):
+        teacher = ((side.config or {}).get("distill") or {}).get("teacher")
+        if teacher and (who == "run" or side is not run):
+            notes.append(f"{'' if who == 'run' else 'baseline '}distilled from {Path(teacher).name} (its forward "
+                         "FLOPs counted)")
     wr, wb = run.summary.get("weights"), base.summary.get("weights")
     if isinstance(wr, dict) and isinstance(wb, dict):
         same = {d for d, v in wr.items() if float(v) > 0} == {d for d, v in wb.items() if float(v) > 0} and all(

@@ -140,7 +140,7 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     for k, (inputs, labels) in enumerate(batches):
         with gradient_sync(run.ddp_model, k == run.accum - 1):
             with run.autocast:
-                loss_sum, n = run.loss_model(inputs, labels, runner=run.fwd_model)
+                loss_sum, n = run.train_loss(inputs, labels, runner=run.fwd_model)
             loss = loss_sum / divisor if divisor else loss_sum / n / run.accum
             loss.backward()
         step_loss += loss.detach().double()
@@ -255,6 +255,7 @@ def finish(run: Run, last_eval: dict) -> RunResult:
             "flops": run.flops_per_token * tokens,
             "params": run.n_params,
             "flops_per_token": run.flops_per_token,
+            "teacher_flops_per_token": run.teacher_flops_per_token,
             "elapsed_s": run.elapsed(),
             "final_eval": last_eval,
             "init": run.source,

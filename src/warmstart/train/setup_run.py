@@ -36,6 +36,7 @@ from warmstart.models.build import (
     flops_per_token,
     resolve_checkpoint,
 )
+from warmstart.models.distill import DistillLoss
 from warmstart.models.loss import LossModel
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, barrier
@@ -65,16 +66,18 @@ class Run:
     ddp_model: torch.nn.Module  # the module gradients are synchronised through (DDP wrapper or `model`)
     fwd_model: torch.nn.Module  # what forward runs (`ddp_model`, compiled when train.compile)
     loss_model: LossModel
+    train_loss: LossModel | DistillLoss  # what a training step calls: loss_model, or the distillation loss
     tokenizer: object
     optimizer: torch.optim.Optimizer
     objective: Objective
     autocast: contextlib.AbstractContextManager
     val_sets: dict
     metrics: MetricsLog
-    flops_per_token: float
+    flops_per_token: float  # the student's training FLOPs + the teacher's forward FLOPs, per token
     n_params: int
     source: str  # where the weights came from
     peak_flops: float | None
+    teacher_flops_per_token: float = 0.0
     step: int = 0
     window: dict = field(default_factory=lambda: {"loss": 0.0, "steps": 0})  # the log window carried by a resume
     resumed_from: Path | None = None
@@ -211,6 +214,10 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     # forward passes return the loss, never the full logits (models/loss.py); after the optimizer is built, since
     # its one check forward is the first forward, where FSDP2 settles its sharded parameters
     loss_model = LossModel(model)
+    train_loss, teacher_fpt = loss_model, 0.0
+    if recipe.distill is not None:
+        train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len)
+    fpt += teacher_fpt
     objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob)
     if objective.kind == "masked" and recipe.eval.windows == "documents":
         raise UserError("eval.windows: documents is for causal LMs; use packed with model.objective: masked")
@@ -222,7 +229,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     run = Run(
         recipe=recipe, d=d, total_steps=total_steps, gseqs=gseqs, micro=micro, accum=accum, sampler=sampler,
         model=model, ddp_model=ddp_model, fwd_model=torch.compile(ddp_model) if recipe.train.compile else ddp_model,
-        loss_model=loss_model, tokenizer=tok, optimizer=optimizer, objective=objective,
+        loss_model=loss_model, train_loss=train_loss, teacher_flops_per_token=teacher_fpt, tokenizer=tok, optimizer=optimizer, objective=objective,
         autocast=_autocast(recipe, d.device), val_sets=val_sets,
         metrics=MetricsLog(rundir.metrics_path(recipe.run_dir), enabled=d.is_main,
                            trackers=list(recipe.train.trackers)),
@@ -238,6 +245,31 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         print(f"run {recipe.run_dir}: {loaded.source}, {n_params / 1e6:.2f}M params, {total_steps} steps x "
               f"{recipe.train.batch_tokens} tokens, {d.world} process(es) on {d.device.type}")
     return run
+
+
+def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int) -> tuple[DistillLoss, float]:
+    """The distillation loss with `distill.teacher` loaded frozen (eval mode, no gradient; bf16 where the run
+    computes in bf16), laid out like the student (FSDP: sharded per block too), and its forward FLOPs per token
+    (a third of `flops_per_token`'s training FLOPs: 2N + the attention's forward share)."""
+    from warmstart.models.build import auto_class
+    from warmstart.models.locate import load_failure
+
+    src = resolve_checkpoint(recipe.distill.teacher, "distill.teacher")
+    bf16 = wants_bf16(recipe, d.device) and d.device.type == "cuda"
+    try:
+        teacher = auto_class("causal").from_pretrained(str(src), dtype=torch.bfloat16 if bf16 else torch.float32)
+    except Exception as e:  # OSError/ValueError/KeyError/UnpicklingError for bad files, as build_model
+        raise UserError(f"distill.teacher: cannot load {recipe.distill.teacher} as a causal LM ({load_failure(e)})") from None
+    if hasattr(teacher.config, "use_cache"):
+        teacher.config.use_cache = False
+    teacher.eval().requires_grad_(False)
+    fwd_fpt = flops_per_token(teacher, seq_len) / 3.0
+    runner = parallelize(teacher, d, "fsdp", bf16=bf16) if recipe.train.parallel == "fsdp" else teacher.to(d.device)
+    loss = DistillLoss(student, teacher, recipe.distill.temperature, recipe.distill.alpha, teacher_runner=runner)
+    if d.is_main:
+        print(f"distilling from {src} (T={recipe.distill.temperature}, alpha={recipe.distill.alpha}; "
+              f"{fwd_fpt / 1e6:.1f} MFLOPs per token charged for its forward)")
+    return loss, fwd_fpt
 
 
 def _restore(run: Run, plan: Plan, allow_config_change: bool) -> None:

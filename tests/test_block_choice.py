@@ -1,0 +1,166 @@
+"""Which blocks `inherit` keeps: the angular-distance scores (Gromov et al. 2024), the `auto` choice, and the cut
+each rule writes (a plain checkpoint that computes what the reference computes through the kept blocks)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_inherit import FAMILIES, K, _make_ref, _moe_ref
+
+from warmstart.errors import UserError
+from warmstart.eval.block_choice import load_sample, removable_starts
+from warmstart.recipes.inheritune import inherit_by_rule
+
+SEQ = 32
+NAMES = ["llama-untied", "qwen2-sliding", "gpt2", "bert-mlm", "moe"]
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("refs")
+    out = {name: _make_ref(root, name, tokenizer_dir)[:2] for name in NAMES if name in FAMILIES}
+    from transformers import AutoModelForCausalLM
+
+    out["moe"] = (_moe_ref(root, tokenizer_dir, decoder_sparse_step=2)[0], AutoModelForCausalLM)
+    return out
+
+
+def _through_kept(ref, blocks_list, kept: list[int], **inputs) -> torch.Tensor:
+    """REF's logits with every removed block made the identity (a forward hook returns the block's input)."""
+
+    def skip(_mod, args, kwargs, output):
+        h = args[0] if args else kwargs["hidden_states"]
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    handles = [
+        b.register_forward_hook(skip, with_kwargs=True) for i, b in enumerate(blocks_list) if i not in kept
+    ]
+    try:
+        with torch.no_grad():
+            return ref(**inputs).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("name", ["llama-untied", "gpt2"])
+def test_angular_scores_equal_a_direct_computation(refs, data_dir, name):
+    from warmstart.eval.block_choice import angular_scores
+    from warmstart.models.surgery import find_blocks
+
+    ref_dir, auto = refs[name]
+    model = auto.from_pretrained(str(ref_dir), dtype=torch.float32).eval()
+    inputs, labels = load_sample(str(data_dir), SEQ, 400, causal=True)
+    inputs[0, 5:], labels[0, 5:] = 0, -100  # a short document, right-padded: the padding must be left out
+    scored = labels != -100
+    n = 2
+    m = K - n
+    starts = removable_starts(K, n, keep_last=1)
+    assert starts == [0, 1]
+    _, _, blocks = find_blocks(model, K)
+    got = angular_scores(model, blocks, inputs, scored, m, starts, batch_size=3)
+    with torch.no_grad():
+        hs = model(
+            input_ids=torch.from_numpy(inputs),
+            attention_mask=torch.from_numpy(scored).long(),
+            output_hidden_states=True,
+        ).hidden_states
+    for s in starts:  # hidden_states[i] is the state entering block i (i < K)
+        a, b = hs[s].double().numpy()[scored], hs[s + m].double().numpy()[scored]
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        want = float(np.mean(np.arccos(np.clip(cos, -1, 1)) / np.pi))
+        assert got[s] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert got[0] != pytest.approx(got[1], rel=1e-3)  # the starts really differ
+
+
+@pytest.mark.parametrize("rule", ["first", "angular", "auto"])
+@pytest.mark.parametrize("name", NAMES)
+def test_each_rule_writes_the_reference_through_its_kept_blocks(tmp_path, refs, data_dir, name, rule):
+    from warmstart.eval.perplexity import evaluate
+    from warmstart.models.surgery import find_blocks
+    from warmstart.runtime.distributed import Dist
+
+    ref_dir, auto = refs[name]
+    lines: list[str] = []
+    res = inherit_by_rule(
+        ref_dir, tmp_path / "out", 2, rule, str(data_dir), sample_tokens=400, seq_len=SEQ, echo=lines.append
+    )
+    record = json.loads((res.out / "inherited.json").read_text())
+    assert record["blocks"] == res.blocks and record["choice"]["rule"] == rule
+    if rule == "first":
+        assert res.blocks == [0, 1]
+    else:
+        dist = record["choice"]["angular"]["distance_by_start"]
+        best = min(dist, key=lambda s: (dist[s], int(s)))
+        angular = [i for i in range(K) if not int(best) <= i < int(best) + 2]
+        assert angular[-1] == K - 1  # the final block is kept
+        assert any("angular distance" in line for line in lines)
+        if rule == "angular":
+            assert res.blocks == angular
+        else:
+            step0 = record["choice"]["step0_loss"]
+            # K = 4, n = 2: two removable runs (0-1, 1-2), both evaluated, and the first n
+            assert set(step0) == {"first", "angular", f"remove {1 - int(best)}-{2 - int(best)}"}
+            chosen = record["choice"]["chosen"]
+            assert chosen == min(step0, key=step0.get)
+            want = {"first": [0, 1], "angular": angular}.get(chosen)
+            if want is None:
+                a, b = (int(x) for x in chosen.split()[1].split("-"))
+                want = [i for i in range(K) if not a <= i <= b]
+            assert res.blocks == want
+    small, info = auto.from_pretrained(str(res.out), dtype=torch.float32, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    small.eval()
+    ref = auto.from_pretrained(str(ref_dir), dtype=torch.float32).eval()
+    _, _, blocks = find_blocks(ref, K)
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = small(input_ids=ids).logits
+    want = _through_kept(ref, blocks, res.blocks, input_ids=ids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if rule == "auto" and auto.__name__ == "AutoModelForCausalLM":  # the measured loss is the written model's
+        sample = load_sample(str(data_dir), SEQ, 400, causal=True)
+        loss = evaluate(small, {"s": sample}, 8, Dist())["s"]
+        chosen = record["choice"]["chosen"]
+        assert record["choice"]["step0_loss"][chosen] == pytest.approx(loss, rel=1e-5)
+
+
+def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
+    from warmstart.cli import main
+
+    ref_dir, _ = refs["llama-untied"]
+    base = ["inherit", "--from", str(ref_dir), "--out", str(tmp_path / "o")]
+    assert main([*base, "--layers", "2", "--rule", "angular"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "give sample" in err
+    assert main([*base, "--blocks", "0,3", "--rule", "auto", "--sample", str(data_dir)]) == 2
+    assert "give layers (how many), not blocks" in capsys.readouterr().err
+    with pytest.raises(UserError, match="keeping 1 blocks including the final 2"):
+        removable_starts(K, 1, keep_last=2)
+    assert not (tmp_path / "o").exists()
+    assert (
+        main(
+            [*base, "--layers", "3", "--rule", "auto", "--sample", str(data_dir), "--sample-domains", "nope"]
+        )
+        == 2
+    )
+    assert "--sample: no domain 'nope'" in capsys.readouterr().err
+    sample = [
+        "--sample",
+        str(data_dir),
+        "--sample-tokens",
+        "300",
+        "--seq-len",
+        "16",
+        "--sample-domains",
+        "prose",
+    ]
+    assert main([*base, "--layers", "3", "--rule", "auto", *sample]) == 0
+    out = capsys.readouterr().out
+    assert "step-0 loss on the sample: first" in out and "rule auto: chose" in out
+    assert json.loads((tmp_path / "o" / "inherited.json").read_text())["choice"]["sample"]["domains"] == [
+        "prose"
+    ]

@@ -82,7 +82,7 @@ def inherit_by_rule(
 
         from warmstart.train.objectives import Objective, eval_pairs
 
-        obj = Objective("masked", AutoTokenizer.from_pretrained(str(src)), config.vocab_size)
+        obj = Objective("masked", AutoTokenizer.from_pretrained(str(src)))
         inputs, labels = eval_pairs(np.concatenate([inputs, labels[:, -1:]], axis=1), obj, 0)
     blocks, record = choose_blocks(model, k, layers, rule, (inputs, labels), keep_last, causal=causal,
                                    candidates=candidates)

@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run directories (also mixture and grow directories)")
     rp.add_argument("--out", required=True, help="output directory")
     rp.add_argument("--baseline", help="the run the others replace, for compute saved (e.g. the same model from "
-                    "scratch on the same data; default: the first run)")
+                    "scratch on the same data); without it, no compute-saved table")
     rp.add_argument("--upstream-tokens", dest="upstream_tokens", action="append", metavar="RUN=N",
                     help="tokens of the checkpoint RUN started from, where no warmstart run records them (repeatable)")
     rp.add_argument("--upstream-flops", dest="upstream_flops", action="append", metavar="RUN=F",

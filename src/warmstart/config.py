@@ -174,7 +174,10 @@ class TrainConfig(Section):
     steps: int | None = Field(None, gt=0)
     batch_tokens: int = Field(8192, gt=0, description="global batch in tokens (a multiple of data.seq_len)")
     micro_batch_size: int = Field(8, gt=0, description="sequences per process per forward pass")
-    log_every: int = Field(10, gt=0)
+    log_every: int | None = Field(
+        None, gt=0, description="log the training loss every N steps; default: 10, or steps // 10 on a run under "
+        "100 steps (so a short run's training-loss curve has points)",
+    )
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -202,6 +205,11 @@ class TrainConfig(Section):
         if (self.tokens is None) == (self.steps is None):
             raise ValueError("give exactly one of train.tokens and train.steps")
         return self
+
+    def log_interval(self, total_steps: int) -> int:
+        """Steps between training-loss events: `log_every`, or by default 10 (steps // 10, at least 1, on a run
+        under 100 steps)."""
+        return self.log_every or max(1, min(10, total_steps // 10))
 
 
 class EvalConfig(Section):

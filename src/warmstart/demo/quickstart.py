@@ -9,8 +9,9 @@
 5. Inheritune: inherit half of the reference's blocks, train briefly, compare with the same-size random init;
 6. AutoScale: DDO at two small budgets on the demo domains and the predicted mixture at 4x;
 7. the baseline the continued runs replace: the same model shape from scratch on `code`, same steps;
-8. a report (PNG plots + HTML summary) of the runs, compute saved measured against that baseline on the
-   `code` validation loss (own tokens, and counting the upstream pre-training).
+8. a report (PNG plots + HTML summary) of the runs, with the Inheritune and AutoScale tables and mixtures,
+   compute saved measured against that baseline on the `code` validation loss (own tokens, and counting the
+   upstream pre-training; the terminal shows it as the report does).
 
 Each step is skipped when its output is already complete, and an interrupted run is resumed. The steps of
 5, 6, 8 and the replay variant of 4 are in `warmstart.demo.steps`; this module holds the story and its recipes.
@@ -73,7 +74,10 @@ def recipes(root: Path) -> dict[str, Recipe]:
 
 
 def _saved_lines(s: dict) -> str:
-    """The report's compute saved against the scratch baseline (its summary.json), in a few printable lines."""
+    """The report's compute saved against the scratch baseline (its summary.json), in a few printable lines; the
+    numbers in the report's own display rule (`warmstart.tables.fmt`, 'saved'), so terminal and report agree."""
+    from warmstart.tables import fmt
+
     lines = [f"compute saved against {s['baseline']} (reaching its final {s['metric']}, {s['target']:.3f}):"]
     for r in s["runs"]:
         c = r["compute_saved"]
@@ -86,8 +90,8 @@ def _saved_lines(s: dict) -> str:
         else:
             total = c["total_tokens_saved"]
             lines.append(
-                f"  {r['name']:<28} {c['tokens_to_target']:>9,.0f} tokens: {100 * c['tokens_saved']:+.0f}% own, "
-                + (f"{100 * total:+.0f}% counting the upstream runs" if total is not None else "total unknown")
+                f"  {r['name']:<28} {c['tokens_to_target']:>9,.0f} tokens: {fmt(c['tokens_saved'], 'saved')} own, "
+                + (f"{fmt(total, 'saved')} counting the upstream runs" if total is not None else "total unknown")
             )
     return "\n".join(lines)
 
@@ -124,13 +128,17 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     print("\n[quickstart] stability gap and a replay variant")
     print(steps.replay_step(rs["downstream-rewarm"], rs["upstream"].run_dir, UPSTREAM))
     print("\n[quickstart] Inheritune: half of the reference's blocks vs the same-size random init")
-    print(steps.inheritune_step(out, rs["upstream"].run_dir))
+    inheritune = steps.inheritune_step(out, rs["upstream"].run_dir)
+    print(f"{inheritune['title']}\n{text_table(inheritune)}")
     print("\n[quickstart] AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
-    print(steps.autoscale_step(out))
+    autoscale, mixtures = steps.autoscale_step(out)
+    print(f"{autoscale['title']}\n{text_table(autoscale)}\n{autoscale['note']}")
     print(f"\n[quickstart] the baseline the re-warmed runs replace: the same model from scratch on '{DOWNSTREAM}'")
     run_to_end(rs["downstream-scratch"])
     runs = sorted(p for p in (out / "runs").iterdir() if rundir.summary_path(p).is_file())
-    html = steps.report_step(out, runs, baseline=rs["downstream-scratch"].run_dir, metric=f"val/{DOWNSTREAM}/loss")
+    html = steps.report_step(out, [*runs, *mixtures], baseline=rs["downstream-scratch"].run_dir,
+                             metric=f"val/{DOWNSTREAM}/loss",
+                             extra_tables={"inheritune": inheritune, "autoscale": autoscale})
     print(_saved_lines(read_json_object(html.parent / "summary.json", "report summary")))
     print(f"\nruns: {out / 'runs'}  ({rundir.METRICS}, {rundir.FINAL}/ Hugging Face checkpoints)")
     print(f"recipes: {out / 'recipes'}  (re-run with `warmstart train RECIPE`)")

@@ -89,6 +89,7 @@ def fit(run: Run) -> RunResult:
     # carries over a resume on any number of processes: rank 0 takes the resumed sum, the others start at zero
     win_loss = torch.tensor(run.window["loss"] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
     t_window, tok_window = time.perf_counter(), 0
+    log_every = recipe.train.log_interval(total)
     with signals.deferred() as stop:
         while run.step < total:
             lr = lr_at(recipe.schedule, run.step, total)
@@ -100,7 +101,7 @@ def fit(run: Run) -> RunResult:
             run.window["steps"] += 1
             bar.update(1)
 
-            if step % recipe.train.log_every == 0 or step == total:
+            if step % log_every == 0 or step == total:
                 loss, tps = log_train(run, win_loss, grad_norm, tok_window, time.perf_counter() - t_window)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 t_window, tok_window = time.perf_counter(), 0

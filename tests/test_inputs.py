@@ -100,7 +100,7 @@ def test_model_arguments_missing_locally_or_offline_fail_at_once_naming_the_argu
     with pytest.raises(UserError, match=r"^--from: runs/upstrem: not found \(no such directory\)"):
         resolve_checkpoint("runs/upstrem", "--from")  # 'runs' exists here: a path, not a hub name
     with pytest.raises(UserError, match=r"^checkpoint: someone/no-such-model: not found \(no such local directory.*"
-                                        r"HF_HUB_OFFLINE=1 downloads nothing\)$"):
+                                        r"offline mode, HF_HUB_OFFLINE=1: nothing is downloaded\)$"):
         resolve_checkpoint("someone/no-such-model", "checkpoint")
     with pytest.raises(UserError, match=r"^--model: Qwen/Qwen2\.5-0\.5B: not found .*HF_HUB_OFFLINE"):
         resolve_checkpoint("Qwen/Qwen2.5-0.5B", "--model")  # a dotted hub name is a hub name, not a file

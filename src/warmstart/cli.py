@@ -299,7 +299,7 @@ def cmd_format_probe(args: argparse.Namespace) -> int:
 
     result = run_probe(args.checkpoint, texts=args.text, data_dir=args.data, domain=args.domain, n_docs=args.docs,
                        tokens=args.tokens, batch_size=args.batch_size, device=args.device,
-                       write_recipe=args.write_recipe)
+                       write_recipe=args.write_recipe, progress=True)
     print(result["table"])
     if args.json:
         from warmstart import atomic

@@ -20,6 +20,7 @@ Each step is skipped when its output is already complete, and an interrupted run
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from warmstart import atomic
@@ -96,6 +97,22 @@ def _saved_lines(s: dict) -> str:
     return "\n".join(lines)
 
 
+class _Stages:
+    """`[quickstart k/N, M:SS elapsed] what`: where the demo is and how long it has taken (each training run's
+    progress bar, or its progress lines in a log, gives that run's time left)."""
+
+    def __init__(self, n: int):
+        self.n, self.k, self.t0 = n, 0, time.monotonic()
+
+    def elapsed(self) -> str:
+        m, sec = divmod(int(time.monotonic() - self.t0), 60)
+        return f"{m}:{sec:02d}"
+
+    def __call__(self, what: str) -> None:
+        self.k += 1
+        print(f"\n[quickstart {self.k}/{self.n}, {self.elapsed()} elapsed] {what}", flush=True)
+
+
 def run_quickstart(out: Path, fresh: bool = False) -> None:
     """Run the quickstart in OUT (see the module docstring); a run stopped by a signal raises
     `signals.Interrupted` (re-running the same command resumes it)."""
@@ -108,7 +125,8 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    print(f"[quickstart] demo corpus, a 2048-token byte-level BPE and token shards in {out / 'corpus'}")
+    stage = _Stages(8)
+    stage(f"demo corpus, a 2048-token byte-level BPE and token shards in {out / 'corpus'}")
     _, _, prepared = prepare_demo(out, vocab_size=2048, workers=2, progress=True)
     print(prepared.summary())
 
@@ -116,25 +134,26 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     for name, r in rs.items():
         atomic.write_text(out / "recipes" / f"{name}.yaml", to_yaml(r))
-    print(f"[quickstart] pre-training the reference model on '{UPSTREAM}'")
+    stage(f"pre-training the reference model on '{UPSTREAM}'")
     run_to_end(rs["upstream"])
-    print(f"[quickstart] continuing it on '{DOWNSTREAM}' with re-warming (warmup + cosine)")
+    stage(f"continuing it on '{DOWNSTREAM}' with re-warming (warmup + cosine)")
     run_to_end(rs["downstream-rewarm"])
 
     rewarm = rs["downstream-rewarm"].run_dir
     print(f"\nContinual pre-training {UPSTREAM} -> {DOWNSTREAM}: validation loss per domain")
     print(text_table(gap_table({rewarm.name: run_gap(rewarm)})))
 
-    print("\n[quickstart] stability gap and a replay variant")
+    stage("stability gap and a replay variant")
     print(steps.replay_step(rs["downstream-rewarm"], rs["upstream"].run_dir, UPSTREAM))
-    print("\n[quickstart] Inheritune: half of the reference's blocks vs the same-size random init")
+    stage("Inheritune: half of the reference's blocks vs the same-size random init")
     inheritune = steps.inheritune_step(out, rs["upstream"].run_dir)
     print(f"{inheritune['title']}\n{text_table(inheritune)}")
-    print("\n[quickstart] AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
+    stage("AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
     autoscale, mixtures = steps.autoscale_step(out)
     print(f"{autoscale['title']}\n{text_table(autoscale)}\n{autoscale['note']}")
-    print(f"\n[quickstart] the baseline the re-warmed runs replace: the same model from scratch on '{DOWNSTREAM}'")
+    stage(f"the baseline the re-warmed runs replace: the same model from scratch on '{DOWNSTREAM}'")
     run_to_end(rs["downstream-scratch"])
+    stage("the report")
     runs = sorted(p for p in (out / "runs").iterdir() if rundir.summary_path(p).is_file())
     html = steps.report_step(out, [*runs, *mixtures], baseline=rs["downstream-scratch"].run_dir,
                              metric=f"val/{DOWNSTREAM}/loss",
@@ -143,3 +162,4 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     print(f"\nruns: {out / 'runs'}  ({rundir.METRICS}, {rundir.FINAL}/ Hugging Face checkpoints)")
     print(f"recipes: {out / 'recipes'}  (re-run with `warmstart train RECIPE`)")
     print(f"report: {html}")
+    print(f"[quickstart] done in {stage.elapsed()}")

@@ -61,7 +61,7 @@ def _check_hub_name(spec: str, what: str) -> str:
     if hub_offline():
         raise UserError(
             f"{what}: {spec}: not found (no such local directory, and no such hub model in the Hugging Face cache; "
-            "HF_HUB_OFFLINE=1 downloads nothing)"
+            "offline mode, HF_HUB_OFFLINE=1: nothing is downloaded)"
         )
     _probe_hub(spec, what)
     return spec

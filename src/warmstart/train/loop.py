@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from warmstart import atomic, signals
 from warmstart.config import Recipe
 from warmstart.eval.perplexity import evaluate, perplexity
 from warmstart.models.build import save_hf
+from warmstart.progress import bar as progress_bar
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, all_gather_objects, all_reduce_sum, barrier, setup, teardown
 from warmstart.runtime.metrics import logged_eval
@@ -83,8 +83,8 @@ def fit(run: Run) -> RunResult:
     """The step loop: step, log, evaluate, checkpoint, and stop cleanly on a signal; then write final/."""
     recipe, d, total = run.recipe, run.d, run.total_steps
     last_eval = _first_eval(run)
-    bar = tqdm(total=total, initial=run.step, disable=not (recipe.train.progress and d.is_main),
-               unit="step", dynamic_ncols=True, leave=False)
+    bar = progress_bar(total, initial=run.step, enabled=recipe.train.progress and d.is_main, desc=recipe.name,
+                       unit="step", leave=False)
     # the window holds the sum of the steps' global mean losses (each rank adds its share, loss / world), so it
     # carries over a resume on any number of processes: rank 0 takes the resumed sum, the others start at zero
     win_loss = torch.tensor(run.window["loss"] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
@@ -103,7 +103,7 @@ def fit(run: Run) -> RunResult:
 
             if step % log_every == 0 or step == total:
                 loss, tps = log_train(run, win_loss, grad_norm, tok_window, time.perf_counter() - t_window)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
                 t_window, tok_window = time.perf_counter(), 0
             if step % recipe.eval.every == 0 or step < recipe.eval.dense_steps or step == total:
                 last_eval = evaluate_run(run, step)

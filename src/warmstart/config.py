@@ -463,8 +463,29 @@ def validate(model: type[M], tree: dict, source: str = "recipe") -> M:
         raise UserError(_format_error(e, source)) from None
 
 
+def recipe_path(path: str | Path) -> Path:
+    """`path` when it exists; otherwise, when it names a recipe shipped with warmstart (`recipes/NAME`, the
+    README's paths, or a bare NAME; `warmstart.examples`), that packaged copy, said in one line on stderr, so the
+    walkthrough runs from any directory. Anything else is returned as given (read_yaml then says 'not found')."""
+    p = Path(path)
+    if p.exists():
+        return p
+    from warmstart import examples
+    from warmstart.errors import warn
+
+    packaged = examples.find(p)
+    if packaged is None:
+        return p
+    name = packaged.relative_to(examples.ROOT).as_posix()
+    warn(f"{path}: not here; using the copy shipped with warmstart (`warmstart recipe copy {name}` to edit it)")
+    return packaged
+
+
 def load(model: type[M], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> M:
-    """Read a YAML recipe (or start from `base`), apply `--set` overrides, validate into `model`."""
+    """Read a YAML recipe (or start from `base`; a packaged one by name: `recipe_path`), apply `--set`
+    overrides, validate into `model`."""
+    if path is not None:
+        path = recipe_path(path)
     tree = read_yaml(path) if path is not None else dict(base or {})
     tree = apply_overrides(tree, overrides)
     return validate(model, tree, str(path) if path is not None else "recipe")

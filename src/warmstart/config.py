@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from warmstart.errors import UserError
 
@@ -186,7 +186,17 @@ class TrainConfig(Section):
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (whole model per process) or fsdp (FSDP2, sharded per block)"
     )
-    cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads per process (default: torch's)")
+    cpu_threads: int | Literal["auto"] | None = Field(
+        "auto", description="torch CPU threads per process on CPU: a number; auto (the free cores, fewer for a "
+        "small model: warmstart.runtime.threads); null for torch's default (every core)",
+    )
+
+    @field_validator("cpu_threads")
+    @classmethod
+    def _positive_threads(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("must be > 0, auto or null")
+        return v
     keep_heap: bool | Literal["auto"] = Field(
         "auto",
         description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc); auto: "

@@ -57,8 +57,6 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
         with signals.handling():
             d = setup(recipe.train.device)
             try:
-                if recipe.train.cpu_threads:
-                    torch.set_num_threads(recipe.train.cpu_threads)
                 with rundir.held(recipe.run_dir, d) as lock:
                     plan = decide(recipe, d, resume, allow_config_change, existed=not lock.created_dir)
                     total = rundir.planned_steps(recipe)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import time
 import warnings
@@ -37,7 +38,7 @@ from warmstart.models.build import (
     resolve_checkpoint,
 )
 from warmstart.models.loss import LossModel
-from warmstart.runtime import rundir
+from warmstart.runtime import rundir, threads
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog
 from warmstart.train import checkpoint as ckpt
@@ -196,6 +197,9 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     fpt, n_params = flops_per_token(model, data_cfg.seq_len), count_params(model)
     if d.device.type == "cpu":  # before the first step's buffers: they are what the setting is about
         keep_heap(wanted(recipe.train.keep_heap, n_params))
+    threads_line = ""
+    if d.device.type == "cpu" or isinstance(recipe.train.cpu_threads, int):
+        threads_line = threads.apply(recipe.train.cpu_threads, n_params, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     model.train()
     if hasattr(model.config, "use_cache"):
@@ -236,6 +240,8 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         print(f"run {recipe.run_dir}: {loaded.source}, {n_params / 1e6:.2f}M params, {total_steps} steps x "
               f"{recipe.train.batch_tokens} tokens, {d.world} process(es) on {d.device.type}")
         print(disk_line(disk))
+        if threads_line:
+            print(threads_line)
     return run
 
 

@@ -1,8 +1,8 @@
 """Training tokens/s on CPU with torch's default thread count vs `train.cpu_threads: auto` (warmstart.runtime.threads),
 on free cores and with competing CPU-bound processes, for the quickstart's models and SmolLM2-135M.
 
-    python bench/threads.py                    # ~25 min on 2 cores; writes bench/results/threads.{json,md}
-    python bench/threads.py --tiny --out /tmp/threads-check.json   # a 2-minute check that the script works
+    python bench/threads.py                    # writes bench/results/threads.{json,md} (not yet timed on free cores)
+    python bench/threads.py --tiny --out /tmp/threads-check.json   # a check that the script works (small batches)
 
 Models: `llama-small` as the quickstart trains it (seq 128, 2048-token batches of 16) and `llama-tiny` as its
 AutoScale proxies do (seq 128, 512-token batches of 4), on the demo corpus and its BPE; SmolLM2-135M-Instruct
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,13 +34,14 @@ MODELS = {  # name: (seq_len, batch_tokens, micro_batch_size)
     "llama-tiny": (128, 512, 4),
     "smollm2": (128, 1024, 8),
 }
+TINY = {"llama-small": (64, 512, 8), "llama-tiny": (64, 256, 4), "smollm2": (64, 128, 2)}  # --tiny: a check only
 BUSY = "while True: pass"
 
 
-def _recipe(model: str, work: Path, smollm2: Path | None, steps: int, setting: str, i: int):
+def _recipe(model: str, work: Path, smollm2: Path | None, steps: int, setting: str, i: int, tiny: bool = False):
     from warmstart.config import Recipe, validate
 
-    seq, batch, micro = MODELS[model]
+    seq, batch, micro = (TINY if tiny else MODELS)[model]
     corpus = work / "corpus"
     tree = {
         "name": f"{model}-{setting}-{i}",
@@ -67,7 +69,7 @@ def measure_one(args) -> None:
     from warmstart.train.loop import train
 
     r = _recipe(args.model, Path(args.work), Path(args.smollm2) if args.smollm2 else None, args.steps,
-                args.setting, args.repeat)
+                args.setting, args.repeat, args.tiny)
     train(r)
     rows = [m for m in read_metrics(r.run_dir) if m["event"] == "train" and m["step"] > args.skip]
     tps = statistics.median(m["tokens_per_s"] for m in rows)
@@ -91,9 +93,19 @@ def prepare_data(work: Path, smollm2: Path | None) -> None:
         prepare(validate(PrepareConfig, tree, "bench/threads"), progress=False)
 
 
+def _die_with_parent() -> None:
+    """In a competitor (Linux): SIGKILL when the benchmark dies, however it dies."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def competing(n: int, settle: float) -> list[subprocess.Popen]:
     """`n` busy processes, started `settle` seconds ago (or once the load average shows them, if sooner)."""
-    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+    linux = sys.platform.startswith("linux")
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY], preexec_fn=_die_with_parent if linux else None)
+             for _ in range(n)]
     t0 = time.monotonic()
     while n and time.monotonic() - t0 < settle:
         time.sleep(2)
@@ -129,6 +141,9 @@ def main() -> None:
         args.steps, args.skip, args.repeats, args.settle = 3, 1, 1, 5.0
     if args.setting:
         return measure_one(args)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the competitors are stopped on the way out
 
     from warmstart.runtime.threads import choose_threads, usable_cores
 
@@ -138,6 +153,7 @@ def main() -> None:
         sys.exit(f"--smollm2: {smollm2} is not a checkpoint directory (warmstart checkpoint from-gguf smollm2 DIR)")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ws-threads-"))
     prepare_data(work, smollm2)
+    shutil.rmtree(work / "runs", ignore_errors=True)  # each measurement trains from step 0
     import torch
 
     rows = []
@@ -152,7 +168,7 @@ def main() -> None:
                     for setting in order:
                         cmd = [sys.executable, __file__, "--model", model, "--setting", setting, "--repeat",
                                f"{n}{i}", "--work", str(work), "--smollm2", str(smollm2 or ""), "--steps",
-                               str(args.steps), "--skip", str(args.skip)]
+                               str(args.steps), "--skip", str(args.skip), *(["--tiny"] if args.tiny else [])]
                         out = subprocess.run(cmd, capture_output=True, text=True)
                         if out.returncode:
                             sys.exit(f"{model} {setting} failed:\n{out.stderr[-3000:]}")

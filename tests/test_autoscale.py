@@ -478,7 +478,7 @@ def test_shipped_autoscale_recipes_validate():
 
     from warmstart.config import load, load_recipe
 
-    root = Path(__file__).resolve().parent.parent / "recipes" / "autoscale"
+    root = Path(__file__).resolve().parent.parent / "src" / "warmstart" / "examples" / "autoscale"
     cfg = load(DDOConfig, root / "ddo-small.yaml")
     assert cfg.multipliers == [0.2, 3.0] and cfg.target == "avg"
     assert load_recipe(root / "train-mixture.yaml").data.weights_from == "mixtures/predicted.json"

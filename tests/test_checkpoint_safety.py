@@ -86,3 +86,27 @@ def test_checkpoint_manifest_that_is_not_a_table_is_named_damaged(run, tmp_path,
     problem = ckpt.verify(path)
     assert problem is not None and "manifest" in problem
     assert ckpt.newest_valid(tmp_path / "checkpoints") is None
+
+
+# ----------------------------------------------------------------------------------------------- disk, said up front
+@pytest.mark.parametrize(("tie", "every", "keep", "kept"), [(True, 0, 2, 1), (False, 2, 3, 3)])
+def test_disk_said_up_front_is_what_the_run_leaves(data_dir, tokenizer_dir, tmp_path, capsys, tie, every, keep, kept):
+    """The start line's disk estimate against the files: the checkpoints kept (each the estimate plus at most
+    250 kB of file headers, DCP metadata, RNG and JSON state) and final/'s weights."""
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, overrides=[
+        f"train.checkpoint_every={every}", f"train.keep_checkpoints={keep}",
+        f"model.sizes.tie_word_embeddings={str(tie).lower()}"])
+    res = train(recipe)
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("disk: "))
+    assert ckpt.checkpoint_steps(8, every) == ([8] if not every else [2, 4, 6, 8])
+    from warmstart.models.build import build_model
+
+    model = build_model(recipe.model, None, seed=0, seq_len=recipe.data.seq_len).model
+    est = ckpt.disk_estimate(model, 8, every, keep)
+    assert est["checkpoints"] == kept and f"{kept} checkpoint(s) of ~{ckpt.human_bytes(est['checkpoint_bytes'])}" in line
+    dirs = ckpt.list_checkpoints(res.run_dir / "checkpoints")
+    assert len(dirs) == kept
+    for d in dirs:
+        size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+        assert est["checkpoint_bytes"] <= size <= est["checkpoint_bytes"] + 250_000, (size, est)  # headers, RNG
+    assert (res.final_dir / "model.safetensors").stat().st_size == pytest.approx(est["final_bytes"], rel=0.02)

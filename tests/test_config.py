@@ -98,7 +98,7 @@ def test_recipe_model_is_required():
 def test_shipped_recipes_validate():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "recipes"
+    root = Path(__file__).resolve().parent.parent / "src" / "warmstart" / "examples"
     names = sorted(p.name for p in root.glob("*.yaml"))
     assert "pretrain.yaml" in names and "rewarm.yaml" in names
     from warmstart.config import GrowRecipe, load, read_yaml

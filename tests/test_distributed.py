@@ -165,3 +165,21 @@ def test_two_process_masked_lm_matches_single_process(data_dir, tokenizer_dir, t
     wb = load_file(str(tmp_path / "runs" / "ddp" / "final" / "model.safetensors"))
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), k
+
+
+def test_bad_input_under_torchrun_is_one_line_and_torchruns_root_cause(tmp_path):
+    """Every worker meets the same bad recipe: rank 0 prints the one line, and torchrun's own failure report names
+    it as the root cause (its error file) instead of pointing to its docs."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "out_dir": str(tmp_path / "runs"),
+                                      "data": {"dir": str(tmp_path / "nodata"), "seq_len": 16},
+                                      "model": {"preset": "llama-tiny", "tokenizer": "t"},
+                                      "train": {"steps": 2, "batch_tokens": 64}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "warmstart", "train", str(recipe)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("warmstart: error:")]
+    assert len(lines) == 1 and "nodata" in lines[0], res.stderr[-3000:]
+    assert f"traceback : {lines[0]}" in res.stderr  # torchrun's Root Cause section
+    assert "To enable traceback see" not in res.stderr

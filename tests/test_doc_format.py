@@ -246,6 +246,8 @@ def test_format_probe_equals_direct_transformers_computation(toks, tmp_path, cap
                  "--write-recipe", str(recipe), "--json", str(tmp_path / "probe.json")]) == 0
     out = capsys.readouterr().out
     assert "winner over 4 documents" in out
+    # what is measured is said before the minutes of scoring (and a progress bar, lines in a log, runs over it)
+    assert out.index(f"format probe: {len(cands)} candidate formats x 4 documents") < out.index("winner")
     winner = rows[0].candidate
     tree = yaml.safe_load(recipe.read_text())
     assert tree["bos"] is winner.bos and tree["doc_end"] == (winner.end or "none")

@@ -427,6 +427,13 @@ def _cases() -> list[Case]:
     add(Case("format-probe-json-is-a-dir", ["format", "probe", "runs/up", "--data", "data", "--domain", "code",
                                             "--json", "src"], expect="is a directory"))
 
+    # checkpoint from-gguf
+    add(Case("from-gguf-missing", ["checkpoint", "from-gguf", "nope.gguf", "ckpt"], expect="not found"))
+    add(Case("from-gguf-out-is-a-file", ["checkpoint", "from-gguf", "junk.gguf", "afile"],
+             _write("junk.gguf", "not a gguf file"), "is not a conversion"))
+    add(Case("from-gguf-not-gguf", ["checkpoint", "from-gguf", "junk.gguf", "ckpt"],
+             _write("junk.gguf", "not a gguf file"), "cannot read"))
+
     # quickstart
     add(Case("quickstart-out-is-a-file", ["quickstart", "--out", "afile"], expect="is a file"))
     add(Case("quickstart-out-read-only", ["quickstart", "--out", READ_ONLY], expect="cannot write"))
@@ -621,7 +628,7 @@ def test_case_count():
                 else (c.argv[0] if c.argv else "") for c in CASES}
     assert commands >= {"prepare", "tokenizer train", "train", "eval", "inherit", "grow", "sweep", "gap", "report",
                         "quality score", "quality select", "mixture ddo", "mixture predict", "corpus demo",
-                        "quickstart", "format show", "format probe"}
+                        "quickstart", "format show", "format probe", "checkpoint"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

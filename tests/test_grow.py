@@ -121,7 +121,7 @@ def test_grow_errors(tmp_path, data_dir, tokenizer_dir, reference):
 def test_shipped_grow_recipe_validates():
     from warmstart.config import load
 
-    root = Path(__file__).resolve().parent.parent / "recipes"
+    root = Path(__file__).resolve().parent.parent / "src" / "warmstart" / "examples"
     cfg = load(GrowRecipe, root / "grow.yaml")
     assert cfg.data.dir == "corpus/shards" and cfg.grow.step == 2
 

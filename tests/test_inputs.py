@@ -99,15 +99,34 @@ def test_model_arguments_missing_locally_or_offline_fail_at_once_naming_the_argu
     t0 = time.perf_counter()
     with pytest.raises(UserError, match=r"^--from: runs/upstrem: not found \(no such directory\)"):
         resolve_checkpoint("runs/upstrem", "--from")  # 'runs' exists here: a path, not a hub name
-    with pytest.raises(UserError, match=r"^checkpoint: someone/no-such-model is not a local directory.*offline"):
+    with pytest.raises(UserError, match=r"^checkpoint: someone/no-such-model: not found \(no such local directory.*"
+                                        r"offline mode, HF_HUB_OFFLINE=1: nothing is downloaded\)$"):
         resolve_checkpoint("someone/no-such-model", "checkpoint")
-    with pytest.raises(UserError, match=r"^--model: Qwen/Qwen2\.5-0\.5B .*offline"):
+    with pytest.raises(UserError, match=r"^--model: Qwen/Qwen2\.5-0\.5B: not found .*HF_HUB_OFFLINE"):
         resolve_checkpoint("Qwen/Qwen2.5-0.5B", "--model")  # a dotted hub name is a hub name, not a file
     with pytest.raises(UserError, match="valid hub name"):
         resolve_checkpoint("a b", "--from")
     assert time.perf_counter() - t0 < 5  # no network retries
     assert looks_like_path("./x") and looks_like_path("a/b/c") and looks_like_path("runs/x")
     assert not looks_like_path("gpt2") and not looks_like_path("someone/model")
+
+
+def test_mistyped_path_whose_parent_does_not_exist_yet_is_not_found(tmp_path, monkeypatch, capsys):
+    """`runs/upstrem` before `runs/` exists is also a valid hub name: the message still leads with "not found" and
+    gives no advice about the hub's mode (eval on the command line, init.from in a recipe)."""
+    from warmstart.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "runs/upstrem", "--data", "d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("warmstart: error: checkpoint: runs/upstrem: not found (no such local directory"), err
+    assert err.count("\n") == 1 and "set HF_HUB_OFFLINE" not in err and "unset" not in err
+    (tmp_path / "r.yaml").write_text("name: r\ndata: {dir: corpus/shards, seq_len: 16}\ninit: {from: runs/x}\n"
+                                     "train: {steps: 2, batch_tokens: 32}\n")
+    assert main(["train", "r.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "init.from: runs/x: not found (no such local directory" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_eval_messages_name_evals_own_arguments(tmp_path, capsys, monkeypatch):

@@ -2,7 +2,7 @@
 modules import each other, directly or round a longer cycle. Lazy imports inside functions count too.
 
 Layers, bottom to top (README "Layout"): the base modules (errors, atomic, jsonfile, outputs, signals, tables,
-config)
+progress, examples, config)
 -> runtime/ -> data/ -> models/ -> eval/ -> train/ -> recipes/ -> report/ -> demo/ -> cli.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "warmstart"
 LAYERS = [
-    {"errors", "atomic", "jsonfile", "outputs", "signals", "tables", "config", "__init__", "__main__"},
+    {"errors", "atomic", "jsonfile", "outputs", "signals", "tables", "progress", "examples", "config", "__init__", "__main__"},
     {"runtime"},
     {"data"},
     {"models"},

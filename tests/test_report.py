@@ -421,3 +421,90 @@ def test_a_damaged_config_yaml_stops_the_report_in_one_line(tmp_path, content):
     (run / "config.yaml").write_bytes(content)
     with pytest.raises(UserError, match=r"run/config\.yaml"):
         load_run(run, "run")
+
+
+# ----------------------------------------------------------------------------------------------- what a page shows
+def test_report_without_baseline_has_no_compute_saved(synthetic, tmp_path, capsys):
+    """No --baseline: no compute-saved table (a lone run would be compared with itself), and a note says why."""
+    out = tmp_path / "rep"
+    assert main(["report", str(synthetic[0]), "--out", str(out)]) == 0
+    assert "note: no baseline given: no compute-saved table" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["tables"]) == {"runs", "gap"} and "baseline" not in s and s["runs"][0]["compute_saved"] is None
+    md = (out / "report.md").read_text()
+    assert "Compute saved" not in md and "baseline:" not in md and "no baseline given" in md
+
+
+def test_ten_step_run_has_a_training_loss_curve(data_dir, tokenizer_dir, tmp_path):
+    """The default log interval gives a 10-step run ten training-loss points, and the plot draws them."""
+    import warmstart.report.plots as plots
+    from warmstart.config import Recipe, validate
+    from warmstart.report.data import load_run
+
+    tree = tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "ten", train={"steps": 10})
+    del tree["train"]["log_every"]
+    run_dir = train(validate(Recipe, tree)).run_dir
+    assert [m["step"] for m in read_metrics(run_dir) if m["event"] == "train"] == list(range(1, 11))
+    out = tmp_path / "rep"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    img = mpimg.imread(out / "train_loss.png")[..., :3]
+    from matplotlib.colors import to_rgb
+
+    blue = to_rgb(plots.plt.rcParams["axes.prop_cycle"].by_key()["color"][0])
+    drawn = (abs(img - blue).max(axis=-1) < 0.1).sum()  # the run's colour: its line and markers
+    assert drawn > 200, drawn
+    fig = plots.line_figure([load_run(run_dir, "ten")], "train/loss", "t")
+    assert len(fig.axes[0].lines[0].get_xdata()) == 10 and fig.axes[0].lines[0].get_marker() == "."
+    plots.plt.close(fig)
+
+
+def test_identical_curves_both_visible_and_tick_labels_apart(synthetic):
+    """Two runs with the same LR curve: different line styles and a legend that says so; token ticks compact and
+    not overlapping on a narrow axis."""
+    import warmstart.report.plots as plots
+    from warmstart.report.data import load_run
+
+    runs = [load_run(p, p.name) for p in synthetic[:2]]
+    fig = plots.line_figure(runs, "lr", "lr")
+    a, b = fig.axes[0].lines
+    assert list(a.get_ydata()) == list(b.get_ydata()) and a.get_linestyle() != b.get_linestyle()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["base", "fast (same as base)"]
+    plots.plt.close(fig)
+
+    assert [plots.compact(x) for x in (0, 950, 150_000, 2_500_000, 1.6e18)] == ["0", "950", "150k", "2.5M", "1.6e+18"]
+    fig, ax = plots.plt.subplots(figsize=(4.2, 3.0))
+    ax.plot([100_000, 230_000], [1, 2])
+    plots._count_axis(ax)
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+    boxes = [bb for bb in boxes if ax.get_window_extent().x0 - 1 <= bb.x0 and bb.x1 <= ax.get_window_extent().x1 + 30]
+    assert len(boxes) >= 2 and all(p.x1 < q.x0 for p, q in zip(boxes, boxes[1:], strict=False))
+    plots.plt.close(fig)
+
+
+def test_extra_tables_and_mixtures_on_the_page(synthetic, tmp_path):
+    """The quickstart's Inheritune and AutoScale tables (and its mixture directories) are in report.html."""
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    (mix / "mixture.json").write_text(json.dumps({"weights": {"a": 0.25, "b": 0.75}, "budget": 1e6}))
+    inh = {"title": "Inheritune: 2 of 4 blocks", "columns": ["model", "val loss"], "formats": ["str", "loss"],
+           "rows": [["inherited", 3.25], ["random init", 4.5]]}
+    html = quickstart_step(tmp_path, [synthetic[0], mix], baseline=synthetic[0], extra_tables={"inheritune": inh})
+    page = _Page()
+    page.feed(html.read_text())
+    assert [[json.loads(v) for v, _ in r] for r in page.tables["inheritune"] if r] == inh["rows"]
+    assert "Inheritune: 2 of 4 blocks" in html.read_text() and "mixture_weights.png" in html.read_text()
+    with pytest.raises(ValueError, match="'runs' is one of the report's own tables"):
+        make_report([synthetic[0]], tmp_path / "r2", extra_tables={"runs": inh})
+
+
+def test_quickstart_terminal_says_compute_saved_as_the_report_does():
+    from warmstart.demo.quickstart import _saved_lines
+
+    c = {"comparable": True, "reached": True, "tokens_to_target": 1000.0, "tokens_saved": 0.25,
+         "total_tokens_saved": -1.21}
+    s = {"baseline": "scratch", "metric": "val/code/loss", "target": 3.0,
+         "runs": [{"name": "scratch", "compute_saved": {}}, {"name": "rewarm", "compute_saved": c}]}
+    line = _saved_lines(s).splitlines()[1]
+    assert line.endswith("1,000 tokens: +25.0% own, none: 2.21x the baseline counting the upstream runs"), line
+    assert fmt(-1.21, "saved") in line and fmt(0.25, "saved") in line

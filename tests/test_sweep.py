@@ -214,7 +214,7 @@ def test_continual_recipes_validate():
 
     from warmstart.config import load_recipe
 
-    paths = sorted((Path(__file__).resolve().parents[1] / "recipes" / "continual").glob("*.yaml"))
+    paths = sorted((Path(__file__).resolve().parents[1] / "src" / "warmstart" / "examples" / "continual").glob("*.yaml"))
     assert len(paths) >= 4
     for p in paths:
         assert load_recipe(p).name == p.stem

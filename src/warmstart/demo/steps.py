@@ -44,9 +44,9 @@ def replay_step(rewarm: Recipe, upstream_run: Path, upstream_domain: str) -> str
 
 
 # ----------------------------------------------------------------------------------------------- inheritune
-def inheritune_step(root: Path, reference_run: Path) -> str:
+def inheritune_step(root: Path, reference_run: Path) -> dict:
     """Inherit half of the reference run's blocks, train briefly on 'prose', compare with the same-size random
-    init trained the same steps; returns a printable table (val loss on 'prose')."""
+    init trained the same steps; returns the table (val loss on 'prose'; `warmstart.tables` layout)."""
     from warmstart.models.locate import resolve_checkpoint
     from warmstart.recipes.inheritune import count_blocks_and_params, ensure_inherited, random_init_model
     from warmstart.runtime.metrics import read_metrics
@@ -85,15 +85,14 @@ def inheritune_step(root: Path, reference_run: Path) -> str:
         results[label] = (done["params"], evals[0]["val/prose/loss"], evals[-1]["val/prose/loss"])
     ref_summary = rundir.load_summary(reference_run)
     ref_loss = ref_summary["final_eval"].get("val/prose/loss", float("nan"))
-    lines = [
-        f"Inheritune: {n} of {k} blocks of {reference_run.name}, {INHERITUNE_STEPS} steps on 'prose' "
-        "(val loss on 'prose')",
-        f"{'model':<22} {'layers':>6} {'params':>8} {'step 0':>8} {'end':>8}",
-        f"{'reference':<22} {k:>6} {ref_params / 1e6:>7.2f}M {'':>8} {ref_loss:>8.3f}",
-    ]
-    for label, (params, start, end) in results.items():
-        lines.append(f"{label:<22} {n:>6} {params / 1e6:>7.2f}M {start:>8.3f} {end:>8.3f}")
-    return "\n".join(lines)
+    rows = [["reference", k, ref_params, None, ref_loss]]
+    rows += [[label, n, params, start, end] for label, (params, start, end) in results.items()]
+    return {
+        "title": f"Inheritune: {n} of {k} blocks of {reference_run.name}, {INHERITUNE_STEPS} steps on 'prose'",
+        "columns": ["model", "layers", "params", "val/prose/loss at step 0", "val/prose/loss at the end"],
+        "formats": ["str", "int", "int", "loss", "loss"],
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- autoscale
@@ -127,8 +126,9 @@ def autoscale_configs(root: Path, budgets: tuple[int, int] = (16, 32)) -> list[D
     return out
 
 
-def autoscale_step(root: Path) -> str:
-    """A small DDO at two budgets on the demo domains and AutoScale's prediction at 4x the larger; a table."""
+def autoscale_step(root: Path) -> tuple[dict, list[Path]]:
+    """A small DDO at two budgets on the demo domains and AutoScale's prediction at 4x the larger; returns the
+    weights table (`warmstart.tables` layout) and the three mixture directories (for the report)."""
     from warmstart.recipes.autoscale import predict, run_ddo, weights_table
 
     root = Path(root)
@@ -139,19 +139,22 @@ def autoscale_step(root: Path) -> str:
     big = 4 * mixes[list(mixes)[-1]]["budget"]
     predicted = root / "mixtures" / "predicted" / "mixture.json"
     mixes[f"pred {big / 1000:g}k"] = predict([c.mixture_dir for c in cfgs], big, predicted)
-    return "\n".join(
-        [
-            "AutoScale on the demo domains (weights of the optimal mixture per token budget):",
-            weights_table(mixes),
-            f"predicted mixture: {predicted} (use it with data.weights_from)",
-        ]
-    )
+    table = weights_table(mixes, "AutoScale on the demo domains: weights of the optimal mixture per token budget")
+    table["note"] = f"predicted mixture: {predicted} (use it with data.weights_from)"
+    return table, [*(c.mixture_dir for c in cfgs), predicted.parent]
 
 
 # ----------------------------------------------------------------------------------------------- report
-def report_step(root: Path, runs: list[Path], baseline: Path, metric: str = "val/avg/loss") -> Path:
-    """The report of the quickstart's runs in ROOT/report (`warmstart.report.make_report`); the HTML page's path."""
+def report_step(
+    root: Path,
+    runs: list[Path],
+    baseline: Path,
+    metric: str = "val/avg/loss",
+    extra_tables: dict[str, dict] | None = None,
+) -> Path:
+    """The report of the quickstart's runs (and mixture directories) in ROOT/report, with the other steps' tables
+    (`warmstart.report.make_report`); the HTML page's path."""
     from warmstart.report import make_report
 
-    result = make_report(runs, Path(root) / "report", baseline=baseline, metric=metric)
+    result = make_report(runs, Path(root) / "report", baseline=baseline, metric=metric, extra_tables=extra_tables)
     return Path(result["html"])

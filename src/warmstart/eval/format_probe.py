@@ -84,18 +84,25 @@ def text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list
 
 
 @torch.no_grad()
-def probe(model, docs: list[list[int]], cands: list[Candidate], batch_size: int = 8, device="cpu") -> list[ProbeRow]:
+def probe(
+    model, docs: list[list[int]], cands: list[Candidate], batch_size: int = 8, device="cpu", progress: bool = False
+) -> list[ProbeRow]:
     """Mean token loss of `model` on `docs` (text token ids) under each candidate context, best first (a tie
-    keeps the candidates' order, which puts the tokenizer's default format first).
+    keeps the candidates' order, which puts the tokenizer's default format first). `progress`: a bar over the
+    forward passes (`warmstart.progress`: lines in a log).
 
     Shapes: each forward is (batch, len(end) + len(prefix) + len(doc)); right padding needs no attention mask for
     a causal LM and its padded positions are not scored. Raises `UserError` when no document has 2 tokens.
     """
     if not docs:
         raise UserError("format probe: no document with at least 2 tokens to score; give more or longer text")
+    from warmstart.progress import bar as progress_bar
+
     was_training = model.training
     model.eval()
     rows = []
+    n_batches = -(-len(docs) // batch_size)
+    bar = progress_bar(len(cands) * n_batches, enabled=progress, desc="format probe", unit="batch", leave=False)
     for cand in cands:
         ctx = cand.end_ids + cand.prefix
         seqs = [ctx + d for d in docs]
@@ -115,7 +122,9 @@ def probe(model, docs: list[list[int]], cands: list[Candidate], batch_size: int 
             )
             total += float(nll)
             count += int((y[:, 1:] != -100).sum())
+            bar.update(1)
         rows.append(ProbeRow(cand, total / count, count))
+    bar.close()
     model.train(was_training)
     return sorted(rows, key=lambda r: r.loss)
 
@@ -197,9 +206,11 @@ def run_probe(
     batch_size: int = 8,
     device: str = "auto",
     write_recipe: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """`warmstart format probe`: load the checkpoint, sample documents, measure every candidate; returns
-    {rows: [{bos, doc_end, loss, tokens}], winner, docs, table}. Raises `UserError` for bad arguments."""
+    {rows: [{bos, doc_end, loss, tokens}], winner, docs, table}. Raises `UserError` for bad arguments.
+    `progress`: say what is measured up front, and a progress bar over the forward passes."""
     from warmstart.config import SourceConfig
     from warmstart.data.sources import iter_documents
     from warmstart.data.tokenizer import load_tokenizer
@@ -233,7 +244,12 @@ def run_probe(
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"format probe: cannot load {checkpoint} as a causal LM ({first})") from None
     model.to(dev)
-    rows = probe(model, docs, candidates(tok), batch_size, dev)
+    cands = candidates(tok)
+    if progress:
+        passes = len(cands) * -(-len(docs) // batch_size)
+        print(f"format probe: {len(cands)} candidate formats x {len(docs)} documents of up to {tokens} tokens "
+              f"({passes} forward passes of up to {batch_size} documents) on {dev}", flush=True)
+    rows = probe(model, docs, cands, batch_size, dev, progress=progress)
     if write_recipe:
         write_winner(write_recipe, rows[0].candidate)
     return {

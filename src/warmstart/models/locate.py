@@ -10,6 +10,11 @@ Decided before anything heavy is imported and before any network call, so a typo
   without a network call; online, one request without retries asks the hub, so an unknown name or an
   unreachable hub is one line, not a minute of download retries.
 
+`runs/upstrem` before `runs/` exists is both a mistyped path and a valid hub name; nothing local can tell them
+apart. So every refusal of a `namespace/name` that the hub did not confirm leads with "not found" and says there is
+no such local directory; no advice about the hub's mode is given (the cache was already looked at, so switching
+HF_HUB_OFFLINE would not help either way).
+
 `what` is the argument's name in the calling command (`init.from`, `--from`, `--model`, `checkpoint`), so the
 message names what the user typed.
 """
@@ -55,8 +60,8 @@ def _check_hub_name(spec: str, what: str) -> str:
         return spec
     if hub_offline():
         raise UserError(
-            f"{what}: {spec} is not a local directory, and not in the Hugging Face cache (offline mode: "
-            "HF_HUB_OFFLINE=1, nothing is downloaded); give a local path or unset HF_HUB_OFFLINE"
+            f"{what}: {spec}: not found (no such local directory, and no such hub model in the Hugging Face cache; "
+            "offline mode, HF_HUB_OFFLINE=1: nothing is downloaded)"
         )
     _probe_hub(spec, what)
     return spec
@@ -71,14 +76,14 @@ def _probe_hub(spec: str, what: str, timeout: float = 10.0) -> None:
     try:
         model_info(spec, timeout=timeout)
     except RepositoryNotFoundError:
-        raise UserError(f"{what}: {spec} is not a local directory, and the Hugging Face hub has no such model") from None
+        raise UserError(f"{what}: {spec}: not found (no such local directory, and the Hugging Face hub has no such model)") from None
     except HfHubHTTPError:
         return
     except Exception as e:  # connection refused, DNS failure, timeout: the network's answer, not a bug
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(
-            f"{what}: {spec} is not a local directory, and the Hugging Face hub cannot be reached ({first}); "
-            "set HF_HUB_OFFLINE=1 to use only the local cache"
+            f"{what}: {spec}: not found (no such local directory; as a hub name it is not in the local cache, and "
+            f"the Hugging Face hub cannot be reached: {first})"
         ) from None
 
 

@@ -344,12 +344,9 @@ def predict(sources: list[str | Path], budget: float, out: str | Path | None = N
     return mixture
 
 
-def weights_table(columns: dict[str, dict[str, float]]) -> str:
-    """Domains as rows, one column per mixture."""
+def weights_table(columns: dict[str, dict], title: str = "mixture weights") -> dict:
+    """Domains as rows, one column per mixture (a `warmstart.tables` table: print it with `text_table`)."""
     names = list(next(iter(columns.values()))["weights"])
-    head = f"{'domain':<12}" + "".join(f"{c:>14}" for c in columns)
-    rows = [head]
-    for d in names:
-        rows.append(f"{d:<12}" + "".join(f"{columns[c]['weights'][d]:>14.3f}" for c in columns))
-    return "\n".join(rows)
+    rows = [[d, *(columns[c]["weights"][d] for c in columns)] for d in names]
+    return {"title": title, "columns": ["domain", *columns], "formats": ["str"] + ["frac"] * len(columns), "rows": rows}
 

@@ -264,7 +264,7 @@ def _check_request(domains: dict, data_dir, domain: str, split: str, chunk_docs:
 def _write_ranking(out, data_dir, dom, split: str, identity: dict, score, chunk_docs: int, progress: bool) -> dict:
     """Score every document chunk by chunk (finished chunks of an identical earlier run are reused), then write
     scores.npy, ranking.npy and a complete meta.json."""
-    from tqdm.auto import tqdm
+    from warmstart.progress import bar as progress_bar
 
     out = Path(out)
     domain = identity["domain"]
@@ -299,7 +299,7 @@ def _write_ranking(out, data_dir, dom, split: str, identity: dict, score, chunk_
     toks = dom.tokens(split)
     n_chunks = (n_docs + chunk_docs - 1) // chunk_docs
     parts = []
-    with tqdm(total=n_docs, desc=f"scoring {domain}", unit=" doc", disable=not progress) as bar:
+    with progress_bar(n_docs, desc=f"scoring {domain}", unit=" doc", enabled=progress) as bar:
         for c in range(n_chunks):
             path = chunks / f"{c:06d}.npy"
             a, b = c * chunk_docs, min((c + 1) * chunk_docs, n_docs)

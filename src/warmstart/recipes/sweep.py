@@ -36,6 +36,7 @@ from warmstart.config import (
     split_assignment,
     validate,
 )
+from warmstart.config import recipe_path as resolve_recipe_path
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_table
 from warmstart.tables import markdown_table
@@ -212,6 +213,7 @@ def run_sweep(
     A point stopped by a signal: the summary of the points so far is written, then `signals.Interrupted`
     (`warmstart.train.runs`' policy) is raised."""
     grid = parse_grid(grid_items)
+    recipe_path = resolve_recipe_path(recipe_path)  # a packaged example by name, from any directory
     points = point_recipes(read_yaml(recipe_path), grid, overrides, source=str(recipe_path))
     out_dir = points[0][1].run_dir.parent
     from warmstart.outputs import check_out_dir

@@ -120,12 +120,15 @@ def make_report(
     gap_window: int = 1,
     upstream_tokens: dict[str, float] | None = None,
     upstream_flops: dict[str, float] | None = None,
+    extra_tables: dict[str, dict] | None = None,
 ) -> dict:
     """Write the report for `paths` into `out`; returns summary.json's content (plus the written paths).
 
-    `baseline`: the run the others replace (default: the first run); `upstream_tokens` / `upstream_flops`: the
-    compute of the checkpoint a run started from, by run name/path or init.from value, where the report cannot
-    read it (compute saved: `warmstart.report.saved`)."""
+    `baseline`: the run the others replace; without it there is no compute-saved table (a guessed baseline, such
+    as the first run, would compare a lone run with itself). `upstream_tokens` / `upstream_flops`: the compute
+    of the checkpoint a run started from, by run name/path or init.from value, where the report cannot read it
+    (compute saved: `warmstart.report.saved`). `extra_tables`: tables the caller computed (`warmstart.tables`
+    layout; the quickstart's Inheritune and AutoScale results), shown after the report's own, by key."""
     if not paths:
         raise UserError("report: give at least one run directory")
     runs, mixes, grows, notes = classify(paths)
@@ -134,13 +137,17 @@ def make_report(
     summary: dict = {"metric": metric, "runs": [], "notes": notes}
     gap: dict[str, dict[str, dict]] = {}
     if runs:
-        base = _find_baseline(runs, baseline)
-        saved = compute_saved(runs, base, metric, upstream_tokens, upstream_flops)
+        saved: dict[str, dict] = {}
         gap = {r.name: gaps(r, gap_window) for r in runs}
         tables["runs"] = _runs_table(runs)
-        tables["saved"] = _saved_table(runs, saved, metric, base)
+        if baseline is None:
+            notes.append("no baseline given: no compute-saved table (give --baseline RUN, the run the others replace)")
+        else:
+            base = _find_baseline(runs, baseline)
+            saved = compute_saved(runs, base, metric, upstream_tokens, upstream_flops)
+            tables["saved"] = _saved_table(runs, saved, metric, base)
+            summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         tables["gap"] = gap_table(gap)
-        summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         summary["runs"] = [
             {
                 "name": r.name,
@@ -150,7 +157,7 @@ def make_report(
                 "flops": r.flops,
                 "params": r.summary.get("params"),
                 "final": {k: v for k, v in r.evals[-1].items() if k.startswith(("val/", "task/"))},
-                "compute_saved": saved[r.name],
+                "compute_saved": saved.get(r.name),
                 "gap": gap[r.name],
             }
             for r in runs
@@ -161,6 +168,10 @@ def make_report(
         summary["mixtures"] = mixes
     if grows:
         summary["grow"] = grows
+    for key, table in (extra_tables or {}).items():
+        if key in tables:
+            raise ValueError(f"extra_tables: {key!r} is one of the report's own tables")
+        tables[key] = table
 
     out.mkdir(parents=True, exist_ok=True)  # only once every number is computed: a refused report writes nothing
     images = [
@@ -178,7 +189,7 @@ def make_report(
 
     title = "warmstart report"
     intro = [f"runs: {', '.join(r.name for r in runs) or 'none'}"]
-    if runs:
+    if "baseline" in summary:
         intro.append(f"baseline: {summary['baseline']} (final {metric} {summary['target']:.4f})")
     atomic.write_text(out / "report.md", page.markdown_page(title, intro, tables, images, notes))
     atomic.write_text(out / "report.html", page.html_page(title, intro, tables, images, notes))

@@ -10,10 +10,30 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from warmstart.report.data import Run  # noqa: E402
 
 DPI = 110
+LINESTYLES = ("-", "--", ":", "-.")
+FEW_POINTS = 40  # a series with at most this many points is drawn with markers, so a single point shows
+
+
+def compact(x: float, _pos=None) -> str:
+    """A short tick label: 150000 -> '150k', 2.5e6 -> '2.5M', 1.6e18 -> '1.6e+18' (full integers on a narrow
+    axis run together, e.g. '100000150000200000')."""
+    if abs(x) >= 1e15:
+        return f"{x:.2g}"
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:g}"
+
+
+def _count_axis(ax) -> None:
+    """Tokens or FLOPs on x: at most 5 ticks, compact labels."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(compact))
 
 
 def _save(fig, path: Path) -> Path:
@@ -71,6 +91,7 @@ def val_loss(runs: list[Run], out: Path, x: str) -> Path | None:
                     color=colors[r.name],
                 )
         ax.set_title(key)
+        _count_axis(ax)
         ax.set_xlabel("tokens" if x == "tokens" else "FLOPs")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -91,18 +112,39 @@ def _series(run: Run, key: str) -> list[tuple[int, float]]:
 def line_per_run(
     runs: list[Run], out: Path, key: str, title: str, fname: str, log_y: bool = False
 ) -> Path | None:
-    """One value over tokens, a line per run (the LR schedule; the training loss)."""
+    """One value over tokens, a line per run (the LR schedule; the training loss): `line_figure` saved."""
+    fig = line_figure(runs, key, title, log_y)
+    return None if fig is None else _save(fig, out / fname)
+
+
+def line_figure(runs: list[Run], key: str, title: str, log_y: bool = False):
+    """The figure of `line_per_run`, or None when no run has `key`.
+
+    Runs get different line styles, and a run whose series equals an earlier run's says so in the legend, so a
+    curve that lies exactly on another (two runs with one schedule) is not lost; short series get markers."""
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    drawn = False
-    for r in runs:
+    drawn: dict[str, list[tuple[int, float]]] = {}
+    for i, r in enumerate(runs):
         s = _series(r, key)
-        if s:
-            ax.plot([t for t, _ in s], [v for _, v in s], lw=1.2, label=r.name, color=colors[r.name])
-            drawn = True
+        if not s:
+            continue
+        same = next((name for name, other in drawn.items() if other == s), None)
+        ax.plot(
+            [t for t, _ in s],
+            [v for _, v in s],
+            lw=1.2,
+            ls=LINESTYLES[i % len(LINESTYLES)],
+            marker="." if len(s) <= FEW_POINTS else None,
+            ms=5,
+            label=r.name if same is None else f"{r.name} (same as {same})",
+            color=colors[r.name],
+        )
+        drawn[r.name] = s
     if not drawn:
         plt.close(fig)
         return None
+    _count_axis(ax)
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("tokens")
@@ -110,7 +152,7 @@ def line_per_run(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out / fname)
+    return fig
 
 
 def gap_windows(runs: list[Run], gaps: dict[str, dict[str, dict]], out: Path) -> Path | None:
@@ -135,6 +177,7 @@ def gap_windows(runs: list[Run], gaps: dict[str, dict[str, dict]], out: Path) ->
         elif g["depth"] > 0:
             ax.axvspan(c[0][1], c[-1][1], color="tab:red", alpha=0.08, label="not recovered")
         ax.set_title(f"{r.name}: {d}", fontsize=9)
+        _count_axis(ax)
         ax.set_xlabel("tokens")
         ax.set_ylabel("val loss")
         ax.grid(alpha=0.3)

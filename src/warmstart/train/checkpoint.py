@@ -174,6 +174,35 @@ def save(
     return final
 
 
+def checkpoint_steps(total_steps: int, every: int) -> list[int]:
+    """The steps a run of `total_steps` checkpoints at: every `every` steps (0: none) and at its end."""
+    return sorted({*(range(every, total_steps + 1, every) if every else ()), total_steps})
+
+
+def disk_estimate(model: torch.nn.Module, total_steps: int, every: int, keep: int) -> dict:
+    """Bytes a run leaves on disk, said before it starts: `keep` (or fewer) checkpoints, each the state dict (a
+    tied matrix under both its names, as torch.distributed.checkpoint writes it) and AdamW's two moments, about
+    3x the parameters' bytes; plus `final/` (the weights, a tied matrix once).
+
+    Returns {checkpoints (how many stay), checkpoint_bytes (each), final_bytes, total_bytes}, a lower bound: the
+    files' headers and RNG state add a fixed few hundred kB (tests/test_checkpoint_safety.py measures both)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    n = min(keep, len(checkpoint_steps(total_steps, every)))
+    ckpt = state + moments
+    return {"checkpoints": n, "checkpoint_bytes": ckpt, "final_bytes": weights, "total_bytes": n * ckpt + weights}
+
+
+def human_bytes(n: float) -> str:
+    """1.6e9 -> '1.6 GB' (decimal units, as `du --si` and file managers say)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n} TB"  # pragma: no cover
+
+
 def prune(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from warmstart import atomic, signals
 from warmstart.config import Recipe
 from warmstart.eval.perplexity import evaluate, perplexity
 from warmstart.models.build import save_hf
+from warmstart.progress import bar as progress_bar
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, all_gather_objects, all_reduce_sum, barrier, setup, teardown
 from warmstart.runtime.metrics import logged_eval
@@ -57,8 +57,6 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
         with signals.handling():
             d = setup(recipe.train.device)
             try:
-                if recipe.train.cpu_threads:
-                    torch.set_num_threads(recipe.train.cpu_threads)
                 with rundir.held(recipe.run_dir, d) as lock:
                     plan = decide(recipe, d, resume, allow_config_change, existed=not lock.created_dir)
                     total = rundir.planned_steps(recipe)
@@ -83,12 +81,13 @@ def fit(run: Run) -> RunResult:
     """The step loop: step, log, evaluate, checkpoint, and stop cleanly on a signal; then write final/."""
     recipe, d, total = run.recipe, run.d, run.total_steps
     last_eval = _first_eval(run)
-    bar = tqdm(total=total, initial=run.step, disable=not (recipe.train.progress and d.is_main),
-               unit="step", dynamic_ncols=True, leave=False)
+    bar = progress_bar(total, initial=run.step, enabled=recipe.train.progress and d.is_main, desc=recipe.name,
+                       unit="step", leave=False)
     # the window holds the sum of the steps' global mean losses (each rank adds its share, loss / world), so it
     # carries over a resume on any number of processes: rank 0 takes the resumed sum, the others start at zero
     win_loss = torch.tensor(run.window["loss"] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
     t_window, tok_window = time.perf_counter(), 0
+    log_every = recipe.train.log_interval(total)
     with signals.deferred() as stop:
         while run.step < total:
             lr = lr_at(recipe.schedule, run.step, total)
@@ -100,9 +99,9 @@ def fit(run: Run) -> RunResult:
             run.window["steps"] += 1
             bar.update(1)
 
-            if step % recipe.train.log_every == 0 or step == total:
+            if step % log_every == 0 or step == total:
                 loss, tps = log_train(run, win_loss, grad_norm, tok_window, time.perf_counter() - t_window)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
                 t_window, tok_window = time.perf_counter(), 0
             if step % recipe.eval.every == 0 or step < recipe.eval.dense_steps or step == total:
                 last_eval = evaluate_run(run, step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import time
 import warnings
@@ -38,7 +39,7 @@ from warmstart.models.build import (
 )
 from warmstart.models.distill import DistillLoss
 from warmstart.models.loss import LossModel
-from warmstart.runtime import rundir
+from warmstart.runtime import rundir, threads
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog
 from warmstart.train import checkpoint as ckpt
@@ -180,6 +181,14 @@ def _check_data_meets_model(tok, vocab: int, domains: dict, used: list[str], dat
             raise UserError(f"data.dir: domain {n!r} was prepared with a different tokenizer than the others")
 
 
+def disk_line(disk: dict) -> str:
+    """What the run will leave on disk (`checkpoint.disk_estimate`), said before it starts."""
+    h = ckpt.human_bytes
+    return (f"disk: ~{h(disk['total_bytes'])} when done: {disk['checkpoints']} checkpoint(s) of ~"
+            f"{h(disk['checkpoint_bytes'])} (weights + AdamW state, for --resume and init.keep_optimizer; "
+            f"train.checkpoint_every / keep_checkpoints) + final/ ~{h(disk['final_bytes'])}")
+
+
 def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) -> Run:
     """Build the run `plan` calls for ("fresh", "restart" or "resume"); writes config.yaml when all is in place.
 
@@ -202,12 +211,16 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     fpt, n_params = flops_per_token(model, data_cfg.seq_len), count_params(model)
     if d.device.type == "cpu":  # before the first step's buffers: they are what the setting is about
         keep_heap(wanted(recipe.train.keep_heap, n_params))
+    threads_line = ""
+    if d.device.type == "cpu" or isinstance(recipe.train.cpu_threads, int):
+        threads_line = threads.apply(recipe.train.cpu_threads, n_params, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     model.train()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     if recipe.train.activation_checkpointing:
         enable_activation_checkpointing(model)
+    disk = ckpt.disk_estimate(model, total_steps, recipe.train.checkpoint_every, recipe.train.keep_checkpoints)
     ddp_model = parallelize(model, d, recipe.train.parallel, bf16=wants_bf16(recipe, d.device))
     model = unwrap(ddp_model)  # FSDP shards in place: the optimizer is built on the sharded parameters
     optimizer = build_optimizer(model, recipe.optim, lr=lr_at(recipe.schedule, 0, total_steps), device=d.device)
@@ -244,6 +257,9 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         signals.pause_point("startup")
         print(f"run {recipe.run_dir}: {loaded.source}, {n_params / 1e6:.2f}M params, {total_steps} steps x "
               f"{recipe.train.batch_tokens} tokens, {d.world} process(es) on {d.device.type}")
+        print(disk_line(disk))
+        if threads_line:
+            print(threads_line)
     return run
 
 

@@ -352,3 +352,32 @@ def test_activation_checkpointing_recomputes_blocks_and_changes_nothing(data_dir
     wa, wb = (load_file(str(r.final_dir / "model.safetensors")) for r in runs)
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6), k
+
+
+def test_resume_with_auto_threads_keeps_the_thread_count_the_run_started_with(data_dir, tokenizer_dir, tmp_path,
+                                                                              monkeypatch):
+    """`train.cpu_threads: auto` follows the load at the start; a resume under another load computes with the
+    count the run started with (recorded in the checkpoint), so its numbers stay those of the uninterrupted run."""
+    import shutil
+
+    from warmstart.runtime import threads
+
+    if threads.usable_cores() < 2:
+        pytest.skip("needs 2 cores: auto must pick a count other than the 1 a busy machine gets")
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads, "busy_cores", lambda sample_s=0.0: 0.0)  # every core free at the start
+        recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, name="th", train={"steps": 4, "checkpoint_every": 2})
+        train(recipe)
+        started = torch.get_num_threads()
+        state = ckpt.load_state(ckpt.step_dir(recipe.run_dir / "checkpoints", 2))
+        assert state["cpu_threads"] == started == threads.choose_threads(1, threads.usable_cores(), 0.0)
+        for p in ("summary.json", "final", "checkpoints/step-00000004"):
+            path = recipe.run_dir / p
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        monkeypatch.setattr(threads, "busy_cores", lambda sample_s=0.0: 64.0)  # now every core is busy: auto -> 1
+        torch.set_num_threads(1)
+        train(recipe, resume=True)
+        assert torch.get_num_threads() == started
+    finally:
+        torch.set_num_threads(before)

@@ -298,6 +298,9 @@ def _restore(run: Run, plan: Plan, allow_config_change: bool) -> None:
         ckpt.load_into(plan.checkpoint, run.model, run.optimizer, run.d.rank)
         run.sampler.load_state_dict(state["sampler"], strict=not allow_config_change)
         run.step, run.window, run.resumed_from = state["step"], state["window"], plan.checkpoint
+        if recipe.train.cpu_threads == "auto" and run.d.device.type == "cpu" and state.get("cpu_threads"):
+            # the load may differ now; the run's numbers should not: keep the thread count it started with
+            torch.set_num_threads(int(state["cpu_threads"]))
         run.metrics.truncate(state["metrics_offset"])
         if run.d.is_main:
             print(f"resuming {run.run_dir} from {plan.checkpoint.name}")

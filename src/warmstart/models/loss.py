@@ -168,7 +168,8 @@ class LossModel:
     torch.compile: pass that module as `runner`.
 
     __call__(input_ids (B, T), labels (B, T) aligned with the inputs (the target of position t is labels[:, t];
-    -100: no loss), attention_mask=None, reduction="sum", runner=None) -> (loss, n): the float32 loss summed over
+    -100: no loss), attention_mask=None, reduction="sum", runner=None, **forward: more keyword arguments for the
+    model's forward, e.g. position_ids for packed documents) -> (loss, n): the float32 loss summed over
     the n labelled tokens (a 0-d tensor with gradient), or with reduction="none" the (B, T) per-token losses (0
     where -100). Raises UserError at construction when the head is not a linear layer or the model does
     something to its logits this class does not reproduce (checked once against the model's own logits).
@@ -201,12 +202,14 @@ class LossModel:
     def eval(self):
         return self.train(False)
 
-    def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None):
+    def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None, **forward):
         if reduction not in ("sum", "none"):
             raise ValueError(f"reduction: {reduction!r} (have: sum, none)")
         self._request = ("loss", labels, reduction)
+        if attention_mask is not None:
+            forward["attention_mask"] = attention_mask
         try:
-            output = (runner or self.model)(input_ids=input_ids, attention_mask=attention_mask)
+            output = (runner or self.model)(input_ids=input_ids, **forward)
             out = self._result
         finally:
             self._request, self._result = None, None

@@ -37,6 +37,7 @@ from warmstart.models.build import (
     resolve_checkpoint,
 )
 from warmstart.models.loss import LossModel
+from warmstart.models.packing import DocumentAttention
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog
@@ -70,6 +71,7 @@ class Run:
     objective: Objective
     autocast: contextlib.AbstractContextManager
     val_sets: dict
+    attention: DocumentAttention | None  # data.packing: documents (None: the plain stream)
     metrics: MetricsLog
     flops_per_token: float
     n_params: int
@@ -200,10 +202,14 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     # forward passes return the loss, never the full logits (models/loss.py); after the optimizer is built, since
     # its one check forward is the first forward, where FSDP2 settles its sharded parameters
     loss_model = LossModel(model)
-    objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob)
+    objective = Objective(recipe.model.objective, tok, vocab, recipe.seed, recipe.model.mask_prob,
+                          packing=data_cfg.packing)
     if objective.kind == "masked" and recipe.eval.windows == "documents":
         raise UserError("eval.windows: documents is for causal LMs; use packed with model.objective: masked")
-    val_sets = {n: eval_windows(domains[n], data_cfg.seq_len, recipe.eval.max_tokens, recipe.eval.windows)
+    # documents packing: how this model is told where documents start (refused in one line if it cannot be)
+    attention = DocumentAttention(model) if objective.packing == "documents" else None
+    val_sets = {n: eval_windows(domains[n], data_cfg.seq_len, recipe.eval.max_tokens, recipe.eval.windows,
+                                objective.packing)
                 for n in eval_names}
     if objective.kind == "masked":
         val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
@@ -212,7 +218,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         recipe=recipe, d=d, total_steps=total_steps, gseqs=gseqs, micro=micro, accum=accum, sampler=sampler,
         model=model, ddp_model=ddp_model, fwd_model=torch.compile(ddp_model) if recipe.train.compile else ddp_model,
         loss_model=loss_model, tokenizer=tok, optimizer=optimizer, objective=objective,
-        autocast=_autocast(recipe, d.device), val_sets=val_sets,
+        autocast=_autocast(recipe, d.device), val_sets=val_sets, attention=attention,
         metrics=MetricsLog(rundir.metrics_path(recipe.run_dir), enabled=d.is_main,
                            trackers=list(recipe.train.trackers)),
         flops_per_token=fpt, n_params=n_params, source=loaded.source, peak_flops=peak_flops(d.device),

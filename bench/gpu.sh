@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark, one prepared run (~8 minutes from cold on one H100/H200 with a CUDA build of torch installed):
+# GPU benchmark, one prepared run (~11 minutes from cold on one H100/H200 with a CUDA build of torch installed):
 # tokens/s, MFU and peak memory of `warmstart train` (single process, train.compile=true, bf16) against the HF
 # Trainer (bf16, torch_compile) on ~400M and ~1B LLaMA-style models, seq 2048. Nothing is downloaded.
 # Writes $OUT/gpu.json when OUT is set (else bench/results/gpu.json); each side has its own time limit and the
@@ -17,3 +17,7 @@ py="${PYTHON:-python}"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
 timeout 480 "$py" bench/gpu_train.py --out "$out_dir/gpu.json" "$@"
 echo "results: $out_dir/gpu.json"
+# data.packing: documents vs stream, same model and data (~3 minutes): tokens/s ratio in packing_gpu.json
+timeout 300 "$py" bench/packing_throughput.py --device cuda --preset llama-400m --seq-len 2048 --batch-tokens 16384 \
+  --micro 8 --steps 12 --skip 4 --repeats 2 --compile --out "$out_dir/packing_gpu.json" || echo "packing: failed or cut short"
+echo "results: $out_dir/packing_gpu.json"

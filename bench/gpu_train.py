@@ -40,7 +40,7 @@ def recipe_tree(args, paths: dict, model: str, out: Path, name: str) -> dict:
     return {
         "name": name,
         "out_dir": str(out),
-        "data": {"dir": str(paths["data"]), "seq_len": args.seq_len},
+        "data": {"dir": str(paths["data"]), "seq_len": args.seq_len, "packing": "stream"},  # as the Trainer reads it
         "model": {"family": "llama", "sizes": MODELS[model], "tokenizer": str(paths["tok"])},
         "optim": {"betas": [0.9, 0.95], "weight_decay": 0.1, "grad_clip": 1.0},
         "schedule": {"kind": "cosine", "max_lr": 3e-4, "warmup_steps": 2},

@@ -48,7 +48,7 @@ def recipe(args, shards: Path, tok: Path, out: Path, name: str, keep_heap: bool 
         {
             "name": name,
             "out_dir": str(out),
-            "data": {"dir": str(shards), "seq_len": args.seq_len},
+            "data": {"dir": str(shards), "seq_len": args.seq_len, "packing": args.packing},
             "model": {"preset": args.preset, "tokenizer": str(tok)},
             "optim": {"betas": [0.9, 0.95], "weight_decay": 0.1, "grad_clip": 1.0},
             "schedule": {"kind": "cosine", "max_lr": 3e-4, "warmup_steps": 2},
@@ -148,7 +148,7 @@ def child_args(args, side: str, i: int) -> list[str]:
     flags = ["--preset", args.preset, "--vocab", str(args.vocab), "--seq-len", str(args.seq_len),
              "--batch-tokens", str(args.batch_tokens), "--micro", str(args.micro), "--steps", str(args.steps),
              "--skip", str(args.skip), "--device", args.device, "--work", args.work, "--side", side,
-             "--repeat", str(i)]
+             "--repeat", str(i), "--packing", args.packing]
     return [sys.executable, __file__, *flags, *(["--compile"] if args.compile else [])]
 
 
@@ -164,6 +164,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--packing", default="stream", choices=["stream", "documents"],
+                   help="warmstart's data.packing (stream: the plain windows the Trainer reads too)")
     p.add_argument("--work", default=None, help="keep data here (default: a temp dir)")
     p.add_argument("--out", default="bench/results/train_throughput_cpu.json")
     p.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)

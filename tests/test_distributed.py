@@ -86,7 +86,7 @@ def runs(data_dir, tokenizer_dir, tmp_path_factory):
         data_dir, tokenizer_dir, tmp / "runs", "x",
         train={"steps": STEPS, "batch_tokens": 512, "micro_batch_size": 4, "log_every": 2,
                "checkpoint_every": CUT, "keep_checkpoints": 2},
-        eval={"every": CUT, "max_tokens": 160, "batch_size": 2}, optim={"grad_clip": 0.5},
+        eval={"every": CUT, "max_tokens": 160, "batch_size": 2, "windows": "packed"}, optim={"grad_clip": 0.5},
     )
     _train(_recipe(tmp, tree, "single", "ddp"), 1)
     _train(_recipe(tmp, tree, "ddp", "ddp"), 2)

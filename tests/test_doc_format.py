@@ -245,13 +245,18 @@ def test_format_probe_equals_direct_transformers_computation(toks, tmp_path, cap
     assert main(["format", "probe", str(ckpt), "--text", str(texts), "--docs", "4", "--tokens", "12",
                  "--write-recipe", str(recipe), "--json", str(tmp_path / "probe.json")]) == 0
     out = capsys.readouterr().out
-    assert "winner over 4 documents" in out
+    assert "over 4 documents" in out and "vs default" in out
     # what is measured is said before the minutes of scoring (and a progress bar, lines in a log, runs over it)
-    assert out.index(f"format probe: {len(cands)} candidate formats x 4 documents") < out.index("winner")
-    winner = rows[0].candidate
+    assert out.index(f"format probe: {len(cands)} candidate formats x 4 documents") < out.index("vs default")
+    from warmstart.eval.format_probe import decide
+
+    chosen, _ = decide(rows)
     tree = yaml.safe_load(recipe.read_text())
-    assert tree["bos"] is winner.bos and tree["doc_end"] == (winner.end or "none")
-    assert json.loads((tmp_path / "probe.json").read_text())["winner"]["doc_end"] == (winner.end or "none")
+    if chosen.default:
+        assert tree["bos"] == "auto" and tree["doc_end"] == "auto"
+    else:
+        assert tree["bos"] is chosen.candidate.bos and tree["doc_end"] == (chosen.candidate.end or "none")
+    assert json.loads((tmp_path / "probe.json").read_text())["winner"]["default"] == chosen.default
     assert main(["prepare", str(recipe)]) == 0
     assert (cands[0].bos, cands[0].end) == (False, "<|endoftext|>")  # the default first: ties go to it
     # GPT-2 style: <|endoftext|> is BOS and EOS; "BOS, after nothing" is the same context as "after EOS": one row
@@ -417,3 +422,36 @@ def test_prepare_writes_a_huge_document_as_its_whole_encoding(tokenizer_dir, tmp
     want = [fmt["prefix"] + tok(t, add_special_tokens=False, split_special_tokens=True)["input_ids"]
             + fmt["suffix"] for t in texts]
     assert _all_docs(tmp_path / "shards") == want
+
+
+def test_format_probe_keeps_the_default_unless_a_candidate_wins_clearly():
+    from warmstart.eval.format_probe import Candidate, ProbeRow, decide, format_table, paired_difference
+
+    rng = np.random.default_rng(0)
+    m, n = 12, np.full(12, 100)
+    base = rng.normal(3.0, 0.5, m) * n  # per-document summed losses of the default
+    # equal document lengths: the SE is the plain standard error of the per-document mean differences
+    noisy = base + rng.normal(-0.003, 0.05, m) * n
+    d, se = paired_difference(noisy, base, n)
+    assert d == pytest.approx(np.mean((noisy - base) / n))
+    assert se == pytest.approx(np.std((noisy - base) / n, ddof=1) / np.sqrt(m))
+
+    def rows(cand_loss):
+        default = ProbeRow(Candidate(False, "<|endoftext|>", [], [0]), float(base.sum() / n.sum()), int(n.sum()),
+                           base, n, default=True)
+        other = ProbeRow(Candidate(True, "<|endoftext|>", [1], [0]), float(cand_loss.sum() / n.sum()), int(n.sum()),
+                         cand_loss, n)
+        other.diff, other.se = paired_difference(cand_loss, base, n)
+        return sorted([default, other], key=lambda r: r.loss)
+
+    # lower mean loss, but by less than its error (the 0.003 nats on 12 documents): the default stays
+    e = rng.normal(0, 0.05, m)
+    small = rows(base + (e - e.mean() - 0.003) * n)
+    assert not small[0].default and small[0].diff == pytest.approx(-0.003) and small[0].se > 0.0015
+    chosen, why = decide(small)
+    assert chosen.default and "cannot tell them apart" in why and "--docs" in why
+    table = format_table(small, m)
+    assert "(default)" in table and "+- s.e." in table and "bos: auto, doc_end: auto" in table
+    # better on every document by 0.2 nats: it wins
+    chosen, why = decide(rows(base - 0.2 * n + rng.normal(0, 0.01, m) * n))
+    assert not chosen.default and "standard errors" in why

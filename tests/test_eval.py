@@ -42,7 +42,16 @@ def _load(run_dir):
 def test_eval_perplexity_equals_direct_computation(run_dir, data_dir, tmp_path):
     from warmstart.data.shards import open_data_dir
 
-    res = eval_checkpoint(str(run_dir), data_dir, seq_len=16, max_tokens=160, batch_size=3, out=tmp_path)
+    res = eval_checkpoint(
+        str(run_dir),
+        data_dir,
+        seq_len=16,
+        max_tokens=160,
+        batch_size=3,
+        out=tmp_path,
+        windows="packed",
+        packing="stream",
+    )
     model, _ = _load(run_dir)
     for name, dom in open_data_dir(data_dir).items():
         toks = torch.tensor(np.asarray(dom.tokens("val")[: 10 * 16 + 1], dtype=np.int64))
@@ -166,6 +175,6 @@ def test_eval_of_a_run_repeats_its_last_in_loop_evaluation(run_dir, data_dir, tm
     """A run directory's defaults (seq_len, eval.windows, eval.max_tokens) are the run's own."""
     res = eval_checkpoint(str(run_dir), data_dir, out=tmp_path)
     final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
-    assert res["windows"] == "packed" and res["max_tokens"] == 256
+    assert res["windows"] == "documents" and res["max_tokens"] == 256  # a causal run's default windows
     for name, v in res["val"].items():
         assert v["loss"] == pytest.approx(final[f"val/{name}/loss"], abs=1e-5)

@@ -15,7 +15,7 @@ from warmstart.cli import main
 from warmstart.config import OptimConfig
 from warmstart.data.shards import open_data_dir
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import val_sequences
+from warmstart.eval.perplexity import document_windows
 from warmstart.runtime.metrics import read_metrics
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.loop import train
@@ -58,17 +58,17 @@ def test_final_is_plain_hf_checkpoint_with_same_logits(base_run, data_dir):
     model = AutoModelForCausalLM.from_pretrained(str(result.final_dir))
     model.eval()
     dom = open_data_dir(data_dir)["prose"]
-    x = torch.from_numpy(val_sequences(dom, 32, 256))
+    inputs, labels = (torch.from_numpy(a) for a in document_windows(dom, 32, 256))  # the default eval.windows
     with torch.no_grad():
-        logits = model(input_ids=x[:, :-1]).logits
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).item()
+        logits = model(input_ids=inputs).logits  # right padding: no causal logit before it changes
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100).item()
     # the last eval in metrics.jsonl was computed by the trained model in memory
     assert loss == pytest.approx(result.last_eval["val/prose/loss"], rel=1e-6)
     # and the last checkpoint holds the same weights as final/
     fresh = AutoModelForCausalLM.from_pretrained(str(result.final_dir))
     ckpt.load_into(ckpt.newest_valid(result.run_dir / "checkpoints"), fresh, None, 0)
     with torch.no_grad():
-        assert torch.equal(fresh(input_ids=x[:, :-1]).logits, logits)
+        assert torch.equal(fresh(input_ids=inputs).logits, logits)
     assert (result.final_dir / "tokenizer.json").exists()
 
 

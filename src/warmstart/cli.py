@@ -214,7 +214,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_checkpoint(
         args.checkpoint, args.data, _names(args.domains), args.seq_len, args.max_tokens, args.batch_size,
         _names(args.tasks), args.num_fewshot, args.limit, args.out, args.device,
-        windows=args.windows, allow_format_mismatch=args.allow_format_mismatch,
+        windows=args.windows, allow_format_mismatch=args.allow_format_mismatch, packing=args.packing,
     )
     print(format_result(result))
     return 0
@@ -498,8 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="directory for the results JSON (default: the run directory)")
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ev.add_argument("--windows", choices=["documents", "packed"],
-                    help="documents: one window per document from its start (default for a plain checkpoint); "
-                    "packed: consecutive windows of the stream, as training evaluates (default for a run)")
+                    help="documents: one window per document from its start (default; a run: its eval.windows); "
+                    "packed: consecutive windows of the stream, read as training reads them (--packing)")
+    ev.add_argument("--packing", choices=["documents", "stream"],
+                    help="packed windows: documents (attention and positions restart at each document, a "
+                    "mid-document window gets the BOS; default) or stream (across documents); a run: its data.packing")
     ev.add_argument("--allow-format-mismatch", dest="allow_format_mismatch", action="store_true",
                     help="evaluate on data whose document format (BOS, document end) is not the checkpoint's")
     ev.set_defaults(func=cmd_eval)

@@ -102,6 +102,12 @@ class DataConfig(Section):
     allow_format_mismatch: bool = Field(
         False, description="train on data whose document format (BOS, document end) is not the checkpoint's"
     )
+    packing: Literal["documents", "stream"] = Field(
+        "documents",
+        description="documents: attention and positions restart at every document inside a window, and a window "
+        "that begins mid-document gets the format's prefix (BOS); stream: the plain token stream, attention across "
+        "documents (what warmstart 0.1 did; for models trained that way). Masked LMs always read the stream",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -236,10 +242,11 @@ class EvalConfig(Section):
     dense_steps: int = Field(0, ge=0, description="also evaluate at every step before this one")
     max_tokens: int = Field(16384, gt=0, description="validation tokens per domain (the first ones)")
     batch_size: int = Field(16, gt=0)
-    windows: Literal["packed", "documents"] = Field(
-        "packed",
-        description="packed: consecutive windows of the val stream (as training reads it); documents: one window "
-        "per document from its start (BOS first), the number a by-hand computation gives",
+    windows: Literal["packed", "documents"] | None = Field(
+        None,
+        description="documents (default for causal LMs): one window per document from its start (BOS first), the "
+        "number `warmstart eval` of a checkpoint and a by-hand computation give; packed (default for masked LMs): "
+        "consecutive windows of the val stream, read as training reads it (data.packing)",
     )
     domains: list[str] | None = Field(None, description="default: every domain in data.dir")
     tasks: list[str] = Field(default_factory=list, description="lm-eval task names (extra `lm-eval`), rank 0")
@@ -290,6 +297,10 @@ class Recipe(Section):
             raise ValueError("init.keep_optimizer: needs init.from (a warmstart run directory)")
         if self.distill is not None and self.model.objective != "causal":
             raise ValueError("distill: distils next-token distributions; it needs model.objective: causal")
+        if self.model.objective == "masked" and self.data.packing != "stream":
+            self.data.packing = "stream"  # bidirectional attention over the window: there is nothing to restart
+        if self.eval.windows is None:  # before and after compare: the same windows as `warmstart eval`
+            self.eval.windows = "packed" if self.model.objective == "masked" else "documents"
         return self
 
     @property

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from warmstart.config import DataConfig, ReplayConfig, SubsetConfig
+from warmstart.data.packing import document_packed, scored
 from warmstart.data.shards import DomainData
 from warmstart.errors import UserError
 
@@ -222,6 +223,7 @@ class MixtureSampler:
 
         self._perm_cache: dict[str, tuple[int, np.ndarray]] = {}
         self._windows: dict[str, np.ndarray] = {}
+        self._layouts: dict[str, tuple[np.ndarray, list[int]]] = {}
         self._cursor = {
             n: 0 for n in self._names
         }  # sequences drawn per domain (position in its epoch stream)
@@ -419,6 +421,32 @@ class MixtureSampler:
                 )
             out[sel] = self._window_view(name)[seqs]
         return out
+
+    def read_packed(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`read` for `data.packing: documents` (data/packing.py): (tokens (k, seq_len + 1) with a mid-document
+        window's first tokens replaced by its domain's prefix, position ids (k, seq_len + 1), scored targets
+        (k, seq_len) bool). The same rows `read` gives, so counts, resume and data-parallel slices are unchanged."""
+        idx = np.asarray(indices, dtype=np.int64)
+        tokens = self.read(idx)
+        positions = np.empty_like(tokens)
+        keep = np.empty((len(idx), self.seq_len), dtype=bool)
+        for p in np.unique(idx[:, 0]) if len(idx) else ():
+            name = self._names[int(p)]
+            sel = idx[:, 0] == p
+            offsets, prefix = self._layout(name)
+            starts = idx[sel, 1] * self.seq_len
+            toks, pos = document_packed(tokens[sel], starts, offsets, prefix)
+            tokens[sel], positions[sel] = toks, pos
+            keep[sel] = scored(pos, len(prefix))
+        return tokens, positions, keep
+
+    def _layout(self, name: str) -> tuple[np.ndarray, list[int]]:
+        """A domain's train document offsets and its format's prefix, read once."""
+        got = self._layouts.get(name)
+        if got is None:
+            dom = self._domains[name]
+            got = self._layouts[name] = (dom.doc_offsets("train"), list(dom.document_format.prefix))
+        return got
 
     # ------------------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:

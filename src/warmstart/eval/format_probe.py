@@ -11,8 +11,16 @@ where the document-end candidates are the tokenizer's EOS, every pre-training do
 (`<|endoftext|>`, `<|end_of_text|>`, `</s>`, `<eos>`, ...; data/doc_format.py), its template's suffix, and none; the
 BOS candidates are with (the template's prefix, else the BOS token) and without. The end token stands where the
 previous document's end stands in the packed stream. Every candidate is scored on the same targets: the text
-tokens 2 .. T+1 of each document (the first text token has no context in the bare candidate). The winner is the
-lowest mean loss; `--write-recipe` writes it into a prepare recipe as `bos` / `doc_end`.
+tokens 2 .. T+1 of each document (the first text token has no context in the bare candidate).
+
+Because the targets are the same, each candidate's difference to the default format (the tokenizer's own,
+`resolve_format`) is a paired one: per document, the candidate's summed loss minus the default's; the table gives
+the token-weighted mean difference D = sum(delta_i) / sum(n_i) and its standard error over documents (the ratio
+estimator's, sqrt(m / (m - 1) * sum((delta_i - D n_i)^2)) / sum(n_i) for m documents; Cochran, Sampling
+Techniques, 1977, sec. 6.4). A candidate replaces the default only when it is better by more than twice its
+standard error; otherwise the default is kept and the probe says whether the sample could tell them apart (a
+larger `--docs` decides). `--write-recipe` writes the decision into a prepare recipe as `bos` / `doc_end`
+(`auto` for both when the default is kept).
 """
 
 from __future__ import annotations
@@ -39,11 +47,45 @@ class Candidate:
         return f"{'BOS + ' if self.bos else ''}text, after {self.end or 'nothing'}"
 
 
+CLEAR = 2.0  # a candidate must beat the default by more than this many standard errors
+
+
 @dataclass
 class ProbeRow:
     candidate: Candidate
     loss: float  # mean token cross-entropy, nats
     tokens: int
+    doc_loss: np.ndarray | None = None  # (m,) summed loss per document, nats
+    doc_tokens: np.ndarray | None = None  # (m,) scored targets per document
+    diff: float = 0.0  # mean loss minus the default's on the same targets (0 for the default itself)
+    se: float | None = None  # standard error of `diff` over documents (None for the default)
+    default: bool = False
+
+
+def paired_difference(cand: np.ndarray, base: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
+    """(D, its standard error): the token-weighted mean loss difference of per-document summed losses `cand` and
+    `base` (m,) over the same `tokens` (m,) per document; the ratio estimator's SE over documents (nan when m < 2)."""
+    delta, n = np.asarray(cand, float) - np.asarray(base, float), np.asarray(tokens, float)
+    m, total = len(delta), n.sum()
+    d = float(delta.sum() / total)
+    if m < 2:
+        return d, float("nan")
+    return d, float(np.sqrt(m / (m - 1) * np.sum((delta - d * n) ** 2)) / total)
+
+
+def decide(rows: list[ProbeRow]) -> tuple[ProbeRow, str]:
+    """The format to use and why, in one line: the best candidate when it beats the default by more than
+    `CLEAR` standard errors, else the default."""
+    default = next(r for r in rows if r.default)
+    best = min(rows, key=lambda r: r.loss)
+    if best is default:
+        return default, "the default format scores lowest"
+    if best.se is not None and np.isfinite(best.se) and best.diff < -CLEAR * best.se:
+        return best, f"better than the default by {-best.diff:.4f} nats (> {CLEAR:g} standard errors, {best.se:.4f})"
+    return default, (
+        f"the best candidate ({best.candidate.label}) differs from the default by {best.diff:+.4f} "
+        f"+- {best.se:.4f} nats: the sample cannot tell them apart; keeping the default (a larger --docs decides)"
+    )
 
 
 def candidates(tok) -> list[Candidate]:
@@ -107,7 +149,7 @@ def probe(
         ctx = cand.end_ids + cand.prefix
         seqs = [ctx + d for d in docs]
         first_target = len(ctx) + 1  # position of text token 2 (index 1) in each sequence
-        total, count = 0.0, 0
+        per_doc, per_tok = [], []
         for b in range(0, len(seqs), batch_size):
             batch = seqs[b : b + batch_size]
             width = max(len(s) for s in batch)
@@ -118,27 +160,34 @@ def probe(
                 y[j, first_target : len(s)] = torch.tensor(s[first_target:])
             logits = model(input_ids=x.to(device)).logits.float()
             nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1), y[:, 1:].flatten().to(device), reduction="sum", ignore_index=-100
+                logits[:, :-1].transpose(1, 2), y[:, 1:].to(device), reduction="none", ignore_index=-100
             )
-            total += float(nll)
-            count += int((y[:, 1:] != -100).sum())
+            per_doc.extend(nll.double().sum(1).tolist())
+            per_tok.extend((y[:, 1:] != -100).sum(1).tolist())
             bar.update(1)
-        rows.append(ProbeRow(cand, total / count, count))
+        doc_loss, doc_tokens = np.array(per_doc), np.array(per_tok)
+        rows.append(ProbeRow(cand, float(doc_loss.sum() / doc_tokens.sum()), int(doc_tokens.sum()), doc_loss,
+                             doc_tokens))
     bar.close()
     model.train(was_training)
+    rows[0].default = True  # candidates() puts the tokenizer's default first
+    for r in rows[1:]:
+        r.diff, r.se = paired_difference(r.doc_loss, rows[0].doc_loss, rows[0].doc_tokens)
     return sorted(rows, key=lambda r: r.loss)
 
 
 def format_table(rows: list[ProbeRow], n_docs: int) -> str:
-    """The table `warmstart format probe` prints (best first) and its winner."""
-    lines = [f"{'format':<44} {'mean loss':>10} {'tokens':>8}"]
+    """The table `warmstart format probe` prints (best first): each candidate's mean loss and its paired
+    difference to the default with the standard error; then the decision and why."""
+    lines = [f"{'format':<44} {'mean loss':>10} {'vs default':>11} {'+- s.e.':>8} {'tokens':>8}"]
     for r in rows:
-        lines.append(f"{r.candidate.label:<44} {r.loss:>10.4f} {r.tokens:>8,}")
-    w = rows[0].candidate
-    lines.append(
-        f"winner over {n_docs} documents: {w.label} -> prepare recipe: bos: {str(w.bos).lower()}, "
-        f"doc_end: {w.end or 'none'}"
-    )
+        label = r.candidate.label + (" (default)" if r.default else "")
+        diff = f"{'':>11} {'':>8}" if r.default else f"{r.diff:>+11.4f} {r.se:>8.4f}"
+        lines.append(f"{label:<44} {r.loss:>10.4f} {diff} {r.tokens:>8,}")
+    chosen, why = decide(rows)
+    c = chosen.candidate
+    recipe = "bos: auto, doc_end: auto" if chosen.default else f"bos: {str(c.bos).lower()}, doc_end: {c.end or 'none'}"
+    lines.append(f"over {n_docs} documents: {c.label}: {why} -> prepare recipe: {recipe}")
     return "\n".join(lines)
 
 
@@ -155,9 +204,9 @@ def _check_recipe(recipe: str | Path) -> dict:
     return tree
 
 
-def write_winner(recipe: str | Path, winner: Candidate) -> None:
-    """Set `bos` and `doc_end` of an existing prepare recipe to the winner (validated, written atomically; the
-    YAML is rewritten, so comments in it are not kept)."""
+def write_winner(recipe: str | Path, winner: Candidate, default: bool = False) -> None:
+    """Set `bos` and `doc_end` of an existing prepare recipe to the winner (`auto` for both when it is the
+    default; validated, written atomically; the YAML is rewritten, so comments in it are not kept)."""
     import yaml
 
     from warmstart import atomic
@@ -166,8 +215,8 @@ def write_winner(recipe: str | Path, winner: Candidate) -> None:
     path = Path(recipe)
     tree = _check_recipe(path)
     tree.pop("eos_token", None)
-    tree["bos"] = bool(winner.bos)
-    tree["doc_end"] = winner.end or "none"
+    tree["bos"] = "auto" if default else bool(winner.bos)
+    tree["doc_end"] = "auto" if default else winner.end or "none"
     validate(PrepareConfig, tree, str(path))
     atomic.write_text(path, yaml.safe_dump(tree, sort_keys=False, allow_unicode=True))
 
@@ -250,15 +299,19 @@ def run_probe(
         print(f"format probe: {len(cands)} candidate formats x {len(docs)} documents of up to {tokens} tokens "
               f"({passes} forward passes of up to {batch_size} documents) on {dev}", flush=True)
     rows = probe(model, docs, cands, batch_size, dev, progress=progress)
+    chosen, why = decide(rows)
     if write_recipe:
-        write_winner(write_recipe, rows[0].candidate)
+        write_winner(write_recipe, chosen.candidate, default=chosen.default)
     return {
         "checkpoint": str(src),
         "docs": len(docs),
         "tokens_per_doc": tokens,
         "rows": [
-            {"bos": r.candidate.bos, "doc_end": r.candidate.end, "loss": r.loss, "tokens": r.tokens} for r in rows
+            {"bos": r.candidate.bos, "doc_end": r.candidate.end, "loss": r.loss, "tokens": r.tokens,
+             "default": r.default, "diff_vs_default": r.diff, "se": r.se}
+            for r in rows
         ],
-        "winner": {"bos": rows[0].candidate.bos, "doc_end": rows[0].candidate.end or "none"},
+        "winner": {"bos": chosen.candidate.bos, "doc_end": chosen.candidate.end or "none", "default": chosen.default,
+                   "why": why},
         "table": format_table(rows, len(docs)),
     }

@@ -43,7 +43,8 @@ def _run_info(run: Path | None) -> dict:
         "tokens": summary.get("tokens"),
         "flops": summary.get("flops"),
         "seq_len": (cfg.get("data") or {}).get("seq_len"),
-        "windows": (cfg.get("eval") or {}).get("windows", "packed"),
+        "windows": (cfg.get("eval") or {}).get("windows") or "packed",
+        "packing": (cfg.get("data") or {}).get("packing", "stream"),  # runs before data.packing read the stream
         "max_tokens": (cfg.get("eval") or {}).get("max_tokens"),
     }
 
@@ -69,10 +70,12 @@ def domain_losses(
     device: torch.device,
     windows: str = "documents",
     allow_format_mismatch: bool = False,
+    packing: str = "documents",
 ) -> dict[str, dict]:
     """{domain: {loss, ppl, tokens}} on the first `max_tokens` validation targets of each prepared domain, in
-    `windows` (documents | packed); refuses data not in the checkpoint's document format unless allowed."""
-    from warmstart.eval.perplexity import eval_windows, evaluate, perplexity
+    `windows` (documents | packed, read with `packing`: documents | stream); refuses data not in the
+    checkpoint's document format unless allowed."""
+    from warmstart.eval.perplexity import eval_windows, evaluate, perplexity, scored_targets
     from warmstart.models.build import check_data_compatible, check_data_format
     from warmstart.runtime.distributed import Dist
 
@@ -83,14 +86,9 @@ def domain_losses(
         check_data_compatible(tokenizer, data[n].tokenizer, max_id, vocab, str(data_dir), "--data")
     check_data_format(tokenizer, {n: data[n] for n in names}, str(data_dir), allow_format_mismatch,
                       "--allow-format-mismatch")
-    sets = {n: eval_windows(data[n], seq_len, max_tokens, windows) for n in names}
+    sets = {n: eval_windows(data[n], seq_len, max_tokens, windows, packing) for n in names}
     losses = evaluate(model, sets, batch_size, Dist(device=device))
-    return {n: {"loss": losses[n], "ppl": perplexity(losses[n]), "tokens": _targets(sets[n])} for n in names}
-
-
-def _targets(s) -> int:
-    """Tokens scored in a set: every target of packed windows; the labels != -100 of (inputs, labels)."""
-    return int((s[1] != -100).sum()) if isinstance(s, tuple) else int(s[:, 1:].size)
+    return {n: {"loss": losses[n], "ppl": perplexity(losses[n]), "tokens": scored_targets(sets[n])} for n in names}
 
 
 def eval_domains(
@@ -129,10 +127,12 @@ def eval_checkpoint(
     device: str = "auto",
     windows: str | None = None,
     allow_format_mismatch: bool = False,
+    packing: str | None = None,
 ) -> dict:
     """Evaluate one checkpoint; writes the results JSON (and a run's `task` event) and returns the results.
 
-    `windows`: documents | packed; None = the run's own `eval.windows`, or documents for a plain checkpoint."""
+    `windows`: documents | packed; None = the run's own `eval.windows`, or documents for a plain checkpoint.
+    `packing` (packed windows): documents | stream; None = the run's own `data.packing`, or documents."""
     if num_fewshot is not None and num_fewshot < 0:
         raise UserError(f"--num-fewshot: must be >= 0 (got {num_fewshot})")
     if limit is not None and limit <= 0:
@@ -147,6 +147,9 @@ def eval_checkpoint(
     win = windows or info.get("windows") or "documents"
     if win not in ("documents", "packed"):
         raise UserError(f"--windows: expected documents or packed (got {win!r})")
+    pack = packing or info.get("packing") or "documents"
+    if pack not in ("documents", "stream"):
+        raise UserError(f"--packing: expected documents or stream (got {pack!r})")
     if data_dir is not None:
         eval_domains(data_dir, domains, say=False, windows=win)  # a bad --data or --domains fails before torch
     import torch
@@ -177,6 +180,8 @@ def eval_checkpoint(
         model.config.use_cache = False
 
     result: dict = {"checkpoint": str(ckpt), "run_dir": str(run) if run else None, **info}
+    if run is not None:
+        result["run_settings"] = {k: info.get(k) for k in ("seq_len", "max_tokens", "windows", "packing")}
     if data_dir is not None:
         from warmstart.models.build import check_seq_len, context_length
 
@@ -184,8 +189,10 @@ def eval_checkpoint(
         n = seq_len or info.get("seq_len") or min(int(max_pos), 1024)
         check_seq_len(model.config, n, "--seq-len", "give a smaller --seq-len")
         max_tokens = max_tokens or info.get("max_tokens") or 16384  # a run's own, so eval repeats its number
-        per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev, win, allow_format_mismatch)
-        result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "windows": win, "val": per})
+        per = domain_losses(model, tok, data_dir, domains, n, max_tokens, batch_size, dev, win, allow_format_mismatch,
+                            pack)
+        result.update({"data": str(data_dir), "seq_len": n, "max_tokens": max_tokens, "windows": win,
+                       "packing": pack if win == "packed" else None, "val": per})
         result["val/avg/loss"] = sum(v["loss"] for v in per.values()) / len(per)
     if tasks:
         from warmstart.eval.tasks import run_tasks
@@ -206,11 +213,37 @@ def eval_checkpoint(
     return result
 
 
+def quantity(result: dict) -> str:
+    """What the losses are, in words, and which run numbers equal them (a plain checkpoint: a run's step 0 with
+    these settings; a run: its own in-loop evaluation)."""
+    n, m, win = result["seq_len"], result["max_tokens"], result["windows"]
+    if win == "documents":
+        what = f"document windows (each document from its start, at most {n + 1} tokens; the first {m} targets)"
+        same = f"data.seq_len {n}, eval.max_tokens {m}, eval.windows documents"
+    else:
+        what = f"packed windows of {n + 1} tokens, {result['packing']} packing (the first {m // n or 1} windows)"
+        same = f"data.seq_len {n}, eval.max_tokens {m}, eval.windows packed, data.packing {result['packing']}"
+    if result.get("run_dir"):
+        own = result.get("run_settings") or {}
+        mine = {"seq_len": n, "max_tokens": m, "windows": win, "packing": result.get("packing") or own.get("packing")}
+        if own and all(own.get(k) == v for k, v in mine.items() if k != "packing" or win == "packed"):
+            return f"{what}: the run's own in-loop evaluation"
+        return f"{what}: NOT the run's in-loop evaluation (it used {_settings(own)}); its numbers differ"
+    return f"{what}; a run's step-0 loss is this number only with {same}"
+
+
+def _settings(info: dict) -> str:
+    s = f"data.seq_len {info.get('seq_len')}, eval.max_tokens {info.get('max_tokens')}, eval.windows {info.get('windows')}"
+    return s + (f", data.packing {info.get('packing')}" if info.get("windows") == "packed" else "")
+
+
 def format_result(result: dict) -> str:
     """The lines `warmstart eval` prints."""
     lines = [
         f"checkpoint {result['checkpoint']}" + (f" (step {result['step']})" if result.get("step") else "")
     ]
+    if result.get("val"):
+        lines.append(f"  {quantity(result)}")
     for n, v in (result.get("val") or {}).items():
         lines.append(f"  val/{n:<14} loss {v['loss']:.4f}  ppl {v['ppl']:.2f}  ({v['tokens']} tokens)")
     for k, v in (result.get("tasks") or {}).items():

@@ -180,11 +180,13 @@ class DistillLoss:
         temperature: float = 1.0,
         alpha: float = 1.0,
         teacher_runner: torch.nn.Module | None = None,
+        teacher_packing=None,
     ):
         teacher.eval().requires_grad_(False)
         self.student = student
         self.teacher = LossModel(teacher)
         self.teacher_runner = teacher_runner
+        self.teacher_packing = teacher_packing  # a models.packing.DocumentAttention of the teacher, or None
         self.temperature, self.alpha = float(temperature), float(alpha)
         vs = student.model.get_output_embeddings().weight.shape[0]
         vt = teacher.get_output_embeddings().weight.shape[0]
@@ -199,12 +201,18 @@ class DistillLoss:
     def model(self) -> torch.nn.Module:
         return self.student.model
 
-    def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None):
+    def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None, **forward):
+        """`forward`: the student's further forward arguments (data.packing: documents: its position ids and
+        mask); the teacher gets the same documents through its own `teacher_packing`, so it sees what the student
+        sees, each document attending only to itself."""
         if reduction != "sum":
             raise ValueError(f"reduction: {reduction!r} (distillation: sum)")
+        teacher_forward = forward
+        if "position_ids" in forward and self.teacher_packing is not None:
+            teacher_forward = self.teacher_packing.kwargs(forward["position_ids"])
         with torch.no_grad():
             hidden_t = self.teacher.with_head(
-                lambda h, _head: h, input_ids, attention_mask, self.teacher_runner
+                lambda h, _head: h, input_ids, attention_mask, self.teacher_runner, **teacher_forward
             )
         thead = self.teacher.model.get_output_embeddings()
         post = (self.student.scale, self.student.softcap)
@@ -233,4 +241,4 @@ class DistillLoss:
             )
             return loss, n
 
-        return self.student.with_head(head_loss, input_ids, attention_mask, runner)
+        return self.student.with_head(head_loss, input_ids, attention_mask, runner, **forward)

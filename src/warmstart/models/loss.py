@@ -168,7 +168,8 @@ class LossModel:
     torch.compile: pass that module as `runner`.
 
     __call__(input_ids (B, T), labels (B, T) aligned with the inputs (the target of position t is labels[:, t];
-    -100: no loss), attention_mask=None, reduction="sum", runner=None) -> (loss, n): the float32 loss summed over
+    -100: no loss), attention_mask=None, reduction="sum", runner=None, **forward: more keyword arguments for the
+    model's forward, e.g. position_ids for packed documents) -> (loss, n): the float32 loss summed over
     the n labelled tokens (a 0-d tensor with gradient), or with reduction="none" the (B, T) per-token losses (0
     where -100). Raises UserError at construction when the head is not a linear layer or the model does
     something to its logits this class does not reproduce (checked once against the model's own logits).
@@ -201,21 +202,24 @@ class LossModel:
     def eval(self):
         return self.train(False)
 
-    def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None):
+    def __call__(self, input_ids, labels, attention_mask=None, reduction: str = "sum", runner=None, **forward):
         if reduction not in ("sum", "none"):
             raise ValueError(f"reduction: {reduction!r} (have: sum, none)")
-        return self._run(("loss", labels, reduction), input_ids, attention_mask, runner, reduction == "sum")
+        return self._run(("loss", labels, reduction), input_ids, attention_mask, runner, reduction == "sum", forward)
 
-    def with_head(self, head_fn, input_ids, attention_mask=None, runner=None):
+    def with_head(self, head_fn, input_ids, attention_mask=None, runner=None, **forward):
         """The model's forward with its output layer replaced by `head_fn(hidden (B, T, d), head module)`; returns
         what head_fn returns (a (loss, n) pair backpropagates like `__call__`'s). Distillation (models/distill.py)
-        takes the teacher's final hidden states and the student's loss this way, inside each model's own forward."""
-        return self._run(("fn", head_fn), input_ids, attention_mask, runner, True)
+        takes the teacher's final hidden states and the student's loss this way, inside each model's own forward.
+        `forward`: further keyword arguments of the model's forward (position_ids of packed documents)."""
+        return self._run(("fn", head_fn), input_ids, attention_mask, runner, True, forward)
 
-    def _run(self, request, input_ids, attention_mask, runner, is_loss):
+    def _run(self, request, input_ids, attention_mask, runner, is_loss, forward):
         self._request = request
+        if attention_mask is not None:
+            forward = {**forward, "attention_mask": attention_mask}
         try:
-            output = (runner or self.model)(input_ids=input_ids, attention_mask=attention_mask)
+            output = (runner or self.model)(input_ids=input_ids, **forward)
             out = self._result
         finally:
             self._request, self._result = None, None

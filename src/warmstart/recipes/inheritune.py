@@ -202,7 +202,9 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
 
     domains = open_data_dir(cfg.data.dir)
     names = _eval_domains(cfg)
-    sets = {n: eval_windows(domains[n], cfg.data.seq_len, cfg.eval.max_tokens, cfg.eval.windows) for n in names}
+    sets = {n: eval_windows(domains[n], cfg.data.seq_len, cfg.eval.max_tokens, cfg.eval.windows or "documents",
+                            cfg.data.packing)
+            for n in names}
     d = setup(cfg.train.device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).to(d.device)

@@ -40,9 +40,11 @@ def _runs_table(runs: list[Run]) -> dict:
         for m in r.evals:
             tasks.update(dict.fromkeys(k for k in m if k.startswith("task/")))
     loss_keys = [f"val/{d}/loss" for d in domains] + ["val/avg/loss"]
-    cols = ["run", "start", "params", "steps", "tokens", "FLOPs", *(f"final {k}" for k in loss_keys)]
+    cols = ["run", "start", "params", "steps", "tokens", "FLOPs", "packing", "val windows",
+            *(f"final {k}" for k in loss_keys)]
     cols += [f"final {k}" for k in tasks]
-    formats = ["str", "str", "int", "int", "int", "sci", *(["loss"] * len(loss_keys)), *(["frac"] * len(tasks))]
+    formats = ["str", "str", "int", "int", "int", "sci", "str", "str", *(["loss"] * len(loss_keys)),
+               *(["frac"] * len(tasks))]
     rows = []
     for r in runs:
         kind, src = start_kind(r)
@@ -55,11 +57,23 @@ def _runs_table(runs: list[Run]) -> dict:
                 int(r.evals[-1]["step"]),
                 r.tokens,
                 r.flops,
+                *packing_of(r),
                 *(final_value(r, k) for k in loss_keys),
                 *(final_value(r, k) for k in tasks),
             ]
         )
     return {"title": "Runs", "columns": cols, "formats": formats, "rows": rows}
+
+
+def packing_of(run: Run) -> tuple[str | None, str | None]:
+    """(how training packed its windows, which windows its evaluations scored) from the run's config.yaml; a run
+    made before `data.packing` existed read the plain stream."""
+    if not run.config:
+        return None, None
+    data, ev = run.config.get("data") or {}, run.config.get("eval") or {}
+    windows = ev.get("windows") or "packed"
+    packing = data.get("packing", "stream")
+    return packing, windows if windows == "documents" else f"packed ({packing})"
 
 
 def _saved_table(runs: list[Run], saved: dict[str, dict], metric: str, base: Run) -> dict:

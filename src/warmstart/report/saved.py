@@ -25,7 +25,7 @@ and nothing is computed — when, with both sides known:
 2. the metric is `val/avg/loss` and the two runs evaluate different domain sets (the averages are over
    different texts);
 3. the eval data differ: a compared domain's prepared fingerprint (index.json `fingerprint`), `eval.windows`
-   (packed vs documents) or `eval.max_tokens` (a different sample);
+   (packed vs documents), `eval.max_tokens` (a different sample), or, for packed windows, `data.packing`;
 4. `data.seq_len` differs, or the tokenizer's vocabulary hash (index.json `tokenizer.vocab_hash`) differs;
 5. either run started from a checkpoint (continued or inherited) and the parameter counts (summary.json
    `params`) differ: a continued run is compared with the same model from scratch, an inherited one with the
@@ -152,6 +152,10 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
         for key in ("windows", "max_tokens"):
             if ev_r.get(key) != ev_b.get(key):
                 problems.append(f"eval.{key} {ev_r.get(key)} vs {ev_b.get(key)}")
+        pr = (run.config.get("data") or {}).get("packing", "stream")
+        pb = (base.config.get("data") or {}).get("packing", "stream")
+        if ev_r.get("windows") == ev_b.get("windows") == "packed" and pr != pb:
+            problems.append(f"packed windows read with data.packing {pr} vs {pb}")
         for dom in _eval_domains(run, metric):
             fr = _data_index(run.config, dom).get("fingerprint")
             fb = _data_index(base.config, dom).get("fingerprint")

@@ -20,7 +20,7 @@ import torch
 
 from warmstart import atomic, signals
 from warmstart.config import Recipe
-from warmstart.eval.perplexity import evaluate, perplexity
+from warmstart.eval.perplexity import evaluate, perplexity, scored_targets
 from warmstart.models.build import save_hf
 from warmstart.progress import bar as progress_bar
 from warmstart.runtime import rundir
@@ -132,14 +132,18 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     batches = []
     for k in range(run.accum):
         rows = slice(first + k * run.micro, first + (k + 1) * run.micro)
-        x = torch.from_numpy(run.sampler.read(indices[rows])).to(d.device)
+        if run.attention is not None:  # data.packing: documents
+            x = tuple(torch.from_numpy(a).to(d.device) for a in run.sampler.read_packed(indices[rows]))
+        else:
+            x = torch.from_numpy(run.sampler.read(indices[rows])).to(d.device)
         batches.append(run.objective.split(x, noise, rows))
-    divisor = run.objective.loss_divisor([labels for _, labels in batches], d)
+    divisor = run.objective.loss_divisor([b[1] for b in batches], d)
     step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
-    for k, (inputs, labels) in enumerate(batches):
+    for k, (inputs, labels, *positions) in enumerate(batches):
+        forward = run.attention.kwargs(positions[0]) if positions else {}
         with gradient_sync(run.ddp_model, k == run.accum - 1):
             with run.autocast:
-                loss_sum, n = run.train_loss(inputs, labels, runner=run.fwd_model)
+                loss_sum, n = run.train_loss(inputs, labels, runner=run.fwd_model, **forward)
             loss = loss_sum / divisor if divisor else loss_sum / n / run.accum
             loss.backward()
         step_loss += loss.detach().double()
@@ -179,13 +183,17 @@ def evaluate_run(run: Run, step: int) -> dict:
     """Per-domain validation loss and perplexity (+ their mean, + lm-eval tasks when due), logged as one event."""
     recipe, d = run.recipe, run.d
     losses = evaluate(run.loss_model, run.val_sets, recipe.eval.batch_size, d, run.autocast,
-                      causal=run.objective.kind == "causal")
+                      causal=run.objective.kind == "causal", attention=run.attention)
     values = {}
     for n, loss in losses.items():
         values[f"val/{n}/loss"] = loss
         values[f"val/{n}/ppl"] = perplexity(loss)
+        values[f"val/{n}/tokens"] = scored_targets(run.val_sets[n])  # what `warmstart eval` reports beside it
     if losses:
         values["val/avg/loss"] = float(np.mean(list(losses.values())))
+        # which quantity the losses are: the windows, and how packed windows were read (data.packing)
+        values["windows"] = recipe.eval.windows
+        values["packing"] = run.objective.packing
     te = recipe.eval.tasks_every
     if recipe.eval.tasks and d.is_main and (step == run.total_steps or (te and step % te == 0)):
         from warmstart.eval.tasks import run_tasks  # lm-eval task accuracies ride on the same eval event

@@ -31,8 +31,9 @@ class Objective:
     no token at all (with 576 rows for 512 tokens, 10.9% of the draws were such rows).
     """
 
-    def __init__(self, kind: str, tokenizer=None, seed: int = 0, mask_prob: float = 0.15):
+    def __init__(self, kind: str, tokenizer=None, seed: int = 0, mask_prob: float = 0.15, packing: str = "stream"):
         self.kind = kind
+        self.packing = packing if kind == "causal" else "stream"  # documents: windows carry position ids
         self.seed = seed
         self.mask_prob = mask_prob
         self.vocab_size = 0
@@ -50,7 +51,11 @@ class Objective:
                 torch.randint(self.vocab_size, shape, generator=g))
 
     def split(self, x: torch.Tensor, noise: tuple[torch.Tensor, ...] | None, rows: slice | None = None):
-        """(inputs, labels) for windows `x`; `rows` picks this slice's rows out of the global-batch noise."""
+        """(inputs, labels) for windows `x`; `rows` picks this slice's rows out of the global-batch noise.
+        Documents-packed windows come as (tokens, positions, scored) and give (inputs, labels, position ids)."""
+        if isinstance(x, tuple):
+            tokens, positions, keep = x
+            return tokens[:, :-1], torch.where(keep, tokens[:, 1:], IGNORE), positions[:, :-1]
         if self.kind == "causal":
             return x[:, :-1], x[:, 1:]
         seq = x[:, :-1]
@@ -66,13 +71,14 @@ class Objective:
     def loss_divisor(self, labels: list[torch.Tensor], d: Dist) -> float | None:
         """What each micro-batch's summed loss is divided by before backward; None: its own mean / accumulation.
 
-        Causal windows all carry the same number of targets, so the mean of micro-batch means is the global
-        token mean. Masked LM predicts a varying number of tokens per micro-batch: there the sum is divided by
+        Causal windows of the stream all carry the same number of targets, so the mean of micro-batch means is
+        the global token mean. Masked LM, and documents-packed windows (whose documents' first tokens are not
+        scored, data/packing.py), score a varying number of tokens per micro-batch: there the sum is divided by
         the predicted tokens of the whole global batch (every micro-batch of every process, `labels` being this
         process's), times the process count that data-parallel gradient averaging divides by again — so the
         step is the same for any micro-batch size and process count.
         """
-        if self.kind == "causal":
+        if self.kind == "causal" and self.packing == "stream":
             return None
         count = torch.tensor(float(sum(int((y != IGNORE).sum()) for y in labels)), dtype=torch.float64,
                              device=labels[0].device if labels else None)

@@ -52,6 +52,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def _resolved(tree: dict) -> dict:
     """A recipe with today's defaults filled in, so keys added by a newer warmstart do not count as changes."""
+    data = tree.get("data")
+    if isinstance(data, dict) and "packing" not in data:  # written before data.packing existed: the stream
+        tree = {**tree, "data": {**data, "packing": "stream"}}
     try:
         return yaml.safe_load(to_yaml(Recipe.model_validate(tree)))
     except ValueError:

@@ -39,6 +39,7 @@ from warmstart.models.build import (
 )
 from warmstart.models.distill import DistillLoss
 from warmstart.models.loss import LossModel
+from warmstart.models.packing import DocumentAttention
 from warmstart.runtime import rundir, threads
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog
@@ -73,6 +74,7 @@ class Run:
     objective: Objective
     autocast: contextlib.AbstractContextManager
     val_sets: dict
+    attention: DocumentAttention | None  # data.packing: documents (None: the plain stream)
     metrics: MetricsLog
     flops_per_token: float  # the student's training FLOPs + the teacher's forward FLOPs, per token
     n_params: int
@@ -231,10 +233,14 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     if recipe.distill is not None:
         train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len)
     fpt += teacher_fpt
-    objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob)
+    objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob,
+                          packing=data_cfg.packing)
     if objective.kind == "masked" and recipe.eval.windows == "documents":
         raise UserError("eval.windows: documents is for causal LMs; use packed with model.objective: masked")
-    val_sets = {n: eval_windows(domains[n], data_cfg.seq_len, recipe.eval.max_tokens, recipe.eval.windows)
+    # documents packing: how this model is told where documents start (refused in one line if it cannot be)
+    attention = DocumentAttention(model) if objective.packing == "documents" else None
+    val_sets = {n: eval_windows(domains[n], data_cfg.seq_len, recipe.eval.max_tokens, recipe.eval.windows,
+                                objective.packing)
                 for n in eval_names}
     if objective.kind == "masked":
         val_sets = {n: eval_pairs(v, objective, key=zlib.crc32(n.encode())) for n, v in val_sets.items()}
@@ -242,8 +248,9 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     run = Run(
         recipe=recipe, d=d, total_steps=total_steps, gseqs=gseqs, micro=micro, accum=accum, sampler=sampler,
         model=model, ddp_model=ddp_model, fwd_model=torch.compile(ddp_model) if recipe.train.compile else ddp_model,
-        loss_model=loss_model, train_loss=train_loss, teacher_flops_per_token=teacher_fpt, tokenizer=tok, optimizer=optimizer, objective=objective,
-        autocast=_autocast(recipe, d.device), val_sets=val_sets,
+        loss_model=loss_model, train_loss=train_loss, teacher_flops_per_token=teacher_fpt, tokenizer=tok,
+        optimizer=optimizer, objective=objective, autocast=_autocast(recipe, d.device), val_sets=val_sets,
+        attention=attention,
         metrics=MetricsLog(rundir.metrics_path(recipe.run_dir), enabled=d.is_main,
                            trackers=list(recipe.train.trackers)),
         flops_per_token=fpt, n_params=n_params, source=loaded.source, peak_flops=peak_flops(d.device),
@@ -281,7 +288,14 @@ def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int) -> tuple
     teacher.eval().requires_grad_(False)
     fwd_fpt = flops_per_token(teacher, seq_len) / 3.0
     runner = parallelize(teacher, d, "fsdp", bf16=bf16) if recipe.train.parallel == "fsdp" else teacher.to(d.device)
-    loss = DistillLoss(student, teacher, recipe.distill.temperature, recipe.distill.alpha, teacher_runner=runner)
+    packing = None
+    if recipe.data.packing == "documents" and recipe.model.objective == "causal":
+        try:  # the teacher must see each document alone too, or it teaches attention across documents
+            packing = DocumentAttention(unwrap(runner))
+        except UserError as e:
+            raise UserError(f"distill.teacher: {e}") from None
+    loss = DistillLoss(student, teacher, recipe.distill.temperature, recipe.distill.alpha, teacher_runner=runner,
+                       teacher_packing=packing)
     if d.is_main:
         print(f"distilling from {src} (T={recipe.distill.temperature}, alpha={recipe.distill.alpha}; "
               f"{fwd_fpt / 1e6:.1f} MFLOPs per token charged for its forward)")

@@ -197,6 +197,12 @@ def test_report_charges_the_teacher(pair, data_dir, tokenizer_dir, tmp_path):
     s = json.loads((kd.run_dir / "summary.json").read_text())
     assert "distilled from teacher (its forward FLOPs counted)" in row["compared_as"]
     own = compute_saved(runs, runs[1], "val/avg/loss")["kd"]  # the distilled run reaches its own final loss
-    assert own["reached"] and own["tokens_to_target"] > 0
+    assert own["reached"]
     assert own["flops_to_target"] == pytest.approx(own["tokens_to_target"] * s["flops_per_token"])
+    from warmstart.runtime.metrics import read_metrics
+
+    trained = [r for r in read_metrics(kd.run_dir) if r["event"] == "train"]
+    assert trained and all(r["tokens"] > 0 for r in trained)
+    for r in trained:  # the FLOPs the report reads are the student's and the teacher's, token for token
+        assert r["flops"] == pytest.approx(r["tokens"] * s["flops_per_token"])
     assert s["flops_per_token"] > json.loads((base.run_dir / "summary.json").read_text())["flops_per_token"]

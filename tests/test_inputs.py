@@ -345,3 +345,26 @@ def test_domain_of_empty_documents_is_left_out_of_the_average_never_nan(mixed_da
     result = eval_checkpoint(str(res.run_dir), data, out=tmp_path / "e", device="cpu", seq_len=32)
     assert list(result["val"]) == ["many"] and result["windows"] == "documents"
     assert "NaN" not in (tmp_path / "e" / "eval-step000002.json").read_text()
+
+
+def test_tokenizer_training_pieces_train_the_tokenizer_of_the_whole_text():
+    """One huge document is fed to the BPE trainer in pieces (bounded memory); cut only where the byte-level
+    pre-tokenizer splits anyway, the pieces train exactly the tokenizer the whole text trains."""
+    import json
+
+    from conftest import _stdlib_texts
+
+    from warmstart.data.tokenizer_train import _learn_bpe, training_pieces
+
+    texts = _stdlib_texts()
+    text = "\n".join(texts["prose"] + texts["code"])[:300_000] + "\n  indented\n\n\ntail  \nend"
+    pieces = list(training_pieces(text, 2000))
+    assert "".join(pieces) == text and len(pieces) > 100
+    assert all(len(p) >= 2000 for p in pieces[:-1])
+    for p in pieces[1:]:  # each cut is after a newline between two non-space characters
+        assert not p[0].isspace()
+    whole = json.loads(_learn_bpe([text], 600).backend_tokenizer.to_str())["model"]
+    cut = json.loads(_learn_bpe(pieces, 600).backend_tokenizer.to_str())["model"]
+    assert cut["vocab"] == whole["vocab"] and cut["merges"] == whole["merges"]
+    assert list(training_pieces("short", 2000)) == ["short"]
+    assert list(training_pieces("x" * 5000, 2000)) == ["x" * 5000]  # no newline to cut at: whole

@@ -135,7 +135,26 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
     base = ["inherit", "--from", str(ref_dir), "--out", str(tmp_path / "o")]
     assert main([*base, "--layers", "2", "--rule", "angular"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "give sample" in err
+    assert err.count("\n") == 0 and "give --sample DATA_DIR" in err and err.startswith("warmstart: error: inherit:")
+    # a sample prepared with another tokenizer: refused in one line, never measured on the wrong ids
+    import shutil
+
+    from warmstart.data.tokenizer_train import train_bpe
+
+    other = tmp_path / "other-ref"
+    shutil.copytree(ref_dir, other)
+    for f in other.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            f.unlink()
+    train_bpe(["a different corpus for a different vocabulary"] * 50, vocab_size=300, out=tmp_path / "tok2")
+    for f in (tmp_path / "tok2").iterdir():
+        shutil.copy(f, other / f.name)
+    for rule in ("angular", "auto"):
+        code = main(["inherit", "--from", str(other), "--out", str(tmp_path / "o"), "--layers", "2", "--rule", rule,
+                     "--sample", str(data_dir)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0, err
+        assert "--sample:" in err and "prepared with tokenizer" in err and "re-run `warmstart prepare`" in err
     assert main([*base, "--blocks", "0,3", "--rule", "auto", "--sample", str(data_dir)]) == 2
     assert "give layers (how many), not blocks" in capsys.readouterr().err
     with pytest.raises(UserError, match="keeping 1 blocks including the final 2"):

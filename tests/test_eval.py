@@ -116,7 +116,7 @@ def test_eval_cli_appends_task_event_to_the_run(run_dir, monkeypatch, capsys):
     assert f"task/{TASK}/acc" in capsys.readouterr().out
 
 
-def test_eval_errors(run_dir, tmp_path, capsys):
+def test_eval_errors(run_dir, data_dir, tmp_path, capsys):
     import shutil
 
     plain = shutil.copytree(run_dir / "final", tmp_path / "plain-hf")  # a HF checkpoint, not a run
@@ -126,6 +126,13 @@ def test_eval_errors(run_dir, tmp_path, capsys):
         eval_checkpoint(str(run_dir))
     assert main(["eval", str(tmp_path / "missing"), "--tasks", TASK]) == 2
     assert "not found" in capsys.readouterr().err
+    # --packing would change nothing under document windows: refused, not ignored
+    out = tmp_path / "packing-out"
+    assert main(["eval", str(run_dir), "--data", str(data_dir), "--windows", "documents", "--packing", "stream",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--packing stream: applies to --windows packed only" in err
+    assert not out.exists()
 
 
 def test_unknown_task_is_one_clear_error(run_dir):

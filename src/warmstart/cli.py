@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_inherit(args: argparse.Namespace) -> int:
-    from warmstart.config import InheritConfig, load
+    from warmstart.config import InheritConfig, validate
     from warmstart.models.locate import resolve_checkpoint
 
     base = {"from": args.ref, "layers": args.layers, "blocks": args.blocks, "out": args.out,
@@ -130,7 +130,7 @@ def cmd_inherit(args: argparse.Namespace) -> int:
             "sample_tokens": args.sample_tokens, "seq_len": args.seq_len, "keep_last": args.keep_last,
             "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
             "auto_candidates": args.auto_candidates}
-    cfg = load(InheritConfig, None, [], base={k: v for k, v in base.items() if v is not None})
+    cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit")
     resolve_checkpoint(cfg.from_, "--from")
     out = check_out_dir(cfg.out, "--out")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:

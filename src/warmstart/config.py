@@ -335,7 +335,7 @@ class InheritConfig(Section):
         if self.rule != "first" and self.layers is None:
             raise ValueError(f"rule {self.rule} chooses the blocks itself; give layers (how many), not blocks")
         if self.rule != "first" and self.sample is None:
-            raise ValueError(f"rule {self.rule} measures the blocks on your data; give sample (a prepared data dir)")
+            raise ValueError(f"rule {self.rule} measures the blocks on your data; give --sample DATA_DIR (a prepared data directory)")
         return self
 
 

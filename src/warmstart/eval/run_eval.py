@@ -150,6 +150,9 @@ def eval_checkpoint(
     pack = packing or info.get("packing") or "documents"
     if pack not in ("documents", "stream"):
         raise UserError(f"--packing: expected documents or stream (got {pack!r})")
+    if packing is not None and win != "packed":  # it would change nothing: say so rather than ignore it
+        raise UserError(f"--packing {packing}: applies to --windows packed only (document windows score each "
+                        "document alone from its start); add --windows packed or drop --packing")
     if data_dir is not None:
         eval_domains(data_dir, domains, say=False, windows=win)  # a bad --data or --domains fails before torch
     import torch

@@ -39,6 +39,24 @@ def ensure_inherited(ref: str | Path, root: Path, layers: int, rule: str = "firs
     return out
 
 
+def _check_sample_tokenizer(src: Path, config, sample_dir: str, sample_domains: list[str] | None) -> None:
+    """The sample must be in the reference's tokens: ids of another tokenizer would measure the blocks on the
+    wrong text (or index past the embedding table)."""
+    from warmstart.data.shards import open_data_dir
+    from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.models.build import check_data_compatible
+
+    domains = open_data_dir(sample_dir)
+    used = [d for d in (sample_domains or list(domains)) if d in domains]
+    if not used:
+        return  # load_sample names the unknown domain
+    max_id = max(int(domains[d].index["splits"]["train"].get("max_token_id") or 0) for d in used)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text, "vocab_size", 0) or 0)
+    check_data_compatible(load_tokenizer(str(src)), domains[used[0]].tokenizer, max_id if vocab else None, vocab,
+                          str(sample_dir), what="--sample")
+
+
 def inherit_by_rule(
     ref: str | Path,
     out: str | Path,
@@ -72,6 +90,7 @@ def inherit_by_rule(
     k = layer_count(config)
     auto = auto_class(config)
     causal = auto.__name__ == "AutoModelForCausalLM"
+    _check_sample_tokenizer(src, config, sample_dir, sample_domains)
     inputs, labels = load_sample(sample_dir, seq_len, sample_tokens, causal, sample_domains)
     try:
         model = auto.from_pretrained(str(src), dtype=torch.float32).to(device)

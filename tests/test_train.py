@@ -355,7 +355,7 @@ def test_activation_checkpointing_recomputes_blocks_and_changes_nothing(data_dir
 
 
 def test_resume_with_auto_threads_keeps_the_thread_count_the_run_started_with(data_dir, tokenizer_dir, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, capsys):
     """`train.cpu_threads: auto` follows the load at the start; a resume under another load computes with the
     count the run started with (recorded in the checkpoint), so its numbers stay those of the uninterrupted run."""
     import shutil
@@ -377,7 +377,9 @@ def test_resume_with_auto_threads_keeps_the_thread_count_the_run_started_with(da
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         monkeypatch.setattr(threads, "busy_cores", lambda sample_s=0.0: 64.0)  # now every core is busy: auto -> 1
         torch.set_num_threads(1)
+        capsys.readouterr()
         train(recipe, resume=True)
         assert torch.get_num_threads() == started
+        assert f"threads: {started} (auto, kept from the run's start" in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)

@@ -257,6 +257,10 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         t_start=t_start,
     )
     _restore(run, plan, allow_config_change)
+    if threads_line and recipe.train.cpu_threads == "auto" and run.resumed_from is not None:
+        # _restore kept the count the run started with: say that, not the count this start would have chosen
+        threads_line = (f"threads: {torch.get_num_threads()} (auto, kept from the run's start; "
+                        "train.cpu_threads to set it)")
     barrier(d)
     if d.is_main:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ Sections (`--sections`, default all):
   `prose`, the same model from scratch (the baseline), and the three stability-gap strategies (a K-token subset
   for several epochs; the K lowest-perplexity tokens under SmolLM2 via `quality score` + `select`; the
   pretraining-like mixture); dense evaluation of `man` and `prose` from step 0; a second seed for the headline rows.
+- packing: the continual headline (re-warm at the middle and the highest max LR, two seeds at the middle one)
+  trained under `data.packing: stream` and `documents`, side by side (bench/results/real-continual-packing.md).
 - inherit: SmolLM2's first k blocks for 2-3 k trained on `prose` + `code` vs the same-shape random init at equal
   tokens; `grow` (start at the largest k) to SmolLM2's own loss on that data.
 - kd: Inheritune side by side at 2 depths x 2 budgets x 2 seeds: {first n, the `auto` block rule} x {next-token
@@ -318,6 +320,77 @@ class Bench:
         self.write("continual", lines, {"scale": self.args.scale, "settings": s, "rows": rows, "best_plain": best,
                                         "quality_selection": sel, "findings": [list(x) for x in f],
                                         "wall_s": self.timings["continual"]})
+
+    # ------------------------------------------------------------------------------------------- packing
+    def packing(self) -> None:
+        """The continual headline trained twice, `data.packing: stream` and `documents`, same seeds and data."""
+        t0 = time.perf_counter()
+        s = self.s
+        hi = max(s["lrs"])
+        arms = [("rewarm", s["mid_lr"], 0), ("rewarm", s["mid_lr"], 1), ("rewarm", hi, 0)]
+        rows = []
+        for kind, lr, seed in arms:
+            for pk in ("stream", "documents"):
+                name = f"{kind}-lr{lr:g}-{pk}" + (f"-seed{seed}" if seed else "")
+                tree = self.cont_tree(name, seed=seed, out_dir=str(self.work / "packing"),
+                                      schedule__max_lr=lr, data__packing=pk)
+                self.train(validate(Recipe, tree, name))
+                run = self.work / "packing" / name
+                g = run_gap(run)
+                summ = rundir.load_summary(run)
+                rows.append({"run": name, "lr": lr, "seed": seed, "packing": pk,
+                             "gap": {d: g[f"val/{d}/loss"] for d in (NEW, OLD)},
+                             "final": summ["final_eval"], "tokens": summ.get("tokens"),
+                             "elapsed_s": summ.get("elapsed_s")})
+        self.timings["packing"] = time.perf_counter() - t0
+        by = {(r["lr"], r["seed"], r["packing"]): r for r in rows}
+        lines = self.header("Continual pre-training of SmolLM2-135M on man pages: `stream` vs `documents` packing",
+                            "packing")
+        lines += [
+            f"The headline runs of [real-continual.md](real-continual.md) trained twice from the same checkpoint, "
+            f"seed and data order: `data.packing: stream` (windows of the token stream, attention across "
+            f"documents) and `documents` (attention and positions restarted at every document inside a window; "
+            f"SmolLM2 has no BOS, so nothing is written in front of a mid-document fragment). Every run: "
+            f"{s['cont_steps']} steps x {s['batch']} tokens of `{NEW}`, cosine with 10% warmup to 0.1 x max LR; "
+            f"the in-loop evaluation is the same for both (document windows, {s['eval_tokens']} tokens per domain, "
+            f"every step before {s['dense']}, then every {s['every']}), so step 0 is the same number and every "
+            f"later number compares. Forgetting = `{OLD}` final - `{OLD}` start.",
+            "",
+            f"| max LR | seed | packing | {NEW} start | {NEW} gap depth | {NEW} tokens to recover | {NEW} final | "
+            f"{OLD} start | {OLD} gap depth | {OLD} final | forgetting ({OLD}) | train wall (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            g = r["gap"]
+            lines.append(
+                f"| {r['lr']:g} | {r['seed']} | {r['packing']} | {g[NEW]['start']:.3f} | {g[NEW]['depth']:.3f} | "
+                f"{g[NEW]['recover_tokens'] if g[NEW]['recovered'] else 'never'} | {g[NEW]['final']:.3f} | "
+                f"{g[OLD]['start']:.3f} | {g[OLD]['depth']:.3f} | {g[OLD]['final']:.3f} | "
+                f"{g[OLD]['final'] - g[OLD]['start']:+.3f} | {r['elapsed_s']:.0f} |")
+        diffs = []
+        for _, lr, seed in arms:
+            a, b = by[(lr, seed, "stream")], by[(lr, seed, "documents")]
+            diffs.append({"lr": lr, "seed": seed,
+                          "new_final": b["gap"][NEW]["final"] - a["gap"][NEW]["final"],
+                          "old_final": b["gap"][OLD]["final"] - a["gap"][OLD]["final"],
+                          "new_depth": b["gap"][NEW]["depth"] - a["gap"][NEW]["depth"],
+                          "old_depth": b["gap"][OLD]["depth"] - a["gap"][OLD]["depth"]})
+        lines += ["", "## documents - stream, per pair (same LR and seed)", "",
+                  f"| max LR | seed | {NEW} final | {OLD} final (forgetting) | {NEW} gap depth | {OLD} gap depth |",
+                  "|---|---|---|---|---|---|"]
+        for d in diffs:
+            lines.append(f"| {d['lr']:g} | {d['seed']} | {d['new_final']:+.3f} | {d['old_final']:+.3f} | "
+                         f"{d['new_depth']:+.3f} | {d['old_depth']:+.3f} |")
+        mid = [d for d in diffs if d["lr"] == s["mid_lr"]]
+        lines += ["", (f"Seed-to-seed spread of the {NEW} final at {s['mid_lr']:g}: stream "
+                       f"{abs(by[(s['mid_lr'], 0, 'stream')]['gap'][NEW]['final'] - by[(s['mid_lr'], 1, 'stream')]['gap'][NEW]['final']):.3f}, "
+                       f"documents "
+                       f"{abs(by[(s['mid_lr'], 0, 'documents')]['gap'][NEW]['final'] - by[(s['mid_lr'], 1, 'documents')]['gap'][NEW]['final']):.3f}; "
+                       f"the packing difference there: "
+                       + " / ".join(f"{d['new_final']:+.3f}" for d in mid) + " (seeds 0 / 1).")]
+        self.write("continual-packing", lines, {"scale": self.args.scale, "settings": s, "rows": rows,
+                                                "documents_minus_stream": diffs,
+                                                "wall_s": self.timings["packing"]})
 
     # ------------------------------------------------------------------------------------------- inherit
     def inherit(self) -> None:
@@ -735,9 +808,9 @@ def main() -> None:
     p.add_argument("--kd-lrs", dest="kd_lrs", help="kd section: extra max LRs of the best-rule arms ('' for none)")
     args = p.parse_args()
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    bad = [x for x in sections if x not in ("continual", "inherit", "kd", "autoscale")]
+    bad = [x for x in sections if x not in ("continual", "packing", "inherit", "kd", "autoscale")]
     if bad:
-        p.error(f"--sections: unknown {bad} (continual, inherit, kd, autoscale)")
+        p.error(f"--sections: unknown {bad} (continual, packing, inherit, kd, autoscale)")
     torch.manual_seed(0)
     t0 = time.perf_counter()
     b = Bench(args)

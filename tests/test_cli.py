@@ -8,6 +8,7 @@ import pytest
 
 from warmstart.cli import build_parser, main
 from warmstart.data.tokenizer import load_tokenizer
+from warmstart.errors import UserError
 
 
 def _subcommands(parser, prefix=()):
@@ -50,3 +51,14 @@ def test_presets_listed(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "llama-tiny" in out and "gpt2-tiny" in out
+
+
+def test_debug_works_after_the_subcommand_too(tmp_path, capsys):
+    """`--debug` added at the end of a failing command shows the traceback (it used to be an argparse error
+    there); without it the same failure is one line and exit 2."""
+    missing = str(tmp_path / "no-such-recipe.yaml")
+    assert main(["train", missing]) == 2
+    assert capsys.readouterr().err.strip() == f"warmstart: error: {missing}: recipe file not found"
+    for argv in (["--debug", "train", missing], ["train", missing, "--debug"]):
+        with pytest.raises(UserError, match="recipe file not found"):
+            main(argv)

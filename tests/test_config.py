@@ -47,7 +47,8 @@ def test_errors_name_the_key(recipe_file, override, message):
     with pytest.raises(UserError) as e:
         load_recipe(recipe_file, [override])
     assert message in str(e.value)
-    assert str(recipe_file) in str(e.value)
+    # a key the override wrote is blamed on the override; a rule across keys on the recipe
+    assert str(e.value).startswith((f"{recipe_file}: ", f"--set {override.split('=')[0]}: "))
     assert "\n" not in str(e.value)
 
 
@@ -131,7 +132,7 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     [
         (  # a domain written twice: the second (code) would silently build `prose`
             "tokenizer: tok\nout: p\ndomains:\n  prose: [prose.jsonl]\n  code: [code.jsonl]\n  prose: [code.jsonl]\n",
-            "key 'prose' written twice (lines 4 and 6); keep one",
+            "key 'domains.prose' written twice (lines 4 and 6); keep one",
         ),
         (
             "tokenizer: tok\nout: p\ndomains: {a: [a.jsonl]}\nout: q\n",
@@ -152,7 +153,7 @@ def test_prepare_recipe_with_a_key_twice_is_refused(tmp_path, text, message):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("", "key 'a' written twice (line 3); keep one"),
+        ("", "key 'data.weights.a' written twice (line 3); keep one"),  # flow style: the path to the key
         ("train: {steps: 20, batch_tokens: 256}\n", "key 'train' written twice (lines 5 and 6); keep one"),
     ],
 )
@@ -171,6 +172,11 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
     from warmstart.config import load_yaml
 
     assert load_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
+    # a key twice inside a list item, and inside an aliased mapping, is still found, with its path
+    with pytest.raises(yaml.YAMLError, match=r"key 'domains\.a\.0\.path' written twice \(line 1\)"):
+        load_yaml("domains: {a: [{path: x, path: y}]}")
+    with pytest.raises(yaml.YAMLError, match=r"key 'b\.x' written twice \(lines 2 and 3\)"):
+        load_yaml("b: &b\n  x: 1\n  x: 2\nc: *b\n")
 
 
 def test_an_override_given_twice_or_repeating_a_key_is_refused(recipe_file):
@@ -217,3 +223,21 @@ def test_json_files_never_hold_a_bare_nan(tmp_path):
         "nested": [{"x": None}, None],
     }
     assert jsonfile.dumps({"a": (1.0, math.nan)}) == '{"a": [1.0, null]}'
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(recipe_file):
+    """A mistyped `--set` key or value names the `--set`, since the recipe file is fine; an error in the file
+    still names the file."""
+    for sets, message in (
+        (["train.stepz=3"], "--set train.stepz: unknown key"),
+        (["trian.steps=3"], "--set trian.steps: trian: unknown key"),
+        (["train.steps=-3", "train.foo=2"],
+         "--set train.steps: Input should be greater than 0 (got -3); --set train.foo: unknown key"),
+    ):
+        with pytest.raises(UserError) as e:
+            load_recipe(recipe_file, sets)
+        assert str(e.value) == message
+    recipe_file.write_text(recipe_file.read_text() + "frob: 1\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(recipe_file, ["train.steps=3"])
+    assert str(e.value) == f"{recipe_file}: frob: unknown key"

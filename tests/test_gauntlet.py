@@ -455,7 +455,7 @@ def _cases() -> list[Case]:
     # ambiguous recipes, overrides and data files: refused, never last-one-wins (issue 22 (b))
     add(Case("prepare-domain-twice", ["prepare", "bad.yaml"], _write("bad.yaml", (
         "tokenizer: tok\nout: p\ndomains:\n  a: [{path: src/good.jsonl}]\n  b: [{path: src/good.jsonl}]\n"
-        "  a: [{path: src/empty.jsonl}]\n")), "bad.yaml: key 'a' written twice (lines 4 and 6)"))
+        "  a: [{path: src/empty.jsonl}]\n")), "bad.yaml: key 'domains.a' written twice (lines 4 and 6)"))
     add(Case("prepare-flag-and-set", ["prepare", "prep.yaml", "--val-docs", "1", "--set", "val_docs=2"],
              expect="--set val_docs: given twice"))
     add(Case("tokenizer-domain-twice", ["tokenizer", "train", "bad.yaml", "--vocab-size", "300", "--out", "t2"],
@@ -466,7 +466,7 @@ def _cases() -> list[Case]:
              "key 'train' written twice"))
     add(Case("train-weight-twice", T, _write("bad.yaml", train_text.replace(
         "weights:\n    code: 0.5\n    prose: 0.5\n", "weights: {prose: 0.9, code: 0.1, prose: 0.0}\n")),
-        "key 'prose' written twice"))
+        "key 'data.weights.prose' written twice"))
     add(Case("train-set-twice", [*T, "--set", "train.steps=2", "--set", "train.steps=4"], _recipe(_train_tree()),
              "--set train.steps: given twice ('2' and '4'); keep one"))
     add(Case("train-set-value-key-twice", [*T, "--set", "data.weights={code: 1, code: 0}"], _recipe(_train_tree()),

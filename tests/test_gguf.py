@@ -120,6 +120,23 @@ def test_from_gguf_bad_sources_are_one_line(tmp_path, monkeypatch):
         conv.from_gguf("gone", tmp_path / "o")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file")
-    with pytest.raises(UserError, match=r"^from-gguf: cannot read .*bad\.gguf"):
+    with pytest.raises(UserError, match=r"^from-gguf: .*bad\.gguf is not a GGUF file \(it does not start with "
+                                        r"'GGUF'; 15 bytes\)$"):
         conv.from_gguf(str(bad), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_from_gguf_cut_short_is_one_line(tiny_gguf, tmp_path):
+    """An interrupted copy: cut inside the header, the tensor table and the tensor data, each refused in one line
+    naming the size (no struct or reshape message from inside the reader), nothing written."""
+    from warmstart.models import gguf as conv
+
+    whole = tiny_gguf[0].read_bytes()
+    for size in (10, 200, len(whole) - 100):
+        cut = tmp_path / f"cut{size}.gguf"
+        cut.write_bytes(whole[:size])
+        with pytest.raises(UserError, match=rf"^from-gguf: .*cut{size}\.gguf is cut short or damaged "
+                                            rf"\({size:,} bytes(, its tensors need {len(whole):,})?\); copy it "
+                                            r"again, or reinstall the package it came from$"):
+            conv.from_gguf(str(cut), tmp_path / "o")
+        assert not (tmp_path / "o").exists()

@@ -611,8 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # torch's weights-only loader warns about a pickle's protocol just before refusing it; the refusal is the news
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--debug` anywhere on the line (after the subcommand too, where a user adds it to a failing command)
+    debug_flag = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    argv = [a for a in argv if a != "--debug"] if debug_flag else argv
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("WARMSTART_DEBUG") == "1"
+    debug = debug_flag or os.environ.get("WARMSTART_DEBUG") == "1"
     try:
         with signals.handling():  # SIGTERM/SIGINT anywhere: unwind (temp files removed), one line, 128+signum
             return int(args.func(args) or 0)

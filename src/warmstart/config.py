@@ -442,9 +442,10 @@ class DDOConfig(Section):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    """One line: file, dotted key path, what is wrong."""
-    parts = []
+def _format_error(err: ValidationError, source: str, set_keys: list[str] | None = None) -> str:
+    """One line: where the value came from (the file, or `--set KEY` when a command-line override put it
+    there), dotted key path, what is wrong."""
+    parts: list[tuple[str, str]] = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
         msg = e["msg"].removeprefix("Value error, ")
@@ -452,8 +453,13 @@ def _format_error(err: ValidationError, source: str) -> str:
             msg = "unknown key"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return f"{source}: " + "; ".join(parts)
+        origin = next((f"--set {k}" for k in set_keys or [] if loc and (
+            loc == k or loc.startswith(k + ".") or k.startswith(loc + "."))), source)
+        same = origin == f"--set {loc}"  # `--set train.stepz: unknown key`, not the key twice
+        parts.append((origin, f"{loc}: {msg}" if loc and not same else msg))
+    if len({o for o, _ in parts}) == 1:
+        return f"{parts[0][0]}: " + "; ".join(m for _, m in parts)
+    return "; ".join(f"{o}: {m}" for o, m in parts)
 
 
 def set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -492,24 +498,37 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     resolves it by a silent last-one-wins rule. Keys brought in by a merge (`<<: *base`) may still be overridden.
     """
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    first = seen.get(key)
-                except TypeError:  # an unhashable key: the base class says so
-                    continue
-                if first is not None:
-                    lines = f"line {line}" if first == line else f"lines {first} and {line}"
-                    problem = f"key {key!r} written twice ({lines}); keep one"
-                    raise DuplicateKeyError(None, None, problem, key_node.start_mark)
-                seen[key] = line
-        return super().construct_mapping(node, deep)
+    def construct_document(self, node):
+        _check_unique_keys(node, [], set())
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node, path: list[str], visited: set[int]) -> None:
+    """Raise DuplicateKeyError naming the key's dotted path (`domains.prose`) for a key written twice in one
+    mapping, anywhere under `node` (block or flow style); merged keys (`<<: *base`) may be overridden."""
+    if id(node) in visited:  # an alias: its node was checked where the anchor is
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):  # a complex key: the constructor says what is wrong
+                continue
+            key = (key_node.tag, key_node.value)
+            line = key_node.start_mark.line + 1
+            dotted = ".".join([*path, key_node.value])
+            if key in seen:
+                first = seen[key]
+                lines = f"line {line}" if first == line else f"lines {first} and {line}"
+                problem = f"key {dotted!r} written twice ({lines}); keep one"
+                raise DuplicateKeyError(None, None, problem, key_node.start_mark)
+            seen[key] = line
+            _check_unique_keys(value_node, [*path, key_node.value], visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, [*path, str(i)], visited)
 
 
 def load_yaml(text: str) -> Any:
@@ -599,7 +618,11 @@ def load(model: type[M], path: str | Path | None, overrides: list[str] | None = 
         path = recipe_path(path)
     tree = read_yaml(path) if path is not None else dict(base or {})
     tree = apply_overrides(tree, overrides)
-    return validate(model, tree, str(path) if path is not None else "recipe")
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        keys = [split_assignment(o, "--set", "")[0] for o in overrides or []]
+        raise UserError(_format_error(e, str(path) if path is not None else "recipe", keys)) from None
 
 
 def to_yaml(cfg: BaseModel) -> str:

@@ -81,6 +81,7 @@ def from_gguf(source: str, out: str | Path) -> Path:
 
     hf_logging.disable_progress_bar()  # its per-tensor bars would be `\r` floods in a log (warmstart.progress)
 
+    _check_whole(path)
     src, name = str(path.parent), path.name
     try:
         tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
@@ -104,3 +105,24 @@ def from_gguf(source: str, out: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_whole(path: Path) -> None:
+    """Refuse a file that is not GGUF, or whose header or tensor data is cut short (an interrupted copy), in one
+    line, before transformers fails on it deep inside its reader with a struct or reshape message."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    size = path.stat().st_size
+    if magic != b"GGUF":
+        raise UserError(f"from-gguf: {path} is not a GGUF file (it does not start with 'GGUF'; {size:,} bytes)")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception:  # noqa: BLE001 - the reader raises struct.error/ValueError/IndexError on a cut file
+        end = None
+    if end is None or end > size:
+        need = "" if end is None else f", its tensors need {end:,}"
+        raise UserError(f"from-gguf: {path} is cut short or damaged ({size:,} bytes{need}); copy it again, or "
+                        "reinstall the package it came from")

@@ -455,3 +455,10 @@ def test_format_probe_keeps_the_default_unless_a_candidate_wins_clearly():
     # better on every document by 0.2 nats: it wins
     chosen, why = decide(rows(base - 0.2 * n + rng.normal(0, 0.01, m) * n))
     assert not chosen.default and "standard errors" in why
+
+
+def test_format_probe_names_a_missing_text_path_before_loading_anything(tmp_path):
+    from warmstart.eval.format_probe import run_probe
+
+    with pytest.raises(UserError, match=r"^format probe: --text .*nope: not found$"):
+        run_probe(str(tmp_path / "no-checkpoint-either"), texts=[str(tmp_path / "nope")])

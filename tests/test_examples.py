@@ -24,6 +24,10 @@ def test_readme_paths_work_outside_the_clone(tmp_path, monkeypatch, capsys):
     assert err == ("warmstart: warning: recipes/pretrain.yaml: not here; using the copy shipped with warmstart "
                    "(`warmstart recipe copy pretrain.yaml` to edit it)\n")
     assert load_recipe("continual/rewarm-sweep").name == "rewarm-sweep"  # a bare name, without .yaml
+    # an error in a value of the packaged copy names it as the user did, not by its path inside the package
+    with pytest.raises(UserError, match=r"^recipes/pretrain\.yaml \(the copy shipped with warmstart\): "
+                                        r"train\.batch_tokens: 100 is not a multiple of data\.seq_len"):
+        load_recipe("recipes/pretrain.yaml", ["train.batch_tokens=100"])
     with pytest.raises(UserError, match=r"^recipes/nope\.yaml: recipe file not found$"):
         load_recipe("recipes/nope.yaml")
     # a local file of that path is the user's and wins, silently
@@ -65,3 +69,17 @@ def test_every_example_is_package_data():
 def test_walkthrough_outputs_are_ignored_by_git():
     ignored = set((REPO / ".gitignore").read_text().split())
     assert {"/corpus/", "/runs/", "/mixtures/", "/report/", "/eval/", "/models/", "/quickstart/"} <= ignored
+
+
+def test_readme_prepare_example_is_a_valid_recipe():
+    """The README's prepare recipe for a user's own text validates (keys and types as `prepare` reads them)."""
+    import re
+
+    from warmstart.config import PrepareConfig, load_yaml, validate
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    prep = [b for b in blocks if b.startswith("tokenizer:")]
+    assert prep
+    for b in prep:
+        cfg = validate(PrepareConfig, load_yaml(b), "README")
+        assert {s.format for srcs in cfg.domains.values() for s in srcs} >= {"text"}

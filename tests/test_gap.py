@@ -40,6 +40,13 @@ def test_no_dip():
     g = gap_metrics(curve([3.0, 2.5, 2.0, 1.5]))
     assert g["depth"] == 0.0 and g["worst"] == 3.0 and g["worst_step"] == 0
     assert g["recovered"] and g["recover_step"] == 0 and g["recover_tokens"] == 0
+    # the table a user reads says "no dip", not "recovered yes at 0 tokens"; a dip keeps its numbers
+    from warmstart.eval.gap import GAP_COLUMNS, gap_table
+
+    dip = gap_metrics(curve([3.0, 3.5, 2.9, 2.5]))
+    rows = gap_table({"r": {"val/a/loss": g, "val/b/loss": dip}})["rows"]
+    at = GAP_COLUMNS.index("recovered")
+    assert [row[at : at + 2] for row in rows] == [["no dip", "—"], [True, dip["recover_tokens"]]]
 
 
 def test_accuracy_higher_is_better():

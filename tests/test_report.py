@@ -508,3 +508,51 @@ def test_quickstart_terminal_says_compute_saved_as_the_report_does():
     line = _saved_lines(s).splitlines()[1]
     assert line.endswith("1,000 tokens: +25.0% own, none: 2.21x the baseline counting the upstream runs"), line
     assert fmt(-1.21, "saved") in line and fmt(0.25, "saved") in line
+
+
+def test_runs_evaluated_differently_are_flagged_without_a_baseline(lineage, capsys):
+    """Side by side without --baseline (curves, finals, gap table): a run evaluated with another seq_len, or one
+    whose final evaluation scored another number of targets, is named loudly at the top of the page and first on
+    the terminal; runs evaluated alike get no such line."""
+    tmp_path, data, r = lineage
+    curve = {"new": [3, 2.8, 2.5, 2.2, 2.0]}
+    alike = like_run(tmp_path, "alike", curve, data)
+    seq = like_run(tmp_path, "seq", curve, data, seq_len=128)
+    fewer = like_run(tmp_path, "fewer", curve, data)
+    for run, n in ((r["scratch"], 2048), (alike, 2048), (fewer, 1024)):
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for m in lines:
+            m["val/new/tokens"] = n
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    s = make_report([r["scratch"], alike], tmp_path / "same")
+    assert "not_the_same_quantity" not in s
+    assert "NOT THE SAME" not in (tmp_path / "same" / "report.md").read_text()
+    assert s["tables"]["runs"]["rows"][1][s["tables"]["runs"]["columns"].index("val targets (final eval)")] == (
+        "new 2,048")
+    out = tmp_path / "differ"
+    assert main(["report", str(r["scratch"]), str(alike), str(seq), str(fewer), "--out", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        "warning: NOT THE SAME QUANTITY: these runs' validation losses are measured differently from scratch's, so "
+        "the curves, finals and stability-gap numbers side by side do not compare (seq: seq_len 128 vs 64 | fewer: "
+        "1,024 vs 2,048 'new' targets scored); evaluate them alike (`warmstart eval RUN "
+        "--seq-len/--max-tokens/--windows`) to compare")
+    md = (out / "report.md").read_text().splitlines()
+    assert md[3] == f"**{said[0].removeprefix('warning: ')}**"
+
+
+def test_lr_curve_is_the_lr_each_step_used(tmp_path):
+    """The LR plot draws the training steps' LRs; an eval event's `lr` (the next step's, logged at step 0 before
+    any step) adds no point of its own."""
+    import warmstart.report.plots as plots
+    from warmstart.report.data import load_run
+
+    run = write_run(tmp_path, "r", {"a": [5, 4, 3, 2, 1]})
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for m in lines:
+        m["lr"] = 1e-3 * m["step"] if m["event"] == "train" else 0.5  # evals: a different, wrong value
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    fig = plots.line_figure([load_run(run, "r")], "lr", "lr")
+    (line,) = fig.axes[0].lines
+    assert list(line.get_xdata()) == TOKENS[1:] and list(line.get_ydata()) == [1e-3 * s for s in (1, 2, 3, 4)]
+    plots.plt.close(fig)

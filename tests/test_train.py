@@ -383,3 +383,20 @@ def test_resume_with_auto_threads_keeps_the_thread_count_the_run_started_with(da
         assert f"threads: {started} (auto, kept from the run's start" in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_run_says_what_each_evaluation_scores(data_dir, tokenizer_dir, tmp_path, capsys):
+    """The start of a run names the targets each in-loop evaluation scores per domain, and the domains whose
+    validation split gives fewer than eval.max_tokens (so val/avg/loss averages unequal counts): the same counts
+    the eval events record as val/<domain>/tokens."""
+    from warmstart.runtime.metrics import read_metrics
+
+    r = tiny_recipe(data_dir, tokenizer_dir, tmp_path, overrides=["train.steps=2", "eval.max_tokens=100000"])
+    train(r)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("eval: "))
+    ev = next(m for m in read_metrics(r.run_dir) if m["event"] == "eval")
+    counts = {k.split("/")[1]: int(v) for k, v in ev.items() if k.startswith("val/") and k.endswith("/tokens")}
+    assert counts and all(0 < n < 100000 for n in counts.values())
+    assert line == (f"eval: {', '.join(f'{n} {k:,}' for n, k in counts.items())} targets per evaluation (document "
+                    f"windows, seq_len {r.data.seq_len}, eval.max_tokens 100,000); {', '.join(counts)}: fewer than "
+                    f"eval.max_tokens, all that {'its' if len(counts) == 1 else 'their'} validation split gives")

@@ -239,8 +239,27 @@ def cmd_report(args: argparse.Namespace) -> int:
                 raise UserError(f"{flag} {item}: {raw!r} is not a number") from None
     result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window,
                          upstream_tokens=upstream["--upstream-tokens"], upstream_flops=upstream["--upstream-flops"])
+    if result.get("not_the_same_quantity"):
+        print(f"warning: {result['not_the_same_quantity']}")
     for note in result["notes"]:
         print(f"note: {note}")
+    if result.get("baseline"):  # the headline of the page, on the terminal too
+        from warmstart.tables import fmt
+
+        print(f"compute saved against {result['baseline']} (its final {args.metric} {result['target']:.4f}):")
+        for r in result["runs"]:
+            c = r["compute_saved"] or {}
+            if r["name"] == result["baseline"]:
+                continue
+            if not c.get("comparable"):
+                said = f"not comparable: {c.get('not_comparable')}"
+            elif not c.get("reached"):
+                said = "not reached"
+            else:
+                said = (f"tokens {fmt(c['tokens_saved'], 'saved')}, FLOPs {fmt(c['flops_saved'], 'saved')} (marginal)"
+                        + ("" if c.get("total_tokens_saved") is None
+                           else f"; total tokens {fmt(c['total_tokens_saved'], 'saved')}"))
+            print(f"  {r['name']}: {said}")
     print(f"wrote {len(result['images'])} plots, {result['markdown']}, {result['html']}")
     return 0
 

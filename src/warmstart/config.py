@@ -614,15 +614,18 @@ def load(model: type[M], path: str | Path | None, overrides: list[str] | None = 
     """Read a YAML recipe (or start from `base`; a packaged one by name: `recipe_path`), apply the command
     line's `--set` overrides (each key once), validate into `model`."""
     check_unique_overrides(overrides)
+    label = "recipe"
     if path is not None:
-        path = recipe_path(path)
+        given, path = path, recipe_path(path)
+        # a packaged copy is named as the user named it (the note before said which file that is)
+        label = str(path) if Path(given) == path else f"{given} (the copy shipped with warmstart)"
     tree = read_yaml(path) if path is not None else dict(base or {})
     tree = apply_overrides(tree, overrides)
     try:
         return model.model_validate(tree)
     except ValidationError as e:
         keys = [split_assignment(o, "--set", "")[0] for o in overrides or []]
-        raise UserError(_format_error(e, str(path) if path is not None else "recipe", keys)) from None
+        raise UserError(_format_error(e, label, keys)) from None
 
 
 def to_yaml(cfg: BaseModel) -> str:

@@ -274,6 +274,9 @@ def run_probe(
         raise UserError("format probe: --docs, --tokens and --batch-size must be > 0")
     if write_recipe:
         _check_recipe(write_recipe)
+    for path in texts or []:  # a mistyped path is said before the seconds of loading a tokenizer and a model
+        if not any(ch in path for ch in "*?[") and not Path(path).exists():
+            raise UserError(f"format probe: --text {path}: not found")
     src = resolve_checkpoint(checkpoint, "checkpoint")
     tok = load_tokenizer(str(src))
     if texts is not None:

@@ -160,8 +160,8 @@ def gap_table(gaps: dict[str, dict[str, dict]]) -> dict:
                     g["worst_step"],
                     g["worst_tokens"],
                     g["depth"],
-                    g["recovered"],
-                    g["recover_tokens"] if g["recovered"] else "never",
+                    "no dip" if g["depth"] <= 0 else g["recovered"],
+                    "—" if g["depth"] <= 0 else g["recover_tokens"] if g["recovered"] else "never",
                     g["final"],
                     g["change"],
                 ]
@@ -172,5 +172,5 @@ def gap_table(gaps: dict[str, dict[str, dict]]) -> dict:
         "formats": list(GAP_FORMATS),
         "rows": rows,
         "note": "start = the first evaluation; worst = highest loss after it; recovered = the "
-        "first evaluation after the worst back at or below the start.",
+        "first evaluation after the worst back at or below the start; no dip = never above the start.",
     }

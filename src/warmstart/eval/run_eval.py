@@ -221,7 +221,8 @@ def quantity(result: dict) -> str:
     these settings; a run: its own in-loop evaluation)."""
     n, m, win = result["seq_len"], result["max_tokens"], result["windows"]
     if win == "documents":
-        what = f"document windows (each document from its start, at most {n + 1} tokens; the first {m} targets)"
+        what = (f"document windows (each document from its start, at most {n + 1} tokens; the first {m} targets, "
+                "or all a domain's validation documents give)")
         same = f"data.seq_len {n}, eval.max_tokens {m}, eval.windows documents"
     else:
         what = f"packed windows of {n + 1} tokens, {result['packing']} packing (the first {m // n or 1} windows)"
@@ -248,7 +249,8 @@ def format_result(result: dict) -> str:
     if result.get("val"):
         lines.append(f"  {quantity(result)}")
     for n, v in (result.get("val") or {}).items():
-        lines.append(f"  val/{n:<14} loss {v['loss']:.4f}  ppl {v['ppl']:.2f}  ({v['tokens']} tokens)")
+        few = " (all it has: fewer than max_tokens)" if v["tokens"] < result["max_tokens"] else ""
+        lines.append(f"  val/{n:<14} loss {v['loss']:.4f}  ppl {v['ppl']:.2f}  ({v['tokens']} tokens{few})")
     for k, v in (result.get("tasks") or {}).items():
         lines.append(f"  task/{k:<24} {v:.4f}")
     lines.append(f"wrote {result['json']}")

@@ -17,7 +17,7 @@ from warmstart.errors import UserError
 from warmstart.eval.gap import gap_table
 from warmstart.report import page, plots
 from warmstart.report.data import Run, classify, final_value, gaps
-from warmstart.report.saved import compute_saved, start_kind
+from warmstart.report.saved import compute_saved, eval_differences, start_kind
 
 __all__ = ["make_report"]
 
@@ -40,11 +40,11 @@ def _runs_table(runs: list[Run]) -> dict:
         for m in r.evals:
             tasks.update(dict.fromkeys(k for k in m if k.startswith("task/")))
     loss_keys = [f"val/{d}/loss" for d in domains] + ["val/avg/loss"]
-    cols = ["run", "start", "params", "steps", "tokens", "FLOPs", "packing", "val windows",
-            *(f"final {k}" for k in loss_keys)]
+    cols = ["run", "start", "params", "steps", "tokens", "FLOPs", "packing", "val windows", "seq_len",
+            "val targets (final eval)", *(f"final {k}" for k in loss_keys)]
     cols += [f"final {k}" for k in tasks]
-    formats = ["str", "str", "int", "int", "int", "sci", "str", "str", *(["loss"] * len(loss_keys)),
-               *(["frac"] * len(tasks))]
+    formats = ["str", "str", "int", "int", "int", "sci", "str", "str", "int", "str",
+               *(["loss"] * len(loss_keys)), *(["frac"] * len(tasks))]
     rows = []
     for r in runs:
         kind, src = start_kind(r)
@@ -58,11 +58,36 @@ def _runs_table(runs: list[Run]) -> dict:
                 r.tokens,
                 r.flops,
                 *packing_of(r),
+                ((r.config or {}).get("data") or {}).get("seq_len"),
+                _targets(r),
                 *(final_value(r, k) for k in loss_keys),
                 *(final_value(r, k) for k in tasks),
             ]
         )
     return {"title": "Runs", "columns": cols, "formats": formats, "rows": rows}
+
+
+def _targets(run: Run) -> str | None:
+    """'a 2,048, b 1,024': the targets each domain's final evaluation scored."""
+    got = [(d, final_value(run, f"val/{d}/tokens")) for d in run.domains()]
+    return ", ".join(f"{d} {int(n):,}" for d, n in got if n is not None) or None
+
+
+def not_the_same_quantity(runs: list[Run], metric: str, ref: Run) -> str | None:
+    """One line when the runs' validation numbers, which the report puts side by side (curves, finals, gap
+    table), are not the same quantity on the same targets as `ref`'s; None when they all are."""
+    bad = []
+    for r in runs:
+        if r is ref:
+            continue
+        problems = [p for p in eval_differences(r, ref, metric)[0] if not p.startswith("no ")]
+        if problems:
+            bad.append(f"{r.name}: {'; '.join(problems)}")
+    if not bad:
+        return None
+    return (f"NOT THE SAME QUANTITY: these runs' validation losses are measured differently from {ref.name}'s, so "
+            "the curves, finals and stability-gap numbers side by side do not compare (" + " | ".join(bad)
+            + "); evaluate them alike (`warmstart eval RUN --seq-len/--max-tokens/--windows`) to compare")
 
 
 def packing_of(run: Run) -> tuple[str | None, str | None]:
@@ -162,6 +187,10 @@ def make_report(
             tables["saved"] = _saved_table(runs, saved, metric, base)
             summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         tables["gap"] = gap_table(gap)
+        ref = _find_baseline(runs, baseline) if baseline is not None else runs[0]
+        differ = not_the_same_quantity(runs, metric, ref)
+        if differ:  # at the top of the pages and first on the terminal
+            summary["not_the_same_quantity"] = differ
         summary["runs"] = [
             {
                 "name": r.name,
@@ -205,6 +234,8 @@ def make_report(
     intro = [f"runs: {', '.join(r.name for r in runs) or 'none'}"]
     if "baseline" in summary:
         intro.append(f"baseline: {summary['baseline']} (final {metric} {summary['target']:.4f})")
+    if summary.get("not_the_same_quantity"):
+        intro.append(f"**{summary['not_the_same_quantity']}**")
     atomic.write_text(out / "report.md", page.markdown_page(title, intro, tables, images, notes))
     atomic.write_text(out / "report.html", page.html_page(title, intro, tables, images, notes))
     atomic.write_json(out / "summary.json", summary)

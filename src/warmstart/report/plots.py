@@ -101,8 +101,11 @@ def val_loss(runs: list[Run], out: Path, x: str) -> Path | None:
 
 
 def _series(run: Run, key: str) -> list[tuple[int, float]]:
+    """(tokens, value) of `key`: from the training steps when they log it (an eval event's `lr` is the next
+    step's, which no step has used at that token count yet), else from the evaluations."""
     pts = {}
-    for m in run.trains + run.evals:
+    source = run.trains if any(key in m for m in run.trains) else run.evals
+    for m in source:
         v = m.get(key)
         if isinstance(v, (int, float)) and math.isfinite(v):
             pts[int(m.get("tokens") or 0)] = float(v)

@@ -134,11 +134,12 @@ def _weights_text(w: dict) -> str:
     return " + ".join(f"{d} {float(v):.2f}" for d, v in sorted(w.items()) if float(v) > 0)
 
 
-def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
-    """(what is compared, in words; the reason it is not comparable, or None). Rules: the module docstring."""
-    if run is base:
-        return "baseline", None
-    problems, unchecked, notes = [], [], []
+def eval_differences(run: Run, base: Run, metric: str) -> tuple[list[str], list[str]]:
+    """(why `run`'s `metric` is not the same quantity as `base`'s, what could not be checked): the evaluation
+    settings (windows, max_tokens, seq_len, packing of packed windows), the prepared eval data and tokenizer, the
+    domains averaged, and the number of targets each domain's final evaluation scored."""
+    problems: list[str] = []
+    unchecked: list[str] = []
     if final_value(run, metric) is None:
         problems.append(f"no {metric} in its evaluations")
     if metric == "val/avg/loss" and set(run.domains()) != set(base.domains()):
@@ -171,6 +172,19 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
             problems.append("a different tokenizer (vocabulary hash)")
         elif not (hr and hb):
             unchecked.append("tokenizer")
+    for dom in _eval_domains(run, metric):
+        nr, nb = final_value(run, f"val/{dom}/tokens"), final_value(base, f"val/{dom}/tokens")
+        if nr is not None and nb is not None and int(nr) != int(nb) and not problems:
+            problems.append(f"{int(nr):,} vs {int(nb):,} {dom!r} targets scored")
+    return problems, unchecked
+
+
+def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
+    """(what is compared, in words; the reason it is not comparable, or None). Rules: the module docstring."""
+    if run is base:
+        return "baseline", None
+    problems, unchecked = eval_differences(run, base, metric)
+    notes: list[str] = []
     kr, src_r = start_kind(run)
     kb, src_b = start_kind(base)
     pr, pb = run.summary.get("params"), base.summary.get("params")

@@ -27,7 +27,7 @@ from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
 from warmstart.data.validation import evaluable_domains, skipped_note
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import eval_windows
+from warmstart.eval.perplexity import eval_windows, scored_targets
 from warmstart.models.build import (
     build_model,
     check_data_compatible,
@@ -271,7 +271,23 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         print(disk_line(disk))
         if threads_line:
             print(threads_line)
+        print(eval_line(recipe, {n: scored_targets(v) for n, v in val_sets.items()}))
     return run
+
+
+def eval_line(recipe: Recipe, targets: dict[str, int]) -> str:
+    """What every in-loop evaluation scores, per domain, said once at the start: a domain whose validation split
+    holds fewer targets than eval.max_tokens (document windows score each document's first seq_len + 1 tokens
+    only) is named, since val/avg/loss weighs every domain equally whatever its count."""
+    m = recipe.eval.max_tokens
+    short = [n for n, k in targets.items() if k < m]
+    what = "document" if recipe.eval.windows == "documents" else f"packed ({recipe.data.packing})"
+    line = (f"eval: {', '.join(f'{n} {k:,}' for n, k in targets.items())} targets per evaluation ({what} windows, "
+            f"seq_len {recipe.data.seq_len}, eval.max_tokens {m:,})")
+    if short:
+        line += (f"; {', '.join(short)}: fewer than eval.max_tokens, all that "
+                 f"{'its' if len(short) == 1 else 'their'} validation split gives")
+    return line
 
 
 def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int) -> tuple[DistillLoss, float]:

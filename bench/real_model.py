@@ -137,7 +137,10 @@ class Bench:
     def header(self, title: str, section: str) -> list[str]:
         meta = self.corpus["packages"]
         pk = ", ".join(f"`{p}` {v['version']}" for p, v in meta.items())
-        cmd = f"python bench/real_model.py --scale {self.args.scale} --sections {section}"
+        a = self.args
+        extra = [f"--{k.replace('_', '-')} {v}" for k in ("kd_ks", "kd_steps", "kd_seeds", "kd_sample", "kd_lrs")
+                 if section == "kd" and (v := getattr(a, k)) is not None]
+        cmd = " ".join([f"python bench/real_model.py --scale {self.args.scale} --sections {section}", *extra])
         return [
             f"# {title}",
             "",
@@ -579,6 +582,16 @@ class Bench:
                         row["arms"][label] = {"name": r.name, "start": _first(r.run_dir),
                                               "final": x["final"]["val/avg/loss"], "saved": x["compute_saved"],
                                               "flops_per_token": rundir.load_summary(r.run_dir)["flops_per_token"]}
+                    # distillation against next-token loss on the same cut: does the teacher pay for itself?
+                    row["kd_vs_ntp"] = {}
+                    for rule in ("first n", "best rule"):
+                        ntp, kd = arms[f"{rule} + next-token"], arms[f"{rule} + distillation"]
+                        rk = make_report([ntp.run_dir, kd.run_dir], self.work / "reports" / f"kd-vs-ntp-{rule[:5]}-{tag}",
+                                         baseline=ntp.run_dir)
+                        sk = {x["name"]: x for x in rk["runs"]}[kd.name]["compute_saved"]
+                        row["kd_vs_ntp"][rule] = {"ntp_final": row["arms"][f"{rule} + next-token"]["final"],
+                                                  "kd_final": row["arms"][f"{rule} + distillation"]["final"],
+                                                  "saved": sk}
                     cells.append(row)
                     if k == ks[0] and steps == budgets[0] and seed == seeds[0]:
                         for x in lrs:
@@ -636,6 +649,30 @@ class Bench:
                              f"{'—' if not sv.get('reached') or flops is None else f'{flops:.3g}'} | "
                              f"{_pct(sv, 'flops_saved')} |")
             lines.append("")
+        lines += ["## Distillation vs next-token loss on the same cut", "",
+                  "The next-token run of the same cut is the baseline: the distilled run's tokens and FLOPs (teacher "
+                  "charged) to reach its final loss.", "",
+                  "| n | tokens | seed | cut | next-token final | distillation final | tokens to it | saved at equal "
+                  "tokens | saved at equal FLOPs (teacher charged) |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in cells:
+            for rule, x in row.get("kd_vs_ntp", {}).items():
+                sv = x["saved"]
+                lines.append(f"| {row['k']} | {row['tokens']:,} | {row['seed']} | {rule} | {x['ntp_final']:.3f} | "
+                             f"{x['kd_final']:.3f} | {_cell(sv, 'tokens_to_target')} | {_pct(sv, 'tokens_saved')} | "
+                             f"{_pct(sv, 'flops_saved')} |")
+        lines.append("")
+        groups: dict[tuple[int, int], list[dict]] = {}
+        for row in cells:
+            groups.setdefault((row["k"], row["tokens"]), []).append(row)
+        lines += ["## Across seeds", "", "Final validation loss per arm, one value per seed (and their mean).", "",
+                  "| n | tokens | random init | " + " | ".join(cells[0]["arms"]) + " |",
+                  "|---|---|---|" + "---|" * len(cells[0]["arms"])]
+        for (k, tokens), rows in groups.items():
+            def cell(vals):
+                return " / ".join(f"{v:.3f}" for v in vals) + (f" (mean {sum(vals) / len(vals):.3f})" if len(vals) > 1 else "")
+            lines.append(f"| {k} | {tokens:,} | {cell([r['random']['final'] for r in rows])} | "
+                         + " | ".join(cell([r["arms"][a]["final"] for r in rows]) for a in rows[0]["arms"]) + " |")
+        lines.append("")
         if sweep:
             lines += ["## Max LR of the best-rule arms (first cell)", "", "| objective | max LR | final val loss |",
                       "|---|---|---|"]

@@ -432,7 +432,7 @@ def _cases() -> list[Case]:
     add(Case("from-gguf-out-is-a-file", ["checkpoint", "from-gguf", "junk.gguf", "afile"],
              _write("junk.gguf", "not a gguf file"), "is not a conversion"))
     add(Case("from-gguf-not-gguf", ["checkpoint", "from-gguf", "junk.gguf", "ckpt"],
-             _write("junk.gguf", "not a gguf file"), "cannot read"))
+             _write("junk.gguf", "not a gguf file"), "is not a GGUF file (it does not start with"))
 
     # quickstart
     add(Case("quickstart-out-is-a-file", ["quickstart", "--out", "afile"], expect="is a file"))

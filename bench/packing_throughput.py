@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from train_throughput import child_args
+from train_throughput import add_measure_args, child_args
 
 from warmstart.data.demo_corpus import prepare_demo
 
@@ -33,16 +33,7 @@ SIDES = ("stream", "documents")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="llama-small")
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
-    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=8192)
-    p.add_argument("--micro", type=int, default=16)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--skip", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--compile", action="store_true")
+    add_measure_args(p, steps=12, skip=3)
     p.add_argument("--work", default=None, help="keep data here (default: a temp dir)")
     p.add_argument("--note", default="", help="a line stored with the result (e.g. 'contended cores')")
     p.add_argument("--out", default="bench/results/packing_cpu.json")

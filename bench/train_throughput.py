@@ -152,18 +152,23 @@ def child_args(args, side: str, i: int) -> list[str]:
     return [sys.executable, __file__, *flags, *(["--compile"] if args.compile else [])]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_measure_args(p: argparse.ArgumentParser, steps: int, skip: int) -> None:
+    """The model, data and timing flags `child_args` passes on: shared by every throughput bench."""
     p.add_argument("--preset", default="llama-small")
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=8192)
     p.add_argument("--micro", type=int, default=16)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--skip", type=int, default=5)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--skip", type=int, default=skip)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_measure_args(p, steps=25, skip=5)
     p.add_argument("--packing", default="stream", choices=["stream", "documents"],
                    help="warmstart's data.packing (stream: the plain windows the Trainer reads too)")
     p.add_argument("--work", default=None, help="keep data here (default: a temp dir)")

@@ -179,16 +179,15 @@ def make_report(
         saved: dict[str, dict] = {}
         gap = {r.name: gaps(r, gap_window) for r in runs}
         tables["runs"] = _runs_table(runs)
-        if baseline is None:
+        base = None if baseline is None else _find_baseline(runs, baseline)
+        if base is None:
             notes.append("no baseline given: no compute-saved table (give --baseline RUN, the run the others replace)")
         else:
-            base = _find_baseline(runs, baseline)
             saved = compute_saved(runs, base, metric, upstream_tokens, upstream_flops)
             tables["saved"] = _saved_table(runs, saved, metric, base)
             summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         tables["gap"] = gap_table(gap)
-        ref = _find_baseline(runs, baseline) if baseline is not None else runs[0]
-        differ = not_the_same_quantity(runs, metric, ref)
+        differ = not_the_same_quantity(runs, metric, base or runs[0])
         if differ:  # at the top of the pages and first on the terminal
             summary["not_the_same_quantity"] = differ
         summary["runs"] = [

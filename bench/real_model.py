@@ -25,6 +25,8 @@ Sections (`--sections`, default all):
 - kd: Inheritune side by side at 2 depths x 2 budgets x 2 seeds: {first n, the `auto` block rule} x {next-token
   loss, distillation from SmolLM2} and the same-shape random init; compute saved at equal tokens and at equal FLOPs
   (the teacher's forward passes charged), and an LR check of the best-rule arms.
+- grow: Inheritune v2 with the `auto` block rule (each round's search charged) to SmolLM2's own loss, and the
+  random init of the final depth (bench/results/real-inheritune-grow.md).
 - autoscale: DDO with tiny proxies on man, docs, legal and prose at two budgets, AutoScale's prediction at a
   third, and runs of the predicted, the uniform and the reused smaller-budget mixture there (two seeds for the
   predicted and the uniform).
@@ -72,7 +74,8 @@ SCALES = {
         "inh_ks": (1, 2), "inh_steps": 2, "inh_long_steps": 4, "inh_lr": 1e-3, "grow_step": 1,
         "ddo_budgets": (1536, 3072), "ddo_target": 6144, "ddo_batch": 64, "mix_every": 24,
         "kd_ks": (2,), "kd_steps": (2,), "kd_seeds": (0,), "kd_lr": 3e-4, "kd_lrs": (1e-3,), "kd_sample": 256,
-        "kd_candidates": 2,
+        "kd_candidates": 2, "kd_random_lrs": (1e-3,), "kd_search_seq": 32, "kd_alpha": 0.01,
+        "grow_start": 2, "grow_auto_step": 1, "grow_lr": 3e-4,
     },
     "full": {
         "ckpt_layers": None, "seq": 256, "batch": 1024, "micro": 4, "max_docs": 400, "max_chars": 1500, "val_docs": 16, "eval_tokens": 1024,
@@ -80,8 +83,9 @@ SCALES = {
         "epochs": 4, "score_tokens": 128,
         "inh_ks": (4, 6, 10), "inh_steps": 16, "inh_long_steps": 64, "inh_lr": 1e-3, "grow_step": 10,
         "ddo_budgets": (16384, 32768), "ddo_target": 131072, "ddo_batch": 256, "mix_every": 64,
-        "kd_ks": (10, 15), "kd_steps": (16, 64), "kd_seeds": (0, 1), "kd_lr": 3e-4, "kd_lrs": (1e-4, 1e-3),
-        "kd_sample": 8192, "kd_candidates": 6,
+        "kd_ks": (10, 15), "kd_steps": (16, 64), "kd_seeds": (0, 1), "kd_lr": 1e-3, "kd_lrs": (),
+        "kd_sample": 2048, "kd_candidates": 6, "kd_random_lrs": (1e-3, 3e-3), "kd_search_seq": 128, "kd_alpha": 0.01,
+        "grow_start": 15, "grow_auto_step": 5, "grow_lr": 3e-4,
     },
 }
 
@@ -138,7 +142,8 @@ class Bench:
         meta = self.corpus["packages"]
         pk = ", ".join(f"`{p}` {v['version']}" for p, v in meta.items())
         a = self.args
-        extra = [f"--{k.replace('_', '-')} {v}" for k in ("kd_ks", "kd_steps", "kd_seeds", "kd_sample", "kd_lrs")
+        extra = [f"--{k.replace('_', '-')} {v}" for k in ("kd_ks", "kd_steps", "kd_seeds", "kd_sample", "kd_lrs",
+                                                                 "kd_random_lrs", "kd_train_arms")
                  if section == "kd" and (v := getattr(a, k)) is not None]
         cmd = " ".join([f"python bench/real_model.py --scale {self.args.scale} --sections {section}", *extra])
         return [
@@ -556,9 +561,9 @@ class Bench:
     def kd(self) -> None:
         """Inheritune side by side: {first n, the `auto` block rule} x {next-token loss, distillation from SmolLM2}
         and the same-shape random init, at each depth, budget and seed; compute saved against the random init at
-        equal tokens and at equal FLOPs (the teacher's forward passes charged). LR: every arm at `kd_lr`; the
-        random init also at the old bench's 1e-3, its better final taken as the baseline; the best-rule arms also
-        at `kd_lrs` (first depth, budget and seed)."""
+        equal tokens and at equal FLOPs (the teacher's forward passes and the block search charged). LR: every arm
+        at `kd_lr`; the random init at each of `kd_random_lrs`, its lowest final taken as the baseline; the
+        best-rule arms also at `kd_lrs` (first depth, budget and seed)."""
         import json
 
         from warmstart.recipes.inheritune import ensure_inherited, random_init_model
@@ -568,12 +573,23 @@ class Bench:
         ks = [int(x) for x in a.kd_ks.split(",")] if a.kd_ks else list(s["kd_ks"])
         budgets = [int(x) for x in a.kd_steps.split(",")] if a.kd_steps else list(s["kd_steps"])
         seeds = [int(x) for x in a.kd_seeds.split(",")] if a.kd_seeds else list(s["kd_seeds"])
-        lrs = [float(x) for x in a.kd_lrs.split(",")] if a.kd_lrs is not None else list(s["kd_lrs"])
+        lrs = [float(x) for x in a.kd_lrs.split(",") if x.strip()] if a.kd_lrs is not None else list(s["kd_lrs"])
         lrs = [x for x in lrs if x]
         lr = s["kd_lr"]
+        random_lrs = [float(x) for x in a.kd_random_lrs.split(",")] if a.kd_random_lrs else list(s["kd_random_lrs"])
+        train_arms = set(a.kd_train_arms.split(",")) if a.kd_train_arms else None
+        known = {"first-ntp", "best-ntp", "first-kd", "best-kd", "random", *(f"random-lr{x:g}" for x in random_lrs)}
+        unknown = (train_arms or set()) - known
+        if unknown:
+            raise SystemExit(f"--kd-train-arms: unknown {sorted(unknown)} (have: {', '.join(sorted(known))})")
+
+        def wanted(short: str, recipe: Recipe) -> bool:  # trained if selected; reported whenever it has finished
+            return train_arms is None or short in train_arms or rundir.summary_path(recipe.run_dir).is_file()
+
         root = self.work / "kd"
-        sample = {"sample_dir": str(self.shards), "sample_tokens": a.kd_sample or s["kd_sample"], "seq_len": s["seq"],
-                  "sample_domains": ["prose", "code"], "candidates": s["kd_candidates"]}
+        sample = {"sample_dir": str(self.shards), "sample_tokens": a.kd_sample or s["kd_sample"],
+                  "seq_len": s["kd_search_seq"], "sample_domains": ["prose", "code"],
+                  "candidates": s["kd_candidates"], "alpha": s["kd_alpha"]}
         cells, choices, sweep = [], {}, []
         for k in ks:
             first = ensure_inherited(self.ckpt, root, k, "first")
@@ -583,14 +599,15 @@ class Bench:
             for steps in budgets:
                 for seed in seeds:
                     tag = f"L{k:02d}-{steps}s-seed{seed}"
-                    arms = {
-                        "first n + next-token": self.kd_tree(f"first-ntp-{tag}", seed, steps, lr, first, None, False),
-                        "best rule + next-token": self.kd_tree(f"best-ntp-{tag}", seed, steps, lr, best, None, False),
-                        "first n + distillation": self.kd_tree(f"first-kd-{tag}", seed, steps, lr, first, None, True),
-                        "best rule + distillation": self.kd_tree(f"best-kd-{tag}", seed, steps, lr, best, None, True),
-                    }
-                    rnds = [self.kd_tree(f"random-{tag}-lr{x:g}", seed, steps, x, None, shape, False)
-                            for x in sorted({lr, 1e-3})]
+                    arms = {label: r for label, (short, r) in {
+                        "first n + next-token": ("first-ntp", self.kd_tree(f"first-ntp-{tag}", seed, steps, lr, first, None, False)),
+                        "best rule + next-token": ("best-ntp", self.kd_tree(f"best-ntp-{tag}", seed, steps, lr, best, None, False)),
+                        "first n + distillation": ("first-kd", self.kd_tree(f"first-kd-{tag}", seed, steps, lr, first, None, True)),
+                        "best rule + distillation": ("best-kd", self.kd_tree(f"best-kd-{tag}", seed, steps, lr, best, None, True)),
+                    }.items() if wanted(short, r)}
+                    rnds = [r for x in random_lrs
+                            if wanted("random", r := self.kd_tree(f"random-{tag}-lr{x:g}", seed, steps, x, None, shape, False))
+                            or wanted(f"random-lr{x:g}", r)]
                     for r in [*arms.values(), *rnds]:
                         self.train(r)
                     finals = {r.name: rundir.load_summary(r.run_dir)["final_eval"]["val/avg/loss"] for r in rnds}
@@ -605,12 +622,17 @@ class Bench:
                                       "other_lr_finals": finals}, "arms": {}}
                     for label, r in arms.items():
                         x = by[r.name]
+                        done = rundir.load_summary(r.run_dir)
                         row["arms"][label] = {"name": r.name, "start": _first(r.run_dir),
                                               "final": x["final"]["val/avg/loss"], "saved": x["compute_saved"],
-                                              "flops_per_token": rundir.load_summary(r.run_dir)["flops_per_token"]}
+                                              "flops_per_token": done["flops_per_token"],
+                                              "search_flops": done.get("init_flops", 0.0)}
+                    row["random"]["flops"] = rundir.load_summary(rnd.run_dir)["flops"]
                     # distillation against next-token loss on the same cut: does the teacher pay for itself?
                     row["kd_vs_ntp"] = {}
                     for rule in ("first n", "best rule"):
+                        if f"{rule} + next-token" not in arms or f"{rule} + distillation" not in arms:
+                            continue
                         ntp, kd = arms[f"{rule} + next-token"], arms[f"{rule} + distillation"]
                         rk = make_report([ntp.run_dir, kd.run_dir], self.work / "reports" / f"kd-vs-ntp-{rule[:5]}-{tag}",
                                          baseline=ntp.run_dir)
@@ -619,7 +641,7 @@ class Bench:
                                                   "kd_final": row["arms"][f"{rule} + distillation"]["final"],
                                                   "saved": sk}
                     cells.append(row)
-                    if k == ks[0] and steps == budgets[0] and seed == seeds[0]:
+                    if lrs and k == ks[0] and steps == budgets[0] and seed == seeds[0]:
                         for x in lrs:
                             for obj, kd in (("ntp", False), ("kd", True)):
                                 r = self.kd_tree(f"best-{obj}-{tag}-lr{x:g}", seed, steps, x, best, None, kd)
@@ -637,25 +659,39 @@ class Bench:
         lines += [
             f"Every model: `prose` + `code` (0.5 / 0.5), {s['batch']} tokens per step, cosine at max LR {lr:g} "
             "(10% warm-up, floor 10%); val loss = mean over `prose` and `code` (document windows). Baseline: the "
-            f"same-shape random init at max LR {lr:g} or 1e-3, whichever ends lower. Distillation: forward KL to "
+            "same-shape random init at max LR " + " or ".join(f"{x:g}" for x in s["kd_random_lrs"])
+            + ", whichever ends lower. Distillation: forward KL to "
             "SmolLM2's logits at T = 1 (alpha = 1, no next-token term), its forward FLOPs charged to the run. "
+            "The `auto` cut's block search (SmolLM2's backbone over the sample for the angular distances, then the "
+            "candidate cuts raced over the sample's windows) is charged to every run from that cut at step 0 "
+            "(`init_flops` in its summary.json). "
             "Compute saved = 1 - (the arm's need to reach the baseline's final loss) / (the baseline's own need); "
-            "equal tokens: needs in tokens; equal FLOPs: needs in FLOPs (teacher included). 'not reached': the arm "
-            "never got to the baseline's final loss within its budget.",
+            "equal tokens: needs in training tokens; equal FLOPs: needs in FLOPs (teacher and search included). "
+            "'not reached': the arm never got to the baseline's final loss within its budget.",
             "",
-            "## Which blocks (`inherit --rule auto`, measured on a sample of the training domains)",
+            f"## Which blocks (`inherit --rule auto`, measured on {s['kd_sample'] if self.args.kd_sample is None else self.args.kd_sample:,} "
+            f"train-split tokens of the training domains, windows of {s['kd_search_seq']} + 1 tokens from each "
+            f"document's start; {s['kd_candidates']} angular candidates + first n, raced at alpha {s['kd_alpha']})",
             "",
-            f"| n of {self.layers} | angular distance: removed run -> distance (smallest 3) | step-0 loss on the sample | chosen | blocks |",
-            "|---|---|---|---|---|",
+            f"| n of {self.layers} | angular distance: removed run -> distance (smallest 3) | step-0 loss on the sample "
+            "(tokens it was evaluated on) | chosen | blocks | search FLOPs (angular + race) | vs the random init's run |",
+            "|---|---|---|---|---|---|---|",
         ]
+        rnd_flops = {row["k"]: row["random"]["flops"] for row in cells if row["steps"] == min(r["steps"] for r in cells)}
         for k, rec in choices.items():
             ch = rec["choice"]
             d = ch["angular"]["distance_by_start"]
             m = ch["angular"]["removed_run_length"]
             top = sorted(d.items(), key=lambda kv: kv[1])[:3]
+            seen = ch.get("evaluated", {})
+            flops = ch.get("search_flops") or 0.0
+            vs = f"{flops / rnd_flops[k]:.1%} of {rnd_flops[k]:.3g}" if rnd_flops.get(k) else "—"
             lines.append(f"| {k} | " + ", ".join(f"{int(st)}-{int(st) + m - 1}: {v:.3f}" for st, v in top)
-                         + " | " + ", ".join(f"{r} {v:.3f}" for r, v in ch["step0_loss"].items())
-                         + f" | {ch['chosen']} | {_ranges(rec['blocks'])} |")
+                         + " | " + ", ".join(f"{r} {v:.3f} ({seen.get(r, {}).get('tokens', '?')})"
+                                             for r, v in ch["step0_loss"].items())
+                         + f" | {ch['chosen']} | {_ranges(rec['blocks'])} | "
+                         f"{ch['angular'].get('flops', 0.0):.3g} + {sum(ch.get('candidate_flops', {}).values()):.3g}"
+                         f" = {flops:.3g} | {vs} |")
         lines += ["", "## Side by side", ""]
         for row in cells:
             rnd = row["random"]
@@ -663,15 +699,16 @@ class Bench:
                 f"### n = {row['k']}, {row['steps']} steps ({row['tokens']:,} tokens), seed {row['seed']}", "",
                 f"Random init ({rnd['name']}): step 0 {rnd['start']:.3f}, final {rnd['final']:.3f} (finals at each "
                 "LR: " + ", ".join(f"{n} {v:.3f}" for n, v in rnd["other_lr_finals"].items()) + ").", "",
-                "| arm | step 0 | final | tokens to random's final | saved at equal tokens | FLOPs to it | "
-                "saved at equal FLOPs (teacher charged) |",
-                "|---|---|---|---|---|---|---|",
+                f"Random init's whole run: {rnd['flops']:.3g} FLOPs.", "",
+                "| arm | step 0 | final | tokens to random's final | saved at equal tokens | search FLOPs charged | "
+                "FLOPs to it | saved at equal FLOPs (teacher and search charged) |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for label, x in row["arms"].items():
                 sv = x["saved"]
                 flops = sv.get("flops_to_target")
                 lines.append(f"| {label} | {x['start']:.3f} | {x['final']:.3f} | {_cell(sv, 'tokens_to_target')} | "
-                             f"{_pct(sv, 'tokens_saved')} | "
+                             f"{_pct(sv, 'tokens_saved')} | {x.get('search_flops', 0.0):.3g} | "
                              f"{'—' if not sv.get('reached') or flops is None else f'{flops:.3g}'} | "
                              f"{_pct(sv, 'flops_saved')} |")
             lines.append("")
@@ -690,38 +727,106 @@ class Bench:
         groups: dict[tuple[int, int], list[dict]] = {}
         for row in cells:
             groups.setdefault((row["k"], row["tokens"]), []).append(row)
-        lines += ["## Across seeds", "", "Final validation loss per arm, one value per seed (and their mean).", "",
-                  "| n | tokens | random init | " + " | ".join(cells[0]["arms"]) + " |",
-                  "|---|---|---|" + "---|" * len(cells[0]["arms"])]
+        labels = list(dict.fromkeys(label for row in cells for label in row["arms"]))
+        lines += ["## Across seeds", "", "Final validation loss per arm, one value per seed (and their mean); — "
+                  "not run at that budget.", "",
+                  "| n | tokens | random init | " + " | ".join(labels) + " |",
+                  "|---|---|---|" + "---|" * len(labels)]
         for (k, tokens), rows in groups.items():
             def cell(vals):
+                if not vals:
+                    return "—"
                 return " / ".join(f"{v:.3f}" for v in vals) + (f" (mean {sum(vals) / len(vals):.3f})" if len(vals) > 1 else "")
             lines.append(f"| {k} | {tokens:,} | {cell([r['random']['final'] for r in rows])} | "
-                         + " | ".join(cell([r["arms"][a]["final"] for r in rows]) for a in rows[0]["arms"]) + " |")
+                         + " | ".join(cell([r["arms"][a]["final"] for r in rows if a in r["arms"]]) for a in labels)
+                         + " |")
         lines.append("")
         if sweep:
             lines += ["## Max LR of the best-rule arms (first cell)", "", "| objective | max LR | final val loss |",
                       "|---|---|---|"]
             lines += [f"| {r['objective']} | {r['lr']:g} | {r['final']:.3f} |" for r in sweep]
             lines.append("")
-        best = None
-        for row in cells:
-            for label, x in row["arms"].items():
-                f = x["saved"].get("flops_saved")
-                if x["saved"].get("reached") and f is not None and (best is None or f > best[0]):
-                    best = (f, label, row)
-        lines += ["## Result", ""]
-        if best:
-            f, label, row = best
-            lines.append(f"Most compute saved at equal FLOPs (teacher charged): **{label}** at n = {row['k']}, "
-                         f"{row['tokens']:,} tokens, seed {row['seed']}: {f:.0%} of the random init's FLOPs saved "
-                         f"(it needs {1 - f:.0%} of them).")
-        else:
-            lines.append("No arm reached the random init's final loss within its budget.")
+        lines += ["## Result", "",
+                  "Per depth and budget, each arm's FLOPs to the random init's final loss as a share of the random "
+                  "init's own (teacher and search charged; one value per seed; 'not reached' where it never got "
+                  "there). Fewer is better; the goal is <= 40% at the 16,384-token budget.", "",
+                  "| n | tokens | " + " | ".join(labels) + " | most saved |", "|---|---|" + "---|" * (len(labels) + 1)]
+        for (k, tokens), rows in groups.items():
+            def need(label: str, row: dict) -> float | None:
+                sv = row["arms"].get(label, {}).get("saved") or {}
+                f = sv.get("flops_saved")
+                return None if not sv.get("reached") or f is None else 1.0 - f
+
+            cols, means = [], {}
+            for label in labels:
+                vals = [need(label, r) for r in rows if label in r["arms"]]
+                cols.append("—" if not vals else " / ".join("not reached" if v is None else f"{v:.1%}" for v in vals))
+                if vals and all(v is not None for v in vals):
+                    means[label] = sum(vals) / len(vals)
+            top = min(means, key=means.get) if means else None
+            lines.append(f"| {k} | {tokens:,} | " + " | ".join(cols) + " | "
+                         + (f"**{top}** (mean {means[top]:.1%} of the FLOPs: {1 - means[top]:.1%} saved)" if top
+                            else "no arm reached it in every seed") + " |")
+        lines.append("")
         self.write("inheritune-kd", lines, {"scale": self.args.scale, "settings": {k: v for k, v in s.items()
                                             if k.startswith("kd") or k in ("seq", "batch", "micro")},
                                             "cells": cells, "choices": choices, "lr_sweep": sweep,
                                             "wall_s": self.timings["kd"]})
+
+    # ------------------------------------------------------------------------------------------- grow
+    def grow(self) -> None:
+        """Inheritune v2 with the `auto` block rule: start at `grow_start` blocks, `grow_step` more per round
+        (re-cut from SmolLM2 each round, the search charged to the round), each round `inh_steps` steps at
+        `grow_lr`, until SmolLM2's own loss on the same validation data; then the random init of the final depth."""
+        from warmstart.recipes.inheritune import grow
+
+        t0 = time.perf_counter()
+        s = self.s
+        cfg = validate(GrowRecipe, {
+            "name": "smollm2-auto", "out_dir": str(self.work / "grow"), "seed": 0,
+            "reference": {"from": str(self.ckpt), "evaluate": True},
+            "grow": {"start_layers": s["grow_start"], "step": s["grow_auto_step"], "baseline": True, "rule": "auto",
+                     "sample_tokens": s["kd_sample"], "auto_candidates": s["kd_candidates"],
+                     "auto_alpha": s["kd_alpha"]},
+            "data": {"dir": str(self.shards), "weights": {"prose": 0.5, "code": 0.5}, "seq_len": s["seq"]},
+            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"kind": "cosine", "max_lr": s["grow_lr"], "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
+            "train": {"steps": s["inh_steps"], "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
+                      "log_every": 2, "progress": False, "device": "cpu"},
+            "eval": {"every": max(1, s["inh_steps"] // 4), "max_tokens": s["eval_tokens"], "batch_size": 8,
+                     "domains": ["prose", "code"], "windows": "documents"},
+        }, "grow")
+        gs = grow(cfg).summary
+        self.timings["grow"] = time.perf_counter() - t0
+        ref = gs["reference"]
+        lines = self.header("Inheritune v2 (`grow`) on SmolLM2-135M with the `auto` block rule", "grow")
+        lines += [
+            f"Each round: `inherit --rule auto` of n blocks from SmolLM2 (measured on {s['kd_sample']:,} train-split "
+            f"tokens of `prose` + `code`, {s['kd_candidates']} angular candidates + first n, raced at alpha "
+            f"{s['kd_alpha']}; the search's FLOPs charged to the round), then {s['inh_steps']} steps x {s['batch']} "
+            f"tokens of `prose` + `code` (0.5 / 0.5), cosine at max LR {s['grow_lr']:g}; n grows by "
+            f"{s['grow_auto_step']} until the round's val loss (mean over `prose` and `code`, document windows) is at "
+            f"most the reference's: SmolLM2 ({ref['layers']} blocks, {ref['params'] / 1e6:.1f}M params) scores "
+            f"**{ref['val_loss']:.3f}** on the same validation windows.",
+            "",
+            "| round | n | blocks kept | params | step 0 | final | gap to SmolLM2 | matched | search FLOPs | FLOPs (search + training) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for i, r in enumerate(gs["rounds"]):
+            done = rundir.load_summary(Path(r["run_dir"]))
+            lines.append(f"| {i + 1} | {r['layers']} | {_ranges(r['blocks'])} | {r['params'] / 1e6:.1f}M | "
+                         f"{_first(Path(r['run_dir'])):.3f} | {r['val_loss']:.3f} | {r['val_loss'] - ref['val_loss']:+.3f} | "
+                         f"{'yes' if r['matched'] else 'no'} | {done.get('init_flops', 0.0):.3g} | {r['flops']:.3g} |")
+        b = gs.get("baseline")
+        if b:
+            lines += ["", f"Random init of the final depth ({b['layers']} blocks, same steps and LR): step 0 "
+                      f"{_first(Path(b['run_dir'])):.3f}, final {b['val_loss']:.3f}."]
+        lines += ["", f"Grow status: {gs['status']}; matched: {'yes' if gs['matched'] else 'no'} (final round "
+                  f"{gs['final_layers']} blocks); {gs['total_tokens']:,.0f} training tokens and "
+                  f"{gs['total_flops']:.3g} FLOPs over all rounds.", ""]
+        self.write("inheritune-grow", lines, {"scale": self.args.scale, "settings": {k: s[k] for k in (
+            "grow_start", "grow_auto_step", "grow_lr", "inh_steps", "kd_sample", "kd_candidates", "kd_alpha", "seq",
+            "batch")}, "grow": gs, "wall_s": self.timings["grow"]})
 
     # ------------------------------------------------------------------------------------------- autoscale
     def mix_tree(self, name: str, tokens: int, seed: int = 0) -> dict:
@@ -869,11 +974,16 @@ def main() -> None:
     p.add_argument("--kd-seeds", dest="kd_seeds", help="kd section: seeds, e.g. 0,1")
     p.add_argument("--kd-sample", dest="kd_sample", type=int, help="kd section: tokens the block rule measures on")
     p.add_argument("--kd-lrs", dest="kd_lrs", help="kd section: extra max LRs of the best-rule arms ('' for none)")
+    p.add_argument("--kd-random-lrs", dest="kd_random_lrs", help="kd section: the random init's max LRs (its best "
+                   "final is the baseline), e.g. 1e-3,3e-3")
+    p.add_argument("--kd-train-arms", dest="kd_train_arms", help="kd section: the arms to train (first-ntp, best-ntp, "
+                   "first-kd, best-kd, random or random-lrX for one of its LRs); finished runs of the others are "
+                   "reported too (default: all)")
     args = p.parse_args()
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    bad = [x for x in sections if x not in ("continual", "packing", "inherit", "kd", "autoscale")]
+    bad = [x for x in sections if x not in ("continual", "packing", "inherit", "kd", "grow", "autoscale")]
     if bad:
-        p.error(f"--sections: unknown {bad} (continual, packing, inherit, kd, autoscale)")
+        p.error(f"--sections: unknown {bad} (continual, packing, inherit, kd, grow, autoscale)")
     torch.manual_seed(0)
     t0 = time.perf_counter()
     b = Bench(args)

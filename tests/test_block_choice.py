@@ -61,7 +61,11 @@ def test_angular_scores_equal_a_direct_computation(refs, data_dir, name):
     starts = removable_starts(K, n, keep_last=1)
     assert starts == [0, 1]
     _, _, blocks = find_blocks(model, K)
-    got = angular_scores(model, blocks, inputs, scored, m, starts, batch_size=3)
+    got, positions = angular_scores(model, blocks, inputs, scored, m, starts, batch_size=3)
+    # the positions the pass ran (its FLOPs are charged): each batch of 3 rows up to its last scored column
+    want_positions = sum(len(scored[i : i + 3]) * (int(np.flatnonzero(scored[i : i + 3].any(0))[-1]) + 1)
+                         for i in range(0, len(scored), 3))
+    assert positions == want_positions
     with torch.no_grad():
         hs = model(
             input_ids=torch.from_numpy(inputs),
@@ -122,10 +126,12 @@ def test_each_rule_writes_the_reference_through_its_kept_blocks(tmp_path, refs, 
     want = _through_kept(ref, blocks, res.blocks, input_ids=ids)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     if rule == "auto" and auto.__name__ == "AutoModelForCausalLM":  # the measured loss is the written model's
-        sample = load_sample(str(data_dir), SEQ, 400, causal=True)
-        loss = evaluate(small, {"s": sample}, 8, Dist())["s"]
         chosen = record["choice"]["chosen"]
+        w = record["choice"]["evaluated"][chosen]["windows"]  # the race may stop before the sample's end
+        x, y = load_sample(str(data_dir), SEQ, 400, causal=True)
+        loss = evaluate(small, {"s": (x[:w], y[:w])}, 8, Dist())["s"]
         assert record["choice"]["step0_loss"][chosen] == pytest.approx(loss, rel=1e-5)
+        assert record["choice"]["evaluated"][chosen]["tokens"] == int((y[:w] != -100).sum())
 
 
 def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
@@ -177,9 +183,111 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
         "--sample-domains",
         "prose",
     ]
-    assert main([*base, "--layers", "3", "--rule", "auto", *sample]) == 0
+    assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0.7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "auto_alpha" in err and not (tmp_path / "o").exists()
+    assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0"]) == 0
     out = capsys.readouterr().out
     assert "step-0 loss on the sample: first" in out and "rule auto: chose" in out
-    assert json.loads((tmp_path / "o" / "inherited.json").read_text())["choice"]["sample"]["domains"] == [
-        "prose"
-    ]
+    assert "the search's forward passes:" in out and "charged to runs from this cut" in out
+    choice = json.loads((tmp_path / "o" / "inherited.json").read_text())["choice"]
+    assert choice["sample"]["domains"] == ["prose"]
+    # --auto-alpha 0: no racing, every candidate is evaluated on the whole sample
+    assert choice["race"]["alpha"] == 0 and len(choice["race"]["rounds"]) == 1
+    assert {r: e["tokens"] for r, e in choice["evaluated"].items()} == dict.fromkeys(choice["step0_loss"],
+                                                                                      choice["sample_tokens"])
+
+
+# ----------------------------------------------------------------------------------------------- racing
+def _window_fn(table: dict[str, np.ndarray], counts: np.ndarray, calls: list):
+    def window_losses(name: str, a: int, b: int):
+        calls.append((name, a, b))
+        return table[name][a:b] * counts[a:b], counts[a:b]
+
+    return window_losses
+
+
+def test_race_drops_a_clear_loser_after_the_first_windows_and_keeps_close_ones():
+    from warmstart.eval.block_choice import race
+
+    n = 32
+    counts = np.full(n, 10)
+    base = 5.0 + 0.3 * np.sin(np.arange(n))  # per-window mean token loss of candidate "a"
+    table = {
+        "a": base,
+        "loser": base + 3.0 + 0.1 * np.cos(np.arange(n)),  # 3 nats worse in every window
+        "close": base + np.where(np.arange(n) % 2 == 0, 0.05, -0.04),  # 0.005 nats worse on average
+    }
+    calls: list = []
+    got = race(list(table), n, _window_fn(table, counts, calls), first_windows=4, alpha=0.01)
+    assert [r["windows"] for r in got.rounds] == [4, 8, 16, 32]
+    assert got.rounds[0]["dropped"] == ["loser"] and all(not r["dropped"] for r in got.rounds[1:])
+    assert got.windows == {"a": 32, "loser": 4, "close": 32}
+    assert got.tokens == {"a": 320, "loser": 40, "close": 320}
+    # each candidate sees consecutive windows, each window once
+    for name in table:
+        spans = [(a, b) for c, a, b in calls if c == name]
+        assert spans[0][0] == 0 and all(x[1] == y[0] for x, y in zip(spans, spans[1:], strict=False))
+    want = {k: float(v[: got.windows[k]].mean()) for k, v in table.items()}
+    assert got.losses == pytest.approx(want, rel=1e-12)
+    assert got.chosen == min(("a", "close"), key=want.get) == "a"
+
+
+def test_race_stops_when_one_is_left_and_alpha_zero_evaluates_everything():
+    from warmstart.eval.block_choice import race
+
+    n = 40
+    counts = np.arange(n) % 3 + 8  # windows of unequal length: the loss is per token, not per window
+    rng = np.random.default_rng(0)
+    table = {"first": 20 + rng.normal(0, 0.5, n), "b": 7 + rng.normal(0, 0.3, n), "c": 9 + rng.normal(0, 0.3, n)}
+    calls: list = []
+    got = race(list(table), n, _window_fn(table, counts, calls), first_windows=4, alpha=0.01)
+    assert len(got.rounds) == 1 and got.chosen == "b" and set(got.rounds[0]["dropped"]) == {"first", "c"}
+    assert got.windows == dict.fromkeys(table, 4)
+    full = race(list(table), n, _window_fn(table, counts, []), first_windows=4, alpha=0.0)
+    assert full.windows == dict.fromkeys(table, n) and len(full.rounds) == 1
+    want = {k: float((v * counts).sum() / counts.sum()) for k, v in table.items()}
+    assert full.losses == pytest.approx(want, rel=1e-12) and full.chosen == "b"
+    # ties go to the earlier name
+    tie = race(["x", "y"], 8, _window_fn({"x": np.ones(8), "y": np.ones(8)}, np.full(8, 5), []), alpha=0.01)
+    assert tie.chosen == "x" and tie.windows == {"x": 8, "y": 8}
+
+
+def test_search_flops_are_the_forward_passes_it_ran(refs, data_dir):
+    """angular: the reference's backbone (no output layer) over the sample; race: each cut with its head over
+    the windows it was evaluated on; both as positions run x forward FLOPs per token."""
+    from warmstart.eval.block_choice import choose_blocks
+    from warmstart.models.build import flops_per_token, forward_flops_per_token
+    from warmstart.models.surgery import cut_view
+
+    ref_dir, auto = refs["llama-untied"]
+    model = auto.from_pretrained(str(ref_dir), dtype=torch.float32).eval()
+    sample = load_sample(str(data_dir), SEQ, 600, causal=True)
+    inputs, labels = sample
+    scored = labels != -100
+
+    def positions(a: int, b: int, bs: int = 3) -> int:
+        return sum(len(scored[i : min(i + bs, b)]) * (int(np.flatnonzero(scored[i : min(i + bs, b)].any(0))[-1]) + 1)
+                   for i in range(a, b, bs))
+
+    kept, rec = choose_blocks(model, K, 2, "auto", sample, batch_size=3, first_windows=2)
+    head = model.get_output_embeddings().weight
+    fwd_ref = flops_per_token(model, SEQ) / 3 - 2 * head.numel()
+    assert forward_flops_per_token(model, SEQ, head=False) == pytest.approx(fwd_ref)
+    assert rec["angular"]["positions"] == positions(0, len(inputs))
+    assert rec["angular"]["flops"] == pytest.approx(positions(0, len(inputs)) * fwd_ref)
+    ends = [0] + [r["windows"] for r in rec["race"]["rounds"]]
+    cuts = {"first": [0, 1]}
+    for name in rec["step0_loss"]:
+        if name != "first":
+            start = int(rec["angular"]["removed"][0]) if name == "angular" else int(name.split()[1].split("-")[0])
+            cuts[name] = [i for i in range(K) if not start <= i < start + 2]
+    total = rec["angular"]["flops"]
+    for name, blocks in cuts.items():
+        w = rec["evaluated"][name]["windows"]
+        ran = sum(positions(a, b) for a, b in zip(ends, ends[1:], strict=False) if b <= w)
+        with cut_view(model, K, blocks):
+            fwd = flops_per_token(model, SEQ) / 3
+        assert rec["candidate_flops"][name] == pytest.approx(ran * fwd)
+        total += ran * fwd
+    assert rec["search_flops"] == pytest.approx(total) and kept == cuts[rec["chosen"]]

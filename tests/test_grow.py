@@ -144,4 +144,39 @@ def test_grow_with_a_block_rule_and_distillation(tmp_path, data_dir, tokenizer_d
         assert r["blocks"] == [i for i in range(K) if not best <= i < best + K - n] and r["blocks"][-1] == K - 1
         run = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
         assert run["init"] == str(inherited) and run["teacher_flops_per_token"] > 0
-        assert r["flops"] == run["flops"] == pytest.approx(run["tokens"] * run["flops_per_token"])
+        # each round is charged the search that chose its blocks (the angular pass), once, from step 0
+        assert run["init_flops"] == record["choice"]["search_flops"] > 0
+        assert r["flops"] == run["flops"] == pytest.approx(run["init_flops"] + run["tokens"] * run["flops_per_token"])
+
+
+def test_a_run_from_an_auto_cut_is_charged_its_search(tmp_path, data_dir, tokenizer_dir, reference):
+    """The block search's forward FLOPs (inherited.json) are part of the run's FLOPs from step 0 — every metrics
+    event, summary.json and the report's FLOPs to a target — while its tokens stay the training tokens."""
+    from warmstart.recipes.inheritune import inherit_by_rule
+    from warmstart.report.data import load_run
+    from warmstart.report.saved import compute_saved
+    from warmstart.runtime.metrics import read_metrics
+
+    cut = inherit_by_rule(reference / "final", tmp_path / "ckpt-auto", 2, "auto", str(data_dir), sample_tokens=512,
+                          seq_len=32, echo=lambda _: None).out
+    search = json.loads((cut / "inherited.json").read_text())["choice"]["search_flops"]
+    assert search > 0
+    run = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "cut", init={"from": str(cut)},
+                            model={"preset": None, "tokenizer": None}, train={"steps": 4}, eval={"every": 1}))
+    s = json.loads((run.run_dir / "summary.json").read_text())
+    assert s["init_flops"] == search and s["tokens"] == 4 * 256
+    assert s["flops"] == pytest.approx(search + s["tokens"] * s["flops_per_token"])
+    events = [r for r in read_metrics(run.run_dir) if r["event"] in ("train", "eval")]
+    assert events[0]["step"] == 0 and events[0]["tokens"] == 0 and events[0]["flops"] == search
+    for r in events:
+        assert r["flops"] == pytest.approx(search + r["tokens"] * s["flops_per_token"])
+    runs = [load_run(run.run_dir, "cut")]
+    own = compute_saved(runs, runs[0], "val/avg/loss")["cut"]  # the run reaches its own final loss
+    assert own["reached"]
+    assert own["flops_to_target"] == pytest.approx(search + own["tokens_to_target"] * s["flops_per_token"])
+    # a checkpoint cut by `first` measured nothing and is charged nothing
+    first = inherit_by_rule(reference / "final", tmp_path / "ckpt-first", 2, "first").out
+    plain = train(tiny_recipe(data_dir, tokenizer_dir, tmp_path, "first", init={"from": str(first)},
+                              model={"preset": None, "tokenizer": None}, train={"steps": 2}))
+    p = json.loads((plain.run_dir / "summary.json").read_text())
+    assert p["init_flops"] == 0.0 and p["flops"] == pytest.approx(p["tokens"] * p["flops_per_token"])

@@ -100,5 +100,10 @@ def test_masked_lm_step_is_independent_of_micro_batch_size(data_dir, tokenizer_d
     la, lb = ([r["train/loss"] for r in read_metrics(runs[m].run_dir) if r["event"] == "train"] for m in (16, 2))
     assert lb == pytest.approx(la, rel=1e-5)
     wa, wb = _final_weights(runs[16].run_dir), _final_weights(runs[2].run_dir)
+    # Summing in another order changes a gradient by float32 rounding, which AdamW's normalised step (lr 3e-3)
+    # turns into at most ~1e-3 of a step for all but elements whose gradient cancels to near zero (there the
+    # rounding is large relative to the gradient: one element of 16,384 moved 2.6e-6 on an Intel Xeon). A
+    # loss normalised per micro-batch would move nearly every element by far more.
     for k in wa:
-        assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), k
+        off = ((wa[k] - wb[k]).abs() > 2e-6).float().mean().item()
+        assert off <= 1e-3, (k, off)

@@ -129,7 +129,7 @@ def cmd_inherit(args: argparse.Namespace) -> int:
             "overwrite": args.overwrite, "rule": args.rule, "sample": args.sample,
             "sample_tokens": args.sample_tokens, "seq_len": args.seq_len, "keep_last": args.keep_last,
             "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
-            "auto_candidates": args.auto_candidates}
+            "auto_candidates": args.auto_candidates, "auto_alpha": args.auto_alpha}
     cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit")
     resolve_checkpoint(cfg.from_, "--from")
     out = check_out_dir(cfg.out, "--out")
@@ -144,7 +144,7 @@ def cmd_inherit(args: argparse.Namespace) -> int:
 
         res = inherit_by_rule(cfg.from_, cfg.out, cfg.layers, cfg.rule, cfg.sample, cfg.sample_tokens, cfg.seq_len,
                               cfg.keep_last, overwrite=cfg.overwrite, sample_domains=cfg.sample_domains,
-                              candidates=cfg.auto_candidates)
+                              candidates=cfg.auto_candidates, alpha=cfg.auto_alpha)
     else:
         from warmstart.models.surgery import inherit
 
@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     ih.add_argument("--sample", help="prepared data dir (its train split) that angular/auto measure on")
     ih.add_argument("--auto-candidates", dest="auto_candidates", type=int,
                     help="auto: how many removable runs (smallest angular distance first) to evaluate (3)")
+    ih.add_argument("--auto-alpha", dest="auto_alpha", type=float,
+                    help="auto: drop a candidate once a paired t-test over the sample's windows shows it worse at "
+                    "this level (0.01); 0 evaluates every candidate on the whole sample")
     ih.add_argument("--sample-domains", dest="sample_domains", help="comma-separated domains of --sample (all)")
     ih.add_argument("--sample-tokens", dest="sample_tokens", type=int, help="tokens of the sample (default 16384)")
     ih.add_argument("--seq-len", dest="seq_len", type=int, help="sample: each document's first N+1 tokens (512)")

@@ -10,7 +10,11 @@ Rules for keeping n of a reference's k blocks (the removed blocks are m = k - n)
   find the final block indispensable); the run with the smallest distance is removed (ties: the earliest).
 - `auto`: the `first` cut and the cuts removing the `candidates` runs of smallest angular distance are evaluated
   on the sample (step-0 loss, the same blockwise loss training reports); the lowest loss is taken. (The angular
-  distance ranks runs well but not perfectly: on SmolLM2 the smallest distance is not the lowest loss.)
+  distance ranks runs well but not perfectly: on SmolLM2 the smallest distance is not the lowest loss.) The
+  candidates are raced (`race`): each is dropped once a paired t-test over the sample's windows shows it worse
+  than the leader, so a clear loser costs a few windows, not the whole sample.
+What the choice costs is counted (`search_flops`: forward passes over the sample) and charged to every run that
+starts from the cut: at a small training budget the search is not free, and a saving that hides it is not one.
 The sample is documents of the data directory's train split (each domain an equal share of `sample_tokens`), cut
 to `seq_len + 1` tokens from each document's start, in the format the data was prepared in (BOS etc.).
 """
@@ -18,16 +22,18 @@ to `seq_len + 1` tokens from each document's start, in the format the data was p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import t as student_t
 
 from warmstart.data.shards import open_data_dir
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import document_windows, evaluate, val_sequences
+from warmstart.eval.perplexity import document_windows, val_sequences
 from warmstart.models.surgery import cut_view, find_blocks
-from warmstart.runtime.distributed import Dist
 
 RULES = ("first", "angular", "auto")
 
@@ -63,8 +69,8 @@ def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def load_sample(
     data_dir: str, seq_len: int, max_tokens: int, causal: bool, domains: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, labels) (N, seq_len) int64 from the train split of `domains` (default: all); labels -100 where
-    nothing is scored. Causal: one window per document from its start (`document_windows`); masked LM: packed
+    """(inputs, labels) (N, seq_len) int64 from the train split of `domains` (default: all), the domains' windows
+    taking turns; labels -100 where nothing is scored. Causal: one window per document from its start (`document_windows`); masked LM: packed
     windows (the caller masks them). Raises UserError for an unknown domain or no tokens."""
     everything = open_data_dir(data_dir)
     unknown = [d for d in domains or [] if d not in everything]
@@ -84,7 +90,21 @@ def load_sample(
                 parts.append((w[:, :-1], w[:, 1:]))
     if not parts:
         raise UserError(f"--sample: {data_dir} has no training tokens to measure the blocks on")
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    # the domains' windows interleaved (one of each in turn), so every prefix `race` stops at mixes the domains
+    order = sorted(((j, d) for d, p in enumerate(parts) for j in range(len(p[0]))))
+    x = np.stack([parts[d][0][j] for j, d in order])
+    y = np.stack([parts[d][1][j] for j, d in order])
+    return x, y
+
+
+def _batches(inputs: np.ndarray, scored: np.ndarray, a: int, b: int, batch_size: int):
+    """Rows a..b in batches, each cut after its last scored column (later positions cannot change earlier causal
+    states, and padding after it is masked anyway): (first row, inputs, scored) numpy slices."""
+    for i in range(a, b, batch_size):
+        keep = scored[i : min(i + batch_size, b)]
+        cols = np.flatnonzero(keep.any(axis=0))
+        width = int(cols[-1]) + 1 if len(cols) else 1
+        yield i, inputs[i : i + len(keep), :width], keep[:, :width]
 
 
 @torch.no_grad()
@@ -96,10 +116,13 @@ def angular_scores(
     m: int,
     starts: list[int],
     batch_size: int = 8,
-) -> dict[int, float]:
-    """{start l: mean over scored tokens of angular_distance(x_l, x_{l+m})}, x_i the hidden state entering block i
-    (taken by a forward pre-hook on each block, so it is the block's input in every family); `scored` (N, T) bool
-    marks the tokens averaged over (padding excluded). Needs l + m < len(blocks)."""
+) -> tuple[dict[int, float], int]:
+    """({start l: mean over scored tokens of angular_distance(x_l, x_{l+m})}, positions computed), x_i the hidden
+    state entering block i (taken by a forward pre-hook on each block, so it is the block's input in every
+    family); `scored` (N, T) bool marks the tokens averaged over (padding excluded). The pass runs the model's
+    backbone only (`base_model`: no output layer, so no (B, T, vocab) logits at any vocabulary size); positions
+    computed = the rows x columns run, each batch cut after its last scored column. Needs l + m < len(blocks).
+    Raises UserError when nothing is scored."""
     states: dict[int, torch.Tensor] = {}
 
     def hook(i):
@@ -111,26 +134,101 @@ def angular_scores(
     wanted = sorted({i for s in starts for i in (s, s + m)})
     handles = [blocks[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in wanted]
     device = next(model.parameters()).device
+    backbone = getattr(model, "base_model", model)
     sums = torch.zeros(len(starts), dtype=torch.float64)
-    count = 0
+    count = positions = 0
     was = model.training
     model.eval()
     try:
-        for a in range(0, len(inputs), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(inputs[a : a + batch_size])).to(device)
-            keep = torch.from_numpy(np.ascontiguousarray(scored[a : a + batch_size])).to(device)
+        for _, bx, bk in _batches(inputs, scored, 0, len(inputs), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(bx)).to(device)
+            keep = torch.from_numpy(np.ascontiguousarray(bk)).to(device)
             states.clear()
-            model(input_ids=x, attention_mask=keep.long())
+            backbone(input_ids=x, attention_mask=keep.long())
             for j, s in enumerate(starts):
                 sums[j] += angular_distance(states[s], states[s + m])[keep].double().sum().cpu()
             count += int(keep.sum())
+            positions += x.numel()
     finally:
         for h in handles:
             h.remove()
         model.train(was)
     if not count:
         raise UserError("--sample: no scored tokens in the sample")
-    return {s: float(sums[j] / count) for j, s in enumerate(starts)}
+    return {s: float(sums[j] / count) for j, s in enumerate(starts)}, positions
+
+
+@dataclass
+class Race:
+    """What `race` measured: per candidate, the mean token loss over the windows it was evaluated on (all
+    survivors share the same windows), the windows and scored tokens it saw, the chosen name, and per round the
+    windows seen so far and who was dropped."""
+
+    losses: dict[str, float]
+    windows: dict[str, int]
+    tokens: dict[str, int]
+    chosen: str
+    rounds: list[dict] = field(default_factory=list)
+
+
+def race(
+    names: list[str],
+    n_windows: int,
+    window_losses: Callable[[str, int, int], tuple[np.ndarray, np.ndarray]],
+    first_windows: int = 4,
+    alpha: float = 0.01,
+) -> Race:
+    """Evaluate candidates on growing prefixes of the sample's windows (first_windows, then doubling) and drop a
+    candidate as soon as it is shown worse than the current leader: a one-sided paired t-test over windows
+    (unit = one window, whose tokens are correlated) of its per-window mean loss minus the leader's, at level
+    `alpha` (the racing of Maron & Moore 1994 / successive halving, with a paired test). Stops when one
+    candidate is left or every window is used; the lowest mean loss among the survivors wins (ties: the
+    earlier name). alpha = 0: no test, every candidate sees every window (exhaustive).
+
+    window_losses(name, a, b) -> (sums (b - a,), counts (b - a,)): windows a..b's summed token loss and scored
+    token counts under candidate `name` (the same counts for every candidate: the same windows)."""
+    if not names:
+        raise ValueError("race: no candidates")
+    sums: dict[str, list] = {n: [] for n in names}
+    counts: dict[str, list] = {n: [] for n in names}
+    active, rounds = list(names), []
+    lo, hi = 0, n_windows if alpha <= 0 else min(n_windows, max(1, first_windows))
+    while True:
+        for n in active:
+            s, c = window_losses(n, lo, hi)
+            sums[n].extend(np.asarray(s, dtype=np.float64).tolist())
+            counts[n].extend(np.asarray(c, dtype=np.int64).tolist())
+
+        def mean(n: str) -> float:
+            return float(np.sum(sums[n]) / max(1, np.sum(counts[n])))
+
+        leader = min(active, key=lambda n: (mean(n), names.index(n)))
+        dropped = []
+        if alpha > 0 and hi < n_windows:
+            c = np.asarray(counts[leader], dtype=np.float64)
+            used = c > 0
+            w = int(used.sum())
+            if w >= 2:
+                crit = float(student_t.ppf(1.0 - alpha, w - 1))
+                for n in active:
+                    if n == leader:
+                        continue
+                    d = (np.asarray(sums[n])[used] - np.asarray(sums[leader])[used]) / c[used]
+                    if d.mean() - crit * d.std(ddof=1) / math.sqrt(w) > 0:
+                        dropped.append(n)
+        rounds.append({"windows": hi, "leader": leader, "dropped": dropped})
+        active = [n for n in active if n not in dropped]
+        if hi >= n_windows or len(active) == 1:
+            break
+        lo, hi = hi, min(n_windows, 2 * hi)
+    chosen = min(active, key=lambda n: (mean(n), names.index(n)))
+    return Race(
+        losses={n: mean(n) for n in names},
+        windows={n: len(sums[n]) for n in names},
+        tokens={n: int(np.sum(counts[n])) for n in names},
+        chosen=chosen,
+        rounds=rounds,
+    )
 
 
 def choose_blocks(
@@ -143,24 +241,36 @@ def choose_blocks(
     batch_size: int = 8,
     causal: bool = True,
     candidates: int = 3,
+    alpha: float = 0.01,
+    first_windows: int = 4,
 ) -> tuple[list[int], dict]:
     """(the n kept blocks, a record of what was measured and chosen) for `rule` (see the module docstring).
     `sample` = (inputs, labels) as `load_sample` gives (masked LM: already masked); not needed for `first`.
     `candidates` (auto): how many removable runs, smallest angular distance first, are evaluated besides `first`
-    (named "angular" for the smallest, "remove A-B" for the others)."""
+    (named "angular" for the smallest, "remove A-B" for the others), raced over the sample's windows (`race`:
+    `alpha`, `first_windows`; alpha = 0 evaluates each on the whole sample).
+
+    The record's `search_flops` is the forward FLOPs the choice spent (positions run x forward FLOPs per token
+    of the model run: the reference's backbone for the angular pass, each cut with its head for the race); a
+    run started from the written checkpoint is charged them (train/setup_run.py)."""
     if rule not in RULES:
         raise UserError(f"rule: {rule!r} is not a block rule (have: {', '.join(RULES)})")
     first = list(range(n))
     if rule == "first":
-        return first, {"rule": "first", "chosen": "first"}
+        return first, {"rule": "first", "chosen": "first", "search_flops": 0.0}
     if sample is None:
         raise UserError(f"rule: {rule} measures the blocks on a sample of your data; give --sample DATA_DIR")
+    from warmstart.models.build import forward_flops_per_token
+    from warmstart.models.loss import LossModel
+
     inputs, labels = sample
+    seq_len = int(inputs.shape[1])
     m = k - n
     starts = removable_starts(k, n, keep_last)
     scored = labels != -100 if causal else np.ones(inputs.shape, dtype=bool)
     _, _, blocks = find_blocks(model, k)
-    scores = angular_scores(model, blocks, inputs, scored, m, starts, batch_size)
+    scores, positions = angular_scores(model, blocks, inputs, scored, m, starts, batch_size)
+    angular_flops = positions * forward_flops_per_token(model, seq_len, head=False)
     best = min(starts, key=lambda s: (scores[s], s))
     record: dict = {
         "rule": rule,
@@ -171,7 +281,10 @@ def choose_blocks(
             "tokens": "all scored tokens of each sample window",
             "distance_by_start": {str(s): round(scores[s], 6) for s in starts},
             "removed": [best, best + m - 1],
+            "positions": positions,
+            "flops": angular_flops,
         },
+        "search_flops": angular_flops,
     }
     if rule == "angular":
         record["chosen"] = "angular"
@@ -179,18 +292,38 @@ def choose_blocks(
     ranked = sorted(starts, key=lambda s: (scores[s], s))[: max(1, candidates)]
     cuts = {"first": first, "angular": kept_blocks(k, best, m)}
     cuts.update({f"remove {s}-{s + m - 1}": kept_blocks(k, s, m) for s in ranked[1:]})
-    losses = {}
-    sets = {"sample": (inputs, labels)}
-    for name, kept in cuts.items():
-        with cut_view(model, k, kept):
-            losses[name] = evaluate(
-                model, sets, batch_size, Dist(device=next(model.parameters()).device), causal=causal
-            )["sample"]
-    names = list(cuts)
-    chosen = min(names, key=lambda r: (losses[r], names.index(r)))
-    record["step0_loss"] = {r: round(v, 6) for r, v in losses.items()}
-    record["chosen"] = chosen
-    return cuts[chosen], record
+    device = next(model.parameters()).device
+    loss_model = LossModel(model)
+    cost: dict[str, float] = dict.fromkeys(cuts, 0.0)
+    runs = labels != -100 if causal else scored  # masked LM: bidirectional, every column is run
+
+    def window_losses(name: str, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        sums, counts = np.zeros(b - a), np.zeros(b - a, dtype=np.int64)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), cut_view(model, k, cuts[name]):
+                fpt = forward_flops_per_token(model, seq_len)
+                for i, bx, _ in _batches(inputs, runs, a, b, batch_size):
+                    x = torch.from_numpy(np.ascontiguousarray(bx)).to(device)
+                    y = torch.from_numpy(np.ascontiguousarray(labels[i : i + len(bx), : bx.shape[1]])).to(device)
+                    tok = loss_model(x, y, reduction="none")[0]  # (B, T), 0 where -100
+                    sums[i - a : i - a + len(bx)] = tok.double().sum(dim=1).cpu().numpy()
+                    counts[i - a : i - a + len(bx)] = (y != -100).sum(dim=1).cpu().numpy()
+                    cost[name] += x.numel() * fpt
+        finally:
+            model.train(was)
+        return sums, counts
+
+    result = race(list(cuts), len(inputs), window_losses, first_windows, alpha)
+    record["step0_loss"] = {r: round(v, 6) for r, v in result.losses.items()}
+    record["evaluated"] = {r: {"windows": result.windows[r], "tokens": result.tokens[r]} for r in cuts}
+    record["race"] = {"alpha": alpha, "first_windows": first_windows, "windows": len(inputs),
+                      "rounds": result.rounds}
+    record["candidate_flops"] = cost
+    record["search_flops"] = angular_flops + sum(cost.values())
+    record["chosen"] = result.chosen
+    return cuts[result.chosen], record
 
 
 def describe(record: dict, k: int) -> list[str]:
@@ -207,8 +340,17 @@ def describe(record: dict, k: int) -> list[str]:
             + f" -> remove {best}-{int(best) + ang['removed_run_length'] - 1}"
         )
     if "step0_loss" in record:
+        seen = record.get("evaluated", {})
+        full = record.get("sample_tokens")
+
+        def on(r: str) -> str:
+            t = seen.get(r, {}).get("tokens")
+            return "" if t is None or t == full else f" (on the first {t} tokens)"
+
         lines.append(
-            "step-0 loss on the sample: " + ", ".join(f"{r} {v:.4f}" for r, v in record["step0_loss"].items())
+            "step-0 loss on the sample: " + ", ".join(f"{r} {v:.4f}{on(r)}" for r, v in record["step0_loss"].items())
         )
     lines.append(f"rule {record['rule']}: chose {record['chosen']}")
+    if record.get("search_flops"):
+        lines.append(f"the search's forward passes: {record['search_flops']:.3g} FLOPs, charged to runs from this cut")
     return lines

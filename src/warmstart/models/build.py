@@ -279,3 +279,14 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     layers = getattr(c, "num_hidden_layers", None) or c.n_layer
     d = getattr(c, "hidden_size", None) or c.n_embd
     return 6.0 * matmul_params(model) + 12.0 * layers * d * seq_len
+
+
+def forward_flops_per_token(model: torch.nn.Module, seq_len: int, head: bool = True) -> float:
+    """Forward FLOPs per token: a third of `flops_per_token` (2N + 4 * layers * d_model * seq_len); head=False
+    leaves out the output layer's matmul (2 * vocab * d_model), for a pass that stops at the final hidden
+    states (the block search's angular pass)."""
+    fwd = flops_per_token(model, seq_len) / 3.0
+    out = model.get_output_embeddings()
+    if not head and out is not None:
+        fwd -= 2.0 * out.weight.numel()
+    return fwd

@@ -38,6 +38,22 @@ TOKENIZER_FILES = (
 )
 
 
+def search_flops(checkpoint: Path | str) -> float:
+    """The forward FLOPs its block search spent (inherited.json `choice.search_flops`, eval/block_choice.py) for
+    an inherited checkpoint directory; 0.0 for any other checkpoint, a hub name, or a `first` cut (nothing was
+    measured). Raises UserError when inherited.json is unreadable or its count is not a number >= 0."""
+    f = Path(str(checkpoint)) / INHERITED_FILE
+    if not f.is_file():
+        return 0.0
+    try:
+        value = (json.loads(f.read_text(encoding="utf-8")).get("choice") or {}).get("search_flops", 0.0)
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"init.from: {f} is not readable JSON; re-run `warmstart inherit`") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise UserError(f"init.from: {f}: choice.search_flops {value!r} is not a number >= 0; re-run `warmstart inherit`")
+    return float(value)
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 

@@ -71,9 +71,12 @@ def inherit_by_rule(
     echo=print,
     sample_domains: list[str] | None = None,
     candidates: int = 3,
+    alpha: float = 0.01,
 ):
     """`inherit` n = `layers` blocks chosen by `rule` (eval/block_choice.py), measured on `sample_dir`'s train
-    split; prints and records (inherited.json "choice") what was measured and chosen. Returns InheritResult."""
+    split; prints and records (inherited.json "choice") what was measured and chosen, and what the search cost
+    (`search_flops`, charged to runs from the cut). `alpha`: auto's racing level (0: every candidate on the
+    whole sample). Returns InheritResult."""
     import torch
     from transformers import AutoConfig
 
@@ -104,7 +107,7 @@ def inherit_by_rule(
         obj = Objective("masked", AutoTokenizer.from_pretrained(str(src)))
         inputs, labels = eval_pairs(np.concatenate([inputs, labels[:, -1:]], axis=1), obj, 0)
     blocks, record = choose_blocks(model, k, layers, rule, (inputs, labels), keep_last, causal=causal,
-                                   candidates=candidates)
+                                   candidates=candidates, alpha=alpha)
     record["sample"] = {
         "dir": str(sample_dir),
         "domains": sample_domains or "all",
@@ -302,7 +305,7 @@ def grow(cfg: GrowRecipe) -> GrowResult:
 
     trained = [d for d, w in (cfg.data.weights or {}).items() if w > 0] or None  # the domains the rounds train on
     sample = {"sample_dir": cfg.data.dir, "sample_tokens": cfg.grow.sample_tokens, "seq_len": cfg.data.seq_len,
-              "sample_domains": trained, "candidates": cfg.grow.auto_candidates}
+              "sample_domains": trained, "candidates": cfg.grow.auto_candidates, "alpha": cfg.grow.auto_alpha}
     while True:
         init = ensure_inherited(src, root, n, cfg.grow.rule, sample)
         kept = json.loads((init / "inherited.json").read_text())["blocks"]

@@ -14,8 +14,9 @@ found the same way (its first crossing of its final value).
 - **total**: the same plus the compute of the checkpoint the run started from (its *upstream*): 0 for a run from
   scratch; for `init.from` = a warmstart run directory (or its `final/`), that run's summary.json tokens/FLOPs
   plus, recursively, its own upstream; for an inherited checkpoint (`inherit` writes `inherited.json`), the
-  upstream of the reference it was cut from (cutting costs nothing); for anything else (a hub model, a converted
-  checkpoint) unknown unless given (`--upstream-tokens RUN=N`, `--upstream-flops RUN=F`; RUN is a run of the
+  upstream of the reference it was cut from (the block search that chose the cut, if any, is in the run's own
+  FLOPs: `inherited.json` `choice.search_flops`, charged from step 0 by train/setup_run.py); for anything else
+  (a hub model, a converted checkpoint) unknown unless given (`--upstream-tokens RUN=N`, `--upstream-flops RUN=F`; RUN is a run of the
   report, by name or path, or the `init.from` value itself). total fraction = (upstream(run) + run's need) /
   (upstream(baseline) + baseline's need); saved = 1 - that. An unknown upstream leaves the total empty.
 

@@ -156,9 +156,10 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _event(run: Run, kind: str, step: int, **values) -> dict:
-    """A metrics.jsonl event at `step`: tokens and FLOPs seen so far, and the LR the step trained with."""
+    """A metrics.jsonl event at `step`: tokens and FLOPs spent so far (FLOPs include the start's one-off
+    `init_flops`, an inherited cut's block search), and the LR the step trained with."""
     tokens = step * run.recipe.train.batch_tokens
-    return {"event": kind, "step": step, "tokens": tokens, "flops": run.flops_per_token * tokens,
+    return {"event": kind, "step": step, "tokens": tokens, "flops": run.init_flops + run.flops_per_token * tokens,
             "lr": lr_at(run.recipe.schedule, max(step - 1, 0), run.total_steps), **values}
 
 
@@ -260,7 +261,8 @@ def finish(run: Run, last_eval: dict) -> RunResult:
             "run_dir": str(run.run_dir),
             "steps": step,
             "tokens": tokens,
-            "flops": run.flops_per_token * tokens,
+            "flops": run.init_flops + run.flops_per_token * tokens,
+            "init_flops": run.init_flops,  # the block search of an inherited cut, charged once
             "params": run.n_params,
             "flops_per_token": run.flops_per_token,
             "teacher_flops_per_token": run.teacher_flops_per_token,

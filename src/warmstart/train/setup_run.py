@@ -35,11 +35,13 @@ from warmstart.models.build import (
     count_params,
     enable_activation_checkpointing,
     flops_per_token,
+    forward_flops_per_token,
     resolve_checkpoint,
 )
 from warmstart.models.distill import DistillLoss
 from warmstart.models.loss import LossModel
 from warmstart.models.packing import DocumentAttention
+from warmstart.models.surgery import search_flops
 from warmstart.runtime import rundir, threads
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog
@@ -81,6 +83,7 @@ class Run:
     source: str  # where the weights came from
     peak_flops: float | None
     teacher_flops_per_token: float = 0.0
+    init_flops: float = 0.0  # one-off compute of the start: an inherited cut's block search (charged at step 0)
     step: int = 0
     window: dict = field(default_factory=lambda: {"loss": 0.0, "steps": 0})  # the log window carried by a resume
     resumed_from: Path | None = None
@@ -233,6 +236,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     if recipe.distill is not None:
         train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len)
     fpt += teacher_fpt
+    init_fl = search_flops(resolve_checkpoint(recipe.init.from_, "init.from")) if recipe.init.from_ else 0.0
     objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob,
                           packing=data_cfg.packing)
     if objective.kind == "masked" and recipe.eval.windows == "documents":
@@ -254,7 +258,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         metrics=MetricsLog(rundir.metrics_path(recipe.run_dir), enabled=d.is_main,
                            trackers=list(recipe.train.trackers)),
         flops_per_token=fpt, n_params=n_params, source=loaded.source, peak_flops=peak_flops(d.device),
-        t_start=t_start,
+        init_flops=init_fl, t_start=t_start,
     )
     _restore(run, plan, allow_config_change)
     if threads_line and recipe.train.cpu_threads == "auto" and run.resumed_from is not None:
@@ -271,6 +275,9 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         print(disk_line(disk))
         if threads_line:
             print(threads_line)
+        if init_fl:
+            print(f"flops: {init_fl:.3g} FLOPs of the block search that chose this cut (inherited.json) charged "
+                  "from step 0")
         print(eval_line(recipe, {n: scored_targets(v) for n, v in val_sets.items()}))
     return run
 
@@ -306,7 +313,7 @@ def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int) -> tuple
     if hasattr(teacher.config, "use_cache"):
         teacher.config.use_cache = False
     teacher.eval().requires_grad_(False)
-    fwd_fpt = flops_per_token(teacher, seq_len) / 3.0
+    fwd_fpt = forward_flops_per_token(teacher, seq_len)
     runner = parallelize(teacher, d, "fsdp", bf16=bf16) if recipe.train.parallel == "fsdp" else teacher.to(d.device)
     packing = None
     if recipe.data.packing == "documents" and recipe.model.objective == "causal":

@@ -427,24 +427,29 @@ class Bench:
                                                 "wall_s": self.timings["packing"]})
 
     # ------------------------------------------------------------------------------------------- inherit
+    def grow_recipe(self, name: str, section: str, grow: dict, lr: float) -> GrowRecipe:
+        """A grow recipe on `prose` + `code` at the scale's Inheritune budget, SmolLM2 evaluated as the reference."""
+        s = self.s
+        return validate(GrowRecipe, {
+            "name": name, "out_dir": str(self.work / section), "seed": 0,
+            "reference": {"from": str(self.ckpt), "evaluate": True}, "grow": grow,
+            "data": {"dir": str(self.shards), "weights": {"prose": 0.5, "code": 0.5}, "seq_len": s["seq"]},
+            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
+            "schedule": {"kind": "cosine", "max_lr": lr, "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
+            "train": {"steps": s["inh_steps"], "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
+                      "log_every": 2, "progress": False, "device": "cpu"},
+            "eval": {"every": max(1, s["inh_steps"] // 4), "max_tokens": s["eval_tokens"], "batch_size": 8,
+                     "domains": ["prose", "code"], "windows": "documents"},
+        }, section)
+
     def inherit(self) -> None:
         from warmstart.recipes.inheritune import _round_recipe, ensure_inherited, grow, random_init_model
 
         t0 = time.perf_counter()
         s = self.s
         ks = s["inh_ks"]
-        cfg = validate(GrowRecipe, {
-            "name": "smollm2", "out_dir": str(self.work / "inherit"), "seed": 0,
-            "reference": {"from": str(self.ckpt), "evaluate": True},
-            "grow": {"start_layers": max(ks), "step": s["grow_step"], "baseline": False},
-            "data": {"dir": str(self.shards), "weights": {"prose": 0.5, "code": 0.5}, "seq_len": s["seq"]},
-            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
-            "schedule": {"kind": "cosine", "max_lr": s["inh_lr"], "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
-            "train": {"steps": s["inh_steps"], "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
-                      "log_every": 2, "progress": False, "device": "cpu"},
-            "eval": {"every": max(1, s["inh_steps"] // 4), "max_tokens": s["eval_tokens"], "batch_size": 8,
-                     "domains": ["prose", "code"], "windows": "documents"},
-        }, "inherit")
+        cfg = self.grow_recipe("smollm2", "inherit", {"start_layers": max(ks), "step": s["grow_step"],
+                                                      "baseline": False}, s["inh_lr"])
         pairs = {}
         for k in ks:  # the same recipes `grow` trains for its rounds, so its first round is reused
             init = ensure_inherited(self.ckpt, cfg.grow_dir, k)
@@ -782,20 +787,10 @@ class Bench:
 
         t0 = time.perf_counter()
         s = self.s
-        cfg = validate(GrowRecipe, {
-            "name": "smollm2-auto", "out_dir": str(self.work / "grow"), "seed": 0,
-            "reference": {"from": str(self.ckpt), "evaluate": True},
-            "grow": {"start_layers": s["grow_start"], "step": s["grow_auto_step"], "baseline": True, "rule": "auto",
-                     "sample_tokens": s["kd_sample"], "auto_candidates": s["kd_candidates"],
-                     "auto_alpha": s["kd_alpha"]},
-            "data": {"dir": str(self.shards), "weights": {"prose": 0.5, "code": 0.5}, "seq_len": s["seq"]},
-            "optim": {"weight_decay": 0.1, "grad_clip": 1.0},
-            "schedule": {"kind": "cosine", "max_lr": s["grow_lr"], "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
-            "train": {"steps": s["inh_steps"], "batch_tokens": s["batch"], "micro_batch_size": s["micro"],
-                      "log_every": 2, "progress": False, "device": "cpu"},
-            "eval": {"every": max(1, s["inh_steps"] // 4), "max_tokens": s["eval_tokens"], "batch_size": 8,
-                     "domains": ["prose", "code"], "windows": "documents"},
-        }, "grow")
+        cfg = self.grow_recipe("smollm2-auto", "grow", {
+            "start_layers": s["grow_start"], "step": s["grow_auto_step"], "baseline": True, "rule": "auto",
+            "sample_tokens": s["kd_sample"], "auto_candidates": s["kd_candidates"], "auto_alpha": s["kd_alpha"]},
+            s["grow_lr"])
         gs = grow(cfg).summary
         self.timings["grow"] = time.perf_counter() - t0
         ref = gs["reference"]

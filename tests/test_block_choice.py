@@ -223,6 +223,8 @@ def test_race_drops_a_clear_loser_after_the_first_windows_and_keeps_close_ones()
     assert [r["windows"] for r in got.rounds] == [4, 8, 16, 32]
     assert got.rounds[0]["dropped"] == ["loser"] and all(not r["dropped"] for r in got.rounds[1:])
     assert got.windows == {"a": 32, "loser": 4, "close": 32}
+    # what the loser lost to, on its own windows: what `inherit` prints beside its loss
+    assert got.beaten_by == {"loser": ("a", pytest.approx(float(base[:4].mean()), rel=1e-12))}
     assert got.tokens == {"a": 320, "loser": 40, "close": 320}
     # each candidate sees consecutive windows, each window once
     for name in table:
@@ -291,3 +293,52 @@ def test_search_flops_are_the_forward_passes_it_ran(refs, data_dir):
         assert rec["candidate_flops"][name] == pytest.approx(ran * fwd)
         total += ran * fwd
     assert rec["search_flops"] == pytest.approx(total) and kept == cuts[rec["chosen"]]
+
+
+def test_inherit_never_overwrites_the_reference_the_sample_or_unrelated_files(tmp_path, refs, data_dir, capsys):
+    import shutil
+
+    from warmstart.cli import main
+
+    ref = tmp_path / "ref"
+    shutil.copytree(refs["llama-untied"][0], ref)
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+
+    def snapshot() -> dict:
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    for extra, msg in [
+        (["--out", str(ref), "--overwrite"], "is the reference --from"),
+        (["--out", str(tmp_path), "--overwrite"], "holds the reference --from"),
+        (["--out", str(ref / "sub")], "is inside the reference --from"),
+        (["--out", str(data), "--overwrite", "--rule", "auto", "--sample", str(data)], "is the sample data --sample"),
+        (["--out", str(data / "prose"), "--rule", "auto", "--sample", str(data)], "is inside the sample data"),
+        (["--out", str(mine), "--overwrite"], "is not an earlier `warmstart inherit` output"),
+    ]:
+        code = main(["inherit", "--from", str(ref), "--layers", "2", *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and msg in err and err.count("\n") == 0, err
+    assert snapshot() == before
+    out = tmp_path / "cut"  # an earlier inherit output is what --overwrite replaces
+    assert main(["inherit", "--from", str(ref), "--layers", "2", "--out", str(out)]) == 0
+    assert main(["inherit", "--from", str(ref), "--layers", "3", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "inherited.json").read_text())["blocks"] == [0, 1, 2]
+
+
+def test_a_sample_window_longer_than_the_positions_is_refused(tmp_path, refs, data_dir, capsys):
+    from transformers import AutoConfig
+
+    from warmstart.cli import main
+
+    ref_dir, _ = refs["gpt2"]
+    limit = AutoConfig.from_pretrained(str(ref_dir)).n_positions
+    code = main(["inherit", "--from", str(ref_dir), "--layers", "2", "--rule", "auto", "--sample", str(data_dir),
+                 "--seq-len", str(limit + 1), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and f"--seq-len: {limit + 1} is longer than the model's {limit}" in err
+    assert not (tmp_path / "o").exists()

@@ -180,3 +180,51 @@ def test_a_run_from_an_auto_cut_is_charged_its_search(tmp_path, data_dir, tokeni
                               model={"preset": None, "tokenizer": None}, train={"steps": 2}))
     p = json.loads((plain.run_dir / "summary.json").read_text())
     assert p["init_flops"] == 0.0 and p["flops"] == pytest.approx(p["tokens"] * p["flops_per_token"])
+
+
+def test_resume_keeps_the_search_charge_the_run_started_with(tmp_path, data_dir, tokenizer_dir, reference):
+    """A cut re-made into the same directory mid-run (another search_flops) changes nothing for the resumed run."""
+    import shutil
+
+    from warmstart.recipes.inheritune import inherit_by_rule
+    from warmstart.runtime.metrics import read_metrics
+    from warmstart.train import checkpoint as ckpt
+
+    cut = inherit_by_rule(reference / "final", tmp_path / "ckpt", 2, "auto", str(data_dir), sample_tokens=512,
+                          seq_len=32, echo=lambda _: None).out
+    search = json.loads((cut / "inherited.json").read_text())["choice"]["search_flops"]
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, "r", init={"from": str(cut)},
+                         model={"preset": None, "tokenizer": None},
+                         train={"steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2}, eval={"every": 1})
+    train(recipe)
+    kept = ckpt.list_checkpoints(recipe.run_dir / "checkpoints")
+    assert [int(c.name.split("-")[1]) for c in kept][:1] == [2]
+    for c in kept[1:]:  # the run as if killed right after its step-2 checkpoint
+        shutil.rmtree(c)
+    shutil.rmtree(recipe.run_dir / "final")
+    (recipe.run_dir / "summary.json").unlink()
+    record = json.loads((cut / "inherited.json").read_text())
+    record["choice"]["search_flops"] = 1000.0
+    (cut / "inherited.json").write_text(json.dumps(record))
+    train(recipe, resume=True)
+    s = json.loads((recipe.run_dir / "summary.json").read_text())
+    assert s["init_flops"] == search
+    for r in read_metrics(recipe.run_dir):
+        if r["event"] in ("train", "eval"):
+            assert r["flops"] == pytest.approx(search + r["tokens"] * s["flops_per_token"])
+
+
+@pytest.mark.parametrize("value", ['"1e10"', "-1", "1e999", "NaN", "true", "null"])
+def test_a_bad_search_flops_is_refused_in_one_line(tmp_path, value):
+    from warmstart.models.surgery import search_flops
+
+    (tmp_path / "inherited.json").write_text('{"from": "x", "choice": {"search_flops": ' + value + "}}")
+    with pytest.raises(UserError, match="choice.search_flops .* is not a finite number >= 0") as e:
+        search_flops(tmp_path)
+    assert "\n" not in str(e.value)
+    for bad in ("[1, 2]", '{"choice": [1]}', "not json"):
+        (tmp_path / "inherited.json").write_text(bad)
+        with pytest.raises(UserError, match="inherited.json is not"):
+            search_flops(tmp_path)
+    (tmp_path / "inherited.json").write_text('{"from": "x", "choice": {"rule": "first"}}')
+    assert search_flops(tmp_path) == 0.0  # a `first` cut measured nothing

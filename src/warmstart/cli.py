@@ -131,10 +131,11 @@ def cmd_inherit(args: argparse.Namespace) -> int:
             "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
             "auto_candidates": args.auto_candidates, "auto_alpha": args.auto_alpha}
     cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit")
+    from warmstart.models.surgery import check_out
+
     resolve_checkpoint(cfg.from_, "--from")
-    out = check_out_dir(cfg.out, "--out")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"--out: {out} exists and is not empty; choose another directory or pass --overwrite")
+    check_out_dir(cfg.out, "--out")
+    check_out(cfg.out, cfg.overwrite, cfg.from_, cfg.sample)  # before any measurement: never the reference or data
     if cfg.sample is not None:
         from warmstart.data.shards import open_data_dir
 
@@ -479,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: how many removable runs (smallest angular distance first) to evaluate (3)")
     ih.add_argument("--auto-alpha", dest="auto_alpha", type=float,
                     help="auto: drop a candidate once a paired t-test over the sample's windows shows it worse at "
-                    "this level (0.01); 0 evaluates every candidate on the whole sample")
+                    "this level, 0 <= ALPHA < 0.5 (0.01; the test is repeated each round); 0 evaluates every "
+                    "candidate on the whole sample")
     ih.add_argument("--sample-domains", dest="sample_domains", help="comma-separated domains of --sample (all)")
     ih.add_argument("--sample-tokens", dest="sample_tokens", type=int, help="tokens of the sample (default 16384)")
     ih.add_argument("--seq-len", dest="seq_len", type=int, help="sample: each document's first N+1 tokens (512)")

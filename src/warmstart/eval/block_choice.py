@@ -169,6 +169,7 @@ class Race:
     tokens: dict[str, int]
     chosen: str
     rounds: list[dict] = field(default_factory=list)
+    beaten_by: dict[str, tuple[str, float]] = field(default_factory=dict)  # dropped -> (leader, its loss there)
 
 
 def race(
@@ -181,7 +182,9 @@ def race(
     """Evaluate candidates on growing prefixes of the sample's windows (first_windows, then doubling) and drop a
     candidate as soon as it is shown worse than the current leader: a one-sided paired t-test over windows
     (unit = one window, whose tokens are correlated) of its per-window mean loss minus the leader's, at level
-    `alpha` (the racing of Maron & Moore 1994 / successive halving, with a paired test). Stops when one
+    `alpha` (the racing of Maron & Moore 1994 / successive halving, with a paired test). The test is repeated
+    every round against the current leader with no multiplicity correction, so `alpha` is the level of each
+    test, not the chance over the whole race of dropping the cut that would have won. Stops when one
     candidate is left or every window is used; the lowest mean loss among the survivors wins (ties: the
     earlier name). alpha = 0: no test, every candidate sees every window (exhaustive).
 
@@ -191,7 +194,7 @@ def race(
         raise ValueError("race: no candidates")
     sums: dict[str, list] = {n: [] for n in names}
     counts: dict[str, list] = {n: [] for n in names}
-    active, rounds = list(names), []
+    active, rounds, beaten = list(names), [], {}
     lo, hi = 0, n_windows if alpha <= 0 else min(n_windows, max(1, first_windows))
     while True:
         for n in active:
@@ -217,6 +220,7 @@ def race(
                     if d.mean() - crit * d.std(ddof=1) / math.sqrt(w) > 0:
                         dropped.append(n)
         rounds.append({"windows": hi, "leader": leader, "dropped": dropped})
+        beaten.update({n: (leader, mean(leader)) for n in dropped})
         active = [n for n in active if n not in dropped]
         if hi >= n_windows or len(active) == 1:
             break
@@ -228,6 +232,7 @@ def race(
         tokens={n: int(np.sum(counts[n])) for n in names},
         chosen=chosen,
         rounds=rounds,
+        beaten_by=beaten,
     )
 
 
@@ -315,14 +320,20 @@ def choose_blocks(
             model.train(was)
         return sums, counts
 
+    alpha = float(alpha) + 0.0  # -0.0 -> 0.0
     result = race(list(cuts), len(inputs), window_losses, first_windows, alpha)
     record["step0_loss"] = {r: round(v, 6) for r, v in result.losses.items()}
     record["evaluated"] = {r: {"windows": result.windows[r], "tokens": result.tokens[r]} for r in cuts}
+    for r, (leader, loss) in result.beaten_by.items():  # what it lost to, on the same windows
+        record["evaluated"][r].update({"dropped_for": leader, "leader_loss": round(loss, 6)})
     record["race"] = {"alpha": alpha, "first_windows": first_windows, "windows": len(inputs),
                       "rounds": result.rounds}
     record["candidate_flops"] = cost
     record["search_flops"] = angular_flops + sum(cost.values())
     record["chosen"] = result.chosen
+    if len(inputs) < 2 * first_windows:
+        record["note"] = (f"the sample has {len(inputs)} windows: too few to tell close cuts apart; raise "
+                          "--sample-tokens")
     return cuts[result.chosen], record
 
 
@@ -344,13 +355,18 @@ def describe(record: dict, k: int) -> list[str]:
         full = record.get("sample_tokens")
 
         def on(r: str) -> str:
-            t = seen.get(r, {}).get("tokens")
+            e = seen.get(r, {})
+            t = e.get("tokens")
+            if "dropped_for" in e:
+                return f" (dropped after {t} tokens, where {e['dropped_for']} had {e['leader_loss']:.4f})"
             return "" if t is None or t == full else f" (on the first {t} tokens)"
 
         lines.append(
             "step-0 loss on the sample: " + ", ".join(f"{r} {v:.4f}{on(r)}" for r, v in record["step0_loss"].items())
         )
     lines.append(f"rule {record['rule']}: chose {record['chosen']}")
+    if record.get("note"):
+        lines.append(f"note: {record['note']}")
     if record.get("search_flops"):
         lines.append(f"the search's forward passes: {record['search_flops']:.3g} FLOPs, charged to runs from this cut")
     return lines

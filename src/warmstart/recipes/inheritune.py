@@ -81,15 +81,19 @@ def inherit_by_rule(
     from transformers import AutoConfig
 
     from warmstart.eval.block_choice import choose_blocks, describe, load_sample
+    from warmstart.models.build import check_seq_len
     from warmstart.models.locate import load_failure
-    from warmstart.models.surgery import auto_class
+    from warmstart.models.surgery import auto_class, check_out
 
     if rule == "first":
         return inherit(ref, out, layers=layers, overwrite=overwrite, choice={"rule": "first", "chosen": "first"})
     if sample_dir is None:
         raise UserError(f"--rule {rule}: measures the blocks on a sample of your data; give --sample DATA_DIR")
+    check_out(out, overwrite, ref, sample_dir)  # before the search: never the reference or the sample
     src = resolve_checkpoint(str(ref), "--from")
     config = AutoConfig.from_pretrained(str(src))
+    check_seq_len(config.get_text_config() if hasattr(config, "get_text_config") else config, seq_len, "--seq-len",
+                  "lower --seq-len (the sample's windows) to at most that")
     k = layer_count(config)
     auto = auto_class(config)
     causal = auto.__name__ == "AutoModelForCausalLM"

@@ -36,7 +36,8 @@ Facts a side does not record (no config.yaml, a moved data directory) are not ch
 vs random init", "both from scratch", ...) and flag a training-data difference ("data differ: ...") and, for two
 runs from scratch, a size difference (then the FLOPs columns are the fair ones), and a run distilled from a
 teacher (`distill.teacher`): its FLOPs include the teacher's forward passes (train/setup_run.py), so its FLOPs
-columns charge the teacher and its tokens columns do not — the equal-FLOP and the equal-token comparison.
+columns charge the teacher and its tokens columns do not — the equal-FLOP and the equal-token comparison; likewise
+a run from a cut chosen by a block search (summary.json `init_flops`): its FLOPs start at the search's.
 """
 
 from __future__ import annotations
@@ -218,6 +219,10 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
         if teacher and (who == "run" or side is not run):
             notes.append(f"{'' if who == 'run' else 'baseline '}distilled from {Path(teacher).name} (its forward "
                          "FLOPs counted)")
+        search = float(side.summary.get("init_flops") or 0.0)
+        if search and (who == "run" or side is not run):
+            notes.append(f"{'' if who == 'run' else 'baseline '}cut chosen by a block search ({search:.3g} FLOPs "
+                         "counted from its step 0)")
     wr, wb = run.summary.get("weights"), base.summary.get("weights")
     if isinstance(wr, dict) and isinstance(wb, dict):
         same = {d for d, v in wr.items() if float(v) > 0} == {d for d, v in wb.items() if float(v) > 0} and all(

@@ -240,6 +240,7 @@ def save_checkpoint(run: Run, win_loss: torch.Tensor) -> None:
             "window": {"loss": float(loss_sum.item()), "steps": run.window["steps"]},
             "elapsed_s": run.elapsed(),
             "world": d.world,
+            "init_flops": run.init_flops,  # a resume keeps the charge the run started with
             "cpu_threads": torch.get_num_threads(),  # a resume with cpu_threads: auto computes with the same
         }
     ckpt.save(rundir.checkpoints_dir(run.run_dir), run.step, run.model, run.optimizer, state, rngs,

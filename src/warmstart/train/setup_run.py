@@ -339,6 +339,9 @@ def _restore(run: Run, plan: Plan, allow_config_change: bool) -> None:
         ckpt.load_into(plan.checkpoint, run.model, run.optimizer, run.d.rank)
         run.sampler.load_state_dict(state["sampler"], strict=not allow_config_change)
         run.step, run.window, run.resumed_from = state["step"], state["window"], plan.checkpoint
+        # the block search charged at the run's start, not what the init's inherited.json says now (a cut
+        # re-made into the same directory would change it mid-run)
+        run.init_flops = float(state.get("init_flops", run.init_flops))
         if recipe.train.cpu_threads == "auto" and run.d.device.type == "cpu" and state.get("cpu_threads"):
             # the load may differ now; the run's numbers should not: keep the thread count it started with
             torch.set_num_threads(int(state["cpu_threads"]))

@@ -792,6 +792,14 @@ class Bench:
             "sample_tokens": s["kd_sample"], "auto_candidates": s["kd_candidates"], "auto_alpha": s["kd_alpha"]},
             s["grow_lr"])
         gs = grow(cfg).summary
+        # the paper's rule at the depth grow stopped at, same steps and LR: what the block rule changed
+        from warmstart.recipes.inheritune import _round_recipe, ensure_inherited
+
+        n = gs["final_layers"]
+        first = _round_recipe(cfg, f"first-L{n:02d}", ensure_inherited(self.ckpt, cfg.grow_dir, n, "first"), None)
+        self.train(first)
+        first_row = {"layers": n, "start": _first(first.run_dir),
+                     "final": rundir.load_summary(first.run_dir)["final_eval"]["val/avg/loss"]}
         self.timings["grow"] = time.perf_counter() - t0
         ref = gs["reference"]
         lines = self.header("Inheritune v2 (`grow`) on SmolLM2-135M with the `auto` block rule", "grow")
@@ -816,12 +824,15 @@ class Bench:
         if b:
             lines += ["", f"Random init of the final depth ({b['layers']} blocks, same steps and LR): step 0 "
                       f"{_first(Path(b['run_dir'])):.3f}, final {b['val_loss']:.3f}."]
+        lines += ["", f"The first {n} blocks (the paper's rule) at the same depth, steps and LR: step 0 "
+                  f"{first_row['start']:.3f}, final {first_row['final']:.3f} ({first_row['final'] - ref['val_loss']:+.3f} "
+                  "to SmolLM2)."]
         lines += ["", f"Grow status: {gs['status']}; matched: {'yes' if gs['matched'] else 'no'} (final round "
                   f"{gs['final_layers']} blocks); {gs['total_tokens']:,.0f} training tokens and "
                   f"{gs['total_flops']:.3g} FLOPs over all rounds.", ""]
         self.write("inheritune-grow", lines, {"scale": self.args.scale, "settings": {k: s[k] for k in (
             "grow_start", "grow_auto_step", "grow_lr", "inh_steps", "kd_sample", "kd_candidates", "kd_alpha", "seq",
-            "batch")}, "grow": gs, "wall_s": self.timings["grow"]})
+            "batch")}, "grow": gs, "first_n_at_final_depth": first_row, "wall_s": self.timings["grow"]})
 
     # ------------------------------------------------------------------------------------------- autoscale
     def mix_tree(self, name: str, tokens: int, seed: int = 0) -> dict:

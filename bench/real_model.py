@@ -24,7 +24,8 @@ Sections (`--sections`, default all):
   tokens; `grow` (start at the largest k) to SmolLM2's own loss on that data.
 - kd: Inheritune side by side at 2 depths x 2 budgets x 2 seeds: {first n, the `auto` block rule} x {next-token
   loss, distillation from SmolLM2} and the same-shape random init; compute saved at equal tokens and at equal FLOPs
-  (the teacher's forward passes charged), and an LR check of the best-rule arms.
+  (the teacher's forward passes and the `auto` block search charged); `--kd-lrs` adds an LR check of the
+  best-rule arms, `--kd-train-arms` trains a subset (finished runs of the other arms are reported too).
 - grow: Inheritune v2 with the `auto` block rule (each round's search charged) to SmolLM2's own loss, and the
   random init of the final depth (bench/results/real-inheritune-grow.md).
 - autoscale: DDO with tiny proxies on man, docs, legal and prose at two budgets, AutoScale's prediction at a

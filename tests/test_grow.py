@@ -216,7 +216,7 @@ def test_resume_keeps_the_search_charge_the_run_started_with(tmp_path, data_dir,
 
 @pytest.mark.parametrize("value", ['"1e10"', "-1", "1e999", "NaN", "true", "null"])
 def test_a_bad_search_flops_is_refused_in_one_line(tmp_path, value):
-    from warmstart.models.surgery import search_flops
+    from warmstart.models.inherit_record import search_flops
 
     (tmp_path / "inherited.json").write_text('{"from": "x", "choice": {"search_flops": ' + value + "}}")
     with pytest.raises(UserError, match="choice.search_flops .* is not a finite number >= 0") as e:

@@ -131,7 +131,7 @@ def cmd_inherit(args: argparse.Namespace) -> int:
             "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
             "auto_candidates": args.auto_candidates, "auto_alpha": args.auto_alpha}
     cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit")
-    from warmstart.models.surgery import check_out
+    from warmstart.models.inherit_record import check_out
 
     resolve_checkpoint(cfg.from_, "--from")
     check_out_dir(cfg.out, "--out")

@@ -70,8 +70,9 @@ def load_sample(
     data_dir: str, seq_len: int, max_tokens: int, causal: bool, domains: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, labels) (N, seq_len) int64 from the train split of `domains` (default: all), the domains' windows
-    taking turns; labels -100 where nothing is scored. Causal: one window per document from its start (`document_windows`); masked LM: packed
-    windows (the caller masks them). Raises UserError for an unknown domain or no tokens."""
+    taking turns; labels -100 where nothing is scored. Causal: one window per document from its start
+    (`document_windows`); masked LM: packed windows (the caller masks them). Raises UserError for an unknown
+    domain or no tokens."""
     everything = open_data_dir(data_dir)
     unknown = [d for d in domains or [] if d not in everything]
     if unknown:

@@ -82,8 +82,9 @@ def inherit_by_rule(
 
     from warmstart.eval.block_choice import choose_blocks, describe, load_sample
     from warmstart.models.build import check_seq_len
+    from warmstart.models.inherit_record import check_out
     from warmstart.models.locate import load_failure
-    from warmstart.models.surgery import auto_class, check_out
+    from warmstart.models.surgery import auto_class
 
     if rule == "first":
         return inherit(ref, out, layers=layers, overwrite=overwrite, choice={"rule": "first", "chosen": "first"})

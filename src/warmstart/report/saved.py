@@ -46,7 +46,7 @@ import json
 from pathlib import Path
 
 from warmstart.errors import UserError
-from warmstart.models.surgery import INHERITED_FILE
+from warmstart.models.inherit_record import INHERITED_FILE
 from warmstart.report.data import Run, final_value, reach
 from warmstart.runtime import rundir
 

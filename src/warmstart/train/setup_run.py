@@ -39,9 +39,9 @@ from warmstart.models.build import (
     resolve_checkpoint,
 )
 from warmstart.models.distill import DistillLoss
+from warmstart.models.inherit_record import search_flops
 from warmstart.models.loss import LossModel
 from warmstart.models.packing import DocumentAttention
-from warmstart.models.surgery import search_flops
 from warmstart.runtime import rundir, threads
 from warmstart.runtime.distributed import Dist, barrier
 from warmstart.runtime.metrics import MetricsLog

@@ -32,7 +32,7 @@ from scipy.stats import t as student_t
 
 from warmstart.data.shards import open_data_dir
 from warmstart.errors import UserError
-from warmstart.eval.perplexity import document_windows, val_sequences
+from warmstart.eval.perplexity import document_windows, scored_width, val_sequences
 from warmstart.models.surgery import cut_view, find_blocks
 
 RULES = ("first", "angular", "auto")
@@ -99,12 +99,11 @@ def load_sample(
 
 
 def _batches(inputs: np.ndarray, scored: np.ndarray, a: int, b: int, batch_size: int):
-    """Rows a..b in batches, each cut after its last scored column (later positions cannot change earlier causal
-    states, and padding after it is masked anyway): (first row, inputs, scored) numpy slices."""
+    """Rows a..b in batches, each cut after its last scored column (`scored_width`, as `evaluate` does; padding
+    after it is masked anyway): (first row, inputs, scored) numpy slices."""
     for i in range(a, b, batch_size):
         keep = scored[i : min(i + batch_size, b)]
-        cols = np.flatnonzero(keep.any(axis=0))
-        width = int(cols[-1]) + 1 if len(cols) else 1
+        width = scored_width(keep)
         yield i, inputs[i : i + len(keep), :width], keep[:, :width]
 
 
@@ -197,15 +196,15 @@ def race(
     counts: dict[str, list] = {n: [] for n in names}
     active, rounds, beaten = list(names), [], {}
     lo, hi = 0, n_windows if alpha <= 0 else min(n_windows, max(1, first_windows))
+
+    def mean(n: str) -> float:
+        return float(np.sum(sums[n]) / max(1, np.sum(counts[n])))
+
     while True:
         for n in active:
             s, c = window_losses(n, lo, hi)
             sums[n].extend(np.asarray(s, dtype=np.float64).tolist())
             counts[n].extend(np.asarray(c, dtype=np.int64).tolist())
-
-        def mean(n: str) -> float:
-            return float(np.sum(sums[n]) / max(1, np.sum(counts[n])))
-
         leader = min(active, key=lambda n: (mean(n), names.index(n)))
         dropped = []
         if alpha > 0 and hi < n_windows:

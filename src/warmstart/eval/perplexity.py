@@ -100,6 +100,13 @@ def scored_targets(s) -> int:
 
 
 @torch.no_grad()
+def scored_width(scored: np.ndarray) -> int:
+    """Columns a causal batch needs: up to its last scored column ((B, T) bool; at least 1). Later positions cannot
+    change earlier causal logits, so cutting there changes no loss and saves their compute."""
+    cols = np.flatnonzero(scored.any(axis=0))
+    return int(cols[-1]) + 1 if len(cols) else 1
+
+
 def evaluate(
     model: torch.nn.Module,
     sets: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]],
@@ -141,8 +148,7 @@ def evaluate(
             if not len(bx):
                 bx, by = inputs[:1], np.full(labels[:1].shape, -100, dtype=np.int64)
                 bp = positions[:1] if positions is not None else None
-            cols = np.flatnonzero((by != -100).any(axis=0)) if causal else [bx.shape[1] - 1]
-            width = int(cols[-1]) + 1 if len(cols) else 1
+            width = scored_width(by != -100) if causal else bx.shape[1]
             x = torch.from_numpy(np.ascontiguousarray(bx[:, :width])).to(d.device)
             y = torch.from_numpy(np.ascontiguousarray(by[:, :width])).to(d.device)
             forward = {}

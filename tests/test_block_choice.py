@@ -11,7 +11,7 @@ import torch
 from test_inherit import FAMILIES, K, _make_ref, _moe_ref
 
 from warmstart.errors import UserError
-from warmstart.eval.block_choice import load_sample, removable_starts
+from warmstart.eval.block_choice import describe, load_sample, removable_starts
 from warmstart.recipes.inheritune import inherit_by_rule
 
 SEQ = 32
@@ -162,7 +162,7 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
         assert code == 2 and err.count("\n") == 0, err
         assert "--sample:" in err and "prepared with tokenizer" in err and "re-run `warmstart prepare`" in err
     assert main([*base, "--blocks", "0,3", "--rule", "auto", "--sample", str(data_dir)]) == 2
-    assert "give layers (how many), not blocks" in capsys.readouterr().err
+    assert "--rule auto chooses the blocks itself; give --layers N (how many), not --blocks" in capsys.readouterr().err
     with pytest.raises(UserError, match="keeping 1 blocks including the final 2"):
         removable_starts(K, 1, keep_last=2)
     assert not (tmp_path / "o").exists()
@@ -185,9 +185,13 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
     ]
     assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0.7"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "auto_alpha" in err and not (tmp_path / "o").exists()
-    assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0"]) == 0
+    assert err.count("\n") == 0 and "inherit: --auto-alpha: " in err and not (tmp_path / "o").exists()
+    assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--sample-tokens", "0"]) == 2
+    assert "inherit: --sample-tokens: Input should be greater than 0 (got 0)" in capsys.readouterr().err
+    # more candidates than removable runs (K = 4, keep 3: remove block 0, 1 or 2): all of them, and said so
+    assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0", "--auto-candidates", "9"]) == 0
     out = capsys.readouterr().out
+    assert "note: 9 candidates asked for, but removing 1 of 4 blocks keeping the final 1 leaves 3 contiguous" in out
     assert "step-0 loss on the sample: first" in out and "rule auto: chose" in out
     assert "the search's forward passes:" in out and "charged to runs from this cut" in out
     choice = json.loads((tmp_path / "o" / "inherited.json").read_text())["choice"]
@@ -293,6 +297,10 @@ def test_search_flops_are_the_forward_passes_it_ran(refs, data_dir):
         assert rec["candidate_flops"][name] == pytest.approx(ran * fwd)
         total += ran * fwd
     assert rec["search_flops"] == pytest.approx(total) and kept == cuts[rec["chosen"]]
+    with cut_view(model, K, kept):  # the search in training tokens of the chosen cut, as `inherit` prints it
+        train_fpt = flops_per_token(model, SEQ)
+    assert rec["chosen_train_flops_per_token"] == pytest.approx(train_fpt)
+    assert f"training the cut on {rec['search_flops'] / train_fpt:,.0f} tokens" in describe(rec, K)[-1]
 
 
 def test_inherit_never_overwrites_the_reference_the_sample_or_unrelated_files(tmp_path, refs, data_dir, capsys):

@@ -269,7 +269,7 @@ def lineage(tmp_path):
     return tmp_path, data, {"up": up, "scratch": scratch, "cont": cont, "cont2": cont2, "hub": hub}
 
 
-def test_continued_run_against_its_scratch_baseline(lineage):
+def test_continued_run_against_its_scratch_baseline(lineage, capsys):
     tmp_path, _, r = lineage
     runs = [r["scratch"], r["cont"], r["cont2"], r["hub"]]
     s = make_report(runs, tmp_path / "rep", baseline=r["scratch"], metric="val/new/loss")
@@ -300,6 +300,8 @@ def test_continued_run_against_its_scratch_baseline(lineage):
     assert main(["report", *map(str, runs), "--out", str(out), "--baseline", str(r["scratch"]),
                  "--metric", "val/new/loss", "--upstream-tokens", "hub=2e3", "--upstream-flops",
                  f"{r['hub']}=4e4"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("hub:"))
+    assert "(marginal); total tokens " in line and ", FLOPs " in line.split("; total ")[1]  # both totals printed
     h = {x["name"]: x["compute_saved"] for x in json.loads((out / "summary.json").read_text())["runs"]}["hub"]
     assert h["upstream_tokens"] == 2000 and h["upstream_flops"] == 40000
     assert h["total_tokens_saved"] == pytest.approx(1 - (2000 + 200 + 100 / 3) / 400)

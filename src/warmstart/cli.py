@@ -130,7 +130,8 @@ def cmd_inherit(args: argparse.Namespace) -> int:
             "sample_tokens": args.sample_tokens, "seq_len": args.seq_len, "keep_last": args.keep_last,
             "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
             "auto_candidates": args.auto_candidates, "auto_alpha": args.auto_alpha}
-    cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit")
+    flags = {k: "--" + k.replace("_", "-") for k in base} | {"from": "--from"}
+    cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit", names=flags)
     from warmstart.models.inherit_record import check_out
 
     resolve_checkpoint(cfg.from_, "--from")
@@ -257,9 +258,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             elif not c.get("reached"):
                 said = "not reached"
             else:
+                total = [f"{what} {fmt(c[key], 'saved')}" for what, key in (("tokens", "total_tokens_saved"),
+                                                                            ("FLOPs", "total_flops_saved"))
+                         if c.get(key) is not None]  # counting the upstream pre-training, where it is known
                 said = (f"tokens {fmt(c['tokens_saved'], 'saved')}, FLOPs {fmt(c['flops_saved'], 'saved')} (marginal)"
-                        + ("" if c.get("total_tokens_saved") is None
-                           else f"; total tokens {fmt(c['total_tokens_saved'], 'saved')}"))
+                        + (f"; total {', '.join(total)}" if total else ""))
             print(f"  {r['name']}: {said}")
     print(f"wrote {len(result['images'])} plots, {result['markdown']}, {result['html']}")
     return 0

@@ -333,11 +333,12 @@ class InheritConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> InheritConfig:
         if (self.layers is None) == (self.blocks is None):
-            raise ValueError("give exactly one of layers (first N blocks) and blocks (e.g. 0-5,8)")
+            raise ValueError("give exactly one of --layers N (first N blocks) and --blocks (e.g. 0-5,8)")
         if self.rule != "first" and self.layers is None:
-            raise ValueError(f"rule {self.rule} chooses the blocks itself; give layers (how many), not blocks")
+            raise ValueError(f"--rule {self.rule} chooses the blocks itself; give --layers N (how many), not --blocks")
         if self.rule != "first" and self.sample is None:
-            raise ValueError(f"rule {self.rule} measures the blocks on your data; give --sample DATA_DIR (a prepared data directory)")
+            raise ValueError(f"--rule {self.rule} measures the blocks on your data; give --sample DATA_DIR (a prepared "
+                             "data directory, `warmstart prepare`)")
         return self
 
 
@@ -446,12 +447,14 @@ class DDOConfig(Section):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _format_error(err: ValidationError, source: str, set_keys: list[str] | None = None) -> str:
+def _format_error(err: ValidationError, source: str, set_keys: list[str] | None = None,
+                  names: dict[str, str] | None = None) -> str:
     """One line: where the value came from (the file, or `--set KEY` when a command-line override put it
-    there), dotted key path, what is wrong."""
+    there), dotted key path (or the command-line flag `names` maps it to), what is wrong."""
     parts: list[tuple[str, str]] = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        loc = (names or {}).get(loc, loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -589,11 +592,12 @@ def read_yaml(path: str | Path) -> dict:
     return tree
 
 
-def validate(model: type[M], tree: dict, source: str = "recipe") -> M:
+def validate(model: type[M], tree: dict, source: str = "recipe", names: dict[str, str] | None = None) -> M:
+    """`model` from `tree`, or UserError in one line; `names` maps a key to the flag a command took it from."""
     try:
         return model.model_validate(tree)
     except ValidationError as e:
-        raise UserError(_format_error(e, source)) from None
+        raise UserError(_format_error(e, source, names=names)) from None
 
 
 def recipe_path(path: str | Path) -> Path:

@@ -257,7 +257,9 @@ def choose_blocks(
 
     The record's `search_flops` is the forward FLOPs the choice spent (positions run x forward FLOPs per token
     of the model run: the reference's backbone for the angular pass, each cut with its head for the race); a
-    run started from the written checkpoint is charged them (train/setup_run.py)."""
+    run started from the written checkpoint is charged them (train/setup_run.py). `chosen_train_flops_per_token`
+    is the chosen cut's training FLOPs per token at the sample's seq_len (fwd + bwd, `flops_per_token`), so
+    search_flops / it is the search's cost in training tokens of that cut."""
     if rule not in RULES:
         raise UserError(f"rule: {rule!r} is not a block rule (have: {', '.join(RULES)})")
     first = list(range(n))
@@ -277,6 +279,11 @@ def choose_blocks(
     scores, positions = angular_scores(model, blocks, inputs, scored, m, starts, batch_size)
     angular_flops = positions * forward_flops_per_token(model, seq_len, head=False)
     best = min(starts, key=lambda s: (scores[s], s))
+
+    def train_flops_per_token(kept: list[int]) -> float:  # fwd + bwd of the cut (flops_per_token's 6N + attention)
+        with cut_view(model, k, kept):
+            return 3.0 * forward_flops_per_token(model, seq_len)
+
     record: dict = {
         "rule": rule,
         "sample_tokens": int(scored.sum()),
@@ -293,6 +300,7 @@ def choose_blocks(
     }
     if rule == "angular":
         record["chosen"] = "angular"
+        record["chosen_train_flops_per_token"] = train_flops_per_token(kept_blocks(k, best, m))
         return kept_blocks(k, best, m), record
     ranked = sorted(starts, key=lambda s: (scores[s], s))[: max(1, candidates)]
     cuts = {"first": first, "angular": kept_blocks(k, best, m)}
@@ -331,9 +339,15 @@ def choose_blocks(
     record["candidate_flops"] = cost
     record["search_flops"] = angular_flops + sum(cost.values())
     record["chosen"] = result.chosen
+    record["chosen_train_flops_per_token"] = train_flops_per_token(cuts[result.chosen])
+    notes = []
+    if candidates > len(starts):
+        notes.append(f"{candidates} candidates asked for, but removing {m} of {k} blocks keeping the final "
+                     f"{keep_last} leaves {len(starts)} contiguous runs: all of them were candidates")
     if len(inputs) < 2 * first_windows:
-        record["note"] = (f"the sample has {len(inputs)} windows: too few to tell close cuts apart; raise "
-                          "--sample-tokens")
+        notes.append(f"the sample has {len(inputs)} windows: too few to tell close cuts apart; raise --sample-tokens")
+    if notes:
+        record["note"] = "; ".join(notes)
     return cuts[result.chosen], record
 
 
@@ -368,5 +382,10 @@ def describe(record: dict, k: int) -> list[str]:
     if record.get("note"):
         lines.append(f"note: {record['note']}")
     if record.get("search_flops"):
-        lines.append(f"the search's forward passes: {record['search_flops']:.3g} FLOPs, charged to runs from this cut")
+        line = f"the search's forward passes: {record['search_flops']:.3g} FLOPs, charged to runs from this cut"
+        per = record.get("chosen_train_flops_per_token")
+        if per:  # the unit a user plans a budget in: is the search small against the training to come?
+            line += (f" (as much as training the cut on {record['search_flops'] / per:,.0f} tokens; keep it a small "
+                     "share of your training budget with --sample-tokens)")
+        lines.append(line)
     return lines

@@ -163,7 +163,7 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
         assert "--sample:" in err and "prepared with tokenizer" in err and "re-run `warmstart prepare`" in err
     assert main([*base, "--blocks", "0,3", "--rule", "auto", "--sample", str(data_dir)]) == 2
     assert "--rule auto chooses the blocks itself; give --layers N (how many), not --blocks" in capsys.readouterr().err
-    with pytest.raises(UserError, match="keeping 1 blocks including the final 2"):
+    with pytest.raises(UserError, match=r"--keep-last: the final 2 blocks do not fit in a cut of 1 \(--layers 1\); give --keep-last 1 or less"):
         removable_starts(K, 1, keep_last=2)
     assert not (tmp_path / "o").exists()
     assert (
@@ -188,10 +188,25 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
     assert err.count("\n") == 0 and "inherit: --auto-alpha: " in err and not (tmp_path / "o").exists()
     assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--sample-tokens", "0"]) == 2
     assert "inherit: --sample-tokens: Input should be greater than 0 (got 0)" in capsys.readouterr().err
+    assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "nan"]) == 2
+    assert "inherit: --auto-alpha: Input should be a finite number" in capsys.readouterr().err
+    # more tokens than the data holds: said, with what gives more
+    big = [*sample[:2], "--sample-tokens", str(10**8), *sample[4:]]
+    assert main(["inherit", "--from", str(ref_dir), "--out", str(tmp_path / "big"), "--layers", "3", "--rule", "auto",
+                 *big]) == 0
+    got = json.loads((tmp_path / "big" / "inherited.json").read_text())["choice"]
+    assert f"note: the sample gave {got['sample_tokens']:,} of the 100,000,000 --sample-tokens asked for" in \
+        capsys.readouterr().out
+    # `first` measures nothing: what only a measurement uses is said to be ignored, not silently dropped
+    assert main(["inherit", "--from", str(ref_dir), "--out", str(tmp_path / "f"), "--layers", "3", *sample]) == 0
+    err = capsys.readouterr().err
+    assert "warning: inherit: --rule first measures nothing; --sample, --sample-tokens, --sample-domains, --seq-len " \
+           "ignored" in err
     # more candidates than removable runs (K = 4, keep 3: remove block 0, 1 or 2): all of them, and said so
     assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0", "--auto-candidates", "9"]) == 0
     out = capsys.readouterr().out
-    assert "note: 9 candidates asked for, but removing 1 of 4 blocks keeping the final 1 leaves 3 contiguous" in out
+    assert ("note: only 3 contiguous runs of 1 of the 4 blocks can be removed (keeping the final 1), fewer than the 9 "
+            "auto candidates: all were evaluated") in out
     assert "step-0 loss on the sample: first" in out and "rule auto: chose" in out
     assert "the search's forward passes:" in out and "charged to runs from this cut" in out
     choice = json.loads((tmp_path / "o" / "inherited.json").read_text())["choice"]
@@ -300,7 +315,8 @@ def test_search_flops_are_the_forward_passes_it_ran(refs, data_dir):
     with cut_view(model, K, kept):  # the search in training tokens of the chosen cut, as `inherit` prints it
         train_fpt = flops_per_token(model, SEQ)
     assert rec["chosen_train_flops_per_token"] == pytest.approx(train_fpt)
-    assert f"training the cut on {rec['search_flops'] / train_fpt:,.0f} tokens" in describe(rec, K)[-1]
+    assert (f"training the cut on {rec['search_flops'] / train_fpt:,.0f} tokens in {SEQ}-token sequences"
+            in describe(rec, K)[-1])
 
 
 def test_inherit_never_overwrites_the_reference_the_sample_or_unrelated_files(tmp_path, refs, data_dir, capsys):

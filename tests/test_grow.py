@@ -180,6 +180,20 @@ def test_a_run_from_an_auto_cut_is_charged_its_search(tmp_path, data_dir, tokeni
                               model={"preset": None, "tokenizer": None}, train={"steps": 2}))
     p = json.loads((plain.run_dir / "summary.json").read_text())
     assert p["init_flops"] == 0.0 and p["flops"] == pytest.approx(p["tokens"] * p["flops_per_token"])
+    # a cut of the searched cut carries its search (by any rule, or a block list): it was spent to make it too
+    from warmstart.models.inherit_record import search_flops
+    from warmstart.models.surgery import inherit
+
+    again = inherit_by_rule(cut, tmp_path / "ckpt-cut-of-cut", 1, "first").out
+    listed = inherit(cut, tmp_path / "ckpt-listed", blocks=[1]).out
+    for c in (again, listed):
+        choice = json.loads((c / "inherited.json").read_text())["choice"]
+        assert choice["parent_search_flops"] == search and search_flops(c) == search
+    twice = inherit_by_rule(cut, tmp_path / "ckpt-auto-of-auto", 1, "auto", str(data_dir), sample_tokens=512,
+                            seq_len=32, echo=lambda _: None).out
+    choice = json.loads((twice / "inherited.json").read_text())["choice"]
+    own = choice["angular"]["flops"] + sum(choice["candidate_flops"].values())
+    assert search_flops(twice) == pytest.approx(search + own) and own > 0
 
 
 def test_resume_keeps_the_search_charge_the_run_started_with(tmp_path, data_dir, tokenizer_dir, reference):

@@ -311,6 +311,46 @@ def test_continued_run_against_its_scratch_baseline(lineage, capsys):
     with pytest.raises(UserError, match="is a run from scratch"):
         make_report(runs, tmp_path / "rep3", baseline=r["scratch"], upstream_tokens={"scratch": 5.0})
     assert not (tmp_path / "rep3").exists()
+    capsys.readouterr()
+    # impossible values and names that match nothing: one line, exit 2, nothing written
+    base = ["report", *map(str, runs), "--out", str(tmp_path / "rep5"), "--baseline", str(r["scratch"]),
+            "--metric", "val/new/loss"]
+    for flags, said in ((["--upstream-flops", "hub=-1"], "--upstream-flops hub=-1: not a finite number >= 0"),
+                        (["--upstream-tokens", "hub=nan"], "--upstream-tokens hub=nan: not a finite number >= 0"),
+                        (["--upstream-flops", "hub=inf"], "not a finite number >= 0"),
+                        (["--upstream-tokens", "nosuch=1e6"], "nosuch is none of the runs reported")):
+        assert main([*base, *flags]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert said in err and err.count("\n") == 0, err
+        assert not (tmp_path / "rep5").exists()
+    # one of the pair given: the other as recorded, not dropped (cont's upstream: up's 1000 tokens, 10000 FLOPs)
+    assert main([*base, "--upstream-flops", "cont=5e4"]) == 0
+    c = {x["name"]: x["compute_saved"] for x in json.loads((tmp_path / "rep5" / "summary.json").read_text())["runs"]}
+    assert c["cont"]["upstream_flops"] == 50000 and c["cont"]["upstream_tokens"] == 1000
+    assert "FLOPs given, the rest from up" in c["cont"]["upstream"]
+
+
+def test_report_never_overwrites_a_run_or_unrelated_files(lineage, capsys):
+    """--out may be new, empty or an earlier report; never a reported run (its summary.json) or a folder of
+    other files. A new folder inside a run is fine."""
+    from warmstart.cli import main
+
+    tmp_path, _, r = lineage
+    before = (r["cont"] / "summary.json").read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text("mine")
+    for out, said in ((r["cont"], "is the reported directory"), (r["up"], "it holds config.yaml"),
+                      (other, "holds no earlier report (report.html)")):
+        assert main(["report", str(r["scratch"]), str(r["cont"]), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and err.count("\n") == 0 and err.startswith("warmstart: error: --out: "), err
+    assert (r["cont"] / "summary.json").read_bytes() == before and (other / "summary.json").read_text() == "mine"
+    assert not (r["cont"] / "report.html").exists() and not (other / "report.html").exists()
+    inside = r["cont"] / "report"
+    assert main(["report", str(r["scratch"]), str(r["cont"]), "--out", str(inside)]) == 0
+    assert main(["report", str(r["scratch"]), str(r["cont"]), "--out", str(inside)]) == 0  # an earlier report
+    assert (inside / "report.html").is_file() and (r["cont"] / "summary.json").read_bytes() == before
 
 
 def test_unlike_comparisons_are_flagged_not_computed(lineage):

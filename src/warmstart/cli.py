@@ -134,6 +134,12 @@ def cmd_inherit(args: argparse.Namespace) -> int:
     cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit", names=flags)
     from warmstart.models.inherit_record import check_out
 
+    unused = [flags[k] for k in ("sample", "sample_tokens", "sample_domains", "seq_len", "keep_last",
+                                 "auto_candidates", "auto_alpha") if base[k] is not None]
+    if cfg.rule == "first" and unused:  # accepted, but a user who typed them expects a measurement
+        from warmstart.errors import warn
+
+        warn(f"inherit: --rule first measures nothing; {', '.join(unused)} ignored (--rule angular|auto uses them)")
     resolve_checkpoint(cfg.from_, "--from")
     check_out_dir(cfg.out, "--out")
     check_out(cfg.out, cfg.overwrite, cfg.from_, cfg.sample)  # before any measurement: never the reference or data
@@ -153,6 +159,9 @@ def cmd_inherit(args: argparse.Namespace) -> int:
         res = inherit(cfg.from_, cfg.out, blocks=cfg.blocks, overwrite=cfg.overwrite)
     print(f"wrote {res.model_class} with blocks {res.blocks} of {res.ref_layers} "
           f"({res.params / 1e6:.2f}M of {res.ref_params / 1e6:.2f}M params) to {res.out}")
+    if res.parent_search_flops:
+        print(f"--from is itself a searched cut: its block search ({res.parent_search_flops:.3g} FLOPs) is charged to "
+              "runs from this cut too")
     return 0
 
 
@@ -239,6 +248,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                 upstream[flag][key] = float(raw)
             except ValueError:
                 raise UserError(f"{flag} {item}: {raw!r} is not a number") from None
+            if not 0 <= upstream[flag][key] < float("inf"):
+                raise UserError(f"{flag} {item}: not a finite number >= 0 (the tokens or FLOPs of the checkpoint's "
+                                "pre-training)")
     result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window,
                          upstream_tokens=upstream["--upstream-tokens"], upstream_flops=upstream["--upstream-flops"])
     if result.get("not_the_same_quantity"):
@@ -472,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     ih = sub.add_parser("inherit", help="Inheritune: a smaller model from a reference's first N blocks")
     ih.add_argument("--from", dest="ref", required=True, help="reference: HF checkpoint dir, hub name or run dir")
     ihg = ih.add_mutually_exclusive_group(required=True)
-    ihg.add_argument("--layers", type=int, help="inherit the first N blocks (1..k-1)")
+    ihg.add_argument("--layers", type=int, help="inherit N blocks (1..k-1): the first N, or the N that --rule chooses")
     ihg.add_argument("--blocks", help="inherit these blocks in this order, e.g. 0-5,8")
     ih.add_argument("--rule", choices=("first", "angular", "auto"),
                     help="with --layers: which N blocks; first (default, Inheritune), angular (remove the contiguous "

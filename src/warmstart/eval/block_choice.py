@@ -43,14 +43,14 @@ def removable_starts(k: int, n: int, keep_last: int) -> list[int]:
     blocks in place. Raises UserError when no run fits."""
     m = k - n
     if keep_last < 1:
-        raise UserError(f"keep_last: {keep_last}; keep at least the final block (1)")
+        raise UserError(f"--keep-last: {keep_last}; keep at least the final block (1)")
     if not 1 <= n <= k - 1:
         raise UserError(f"--layers: {n} is outside 1..{k - 1} (the reference has {k} blocks)")
     last = k - keep_last - m
     if last < 0:
         raise UserError(
-            f"--layers: keeping {n} blocks including the final {keep_last} leaves no room for a contiguous removed "
-            f"run of {m}; inherit at least {keep_last} blocks or lower keep_last"
+            f"--keep-last: the final {keep_last} blocks do not fit in a cut of {n} (--layers {n}); give --keep-last "
+            f"{n} or less, or more --layers"
         )
     return list(range(last + 1))
 
@@ -258,8 +258,8 @@ def choose_blocks(
     The record's `search_flops` is the forward FLOPs the choice spent (positions run x forward FLOPs per token
     of the model run: the reference's backbone for the angular pass, each cut with its head for the race); a
     run started from the written checkpoint is charged them (train/setup_run.py). `chosen_train_flops_per_token`
-    is the chosen cut's training FLOPs per token at the sample's seq_len (fwd + bwd, `flops_per_token`), so
-    search_flops / it is the search's cost in training tokens of that cut."""
+    is the chosen cut's training FLOPs per token at the sample's seq_len (`chosen_train_seq_len`; fwd + bwd,
+    `flops_per_token`), so search_flops / it is the search's cost in training tokens of that cut at that length."""
     if rule not in RULES:
         raise UserError(f"rule: {rule!r} is not a block rule (have: {', '.join(RULES)})")
     first = list(range(n))
@@ -281,6 +281,7 @@ def choose_blocks(
     best = min(starts, key=lambda s: (scores[s], s))
 
     def train_flops_per_token(kept: list[int]) -> float:  # fwd + bwd of the cut (flops_per_token's 6N + attention)
+        record["chosen_train_seq_len"] = seq_len  # attention's share of the FLOPs grows with it
         with cut_view(model, k, kept):
             return 3.0 * forward_flops_per_token(model, seq_len)
 
@@ -342,8 +343,9 @@ def choose_blocks(
     record["chosen_train_flops_per_token"] = train_flops_per_token(cuts[result.chosen])
     notes = []
     if candidates > len(starts):
-        notes.append(f"{candidates} candidates asked for, but removing {m} of {k} blocks keeping the final "
-                     f"{keep_last} leaves {len(starts)} contiguous runs: all of them were candidates")
+        runs_word = "run" if len(starts) == 1 else "runs"
+        notes.append(f"only {len(starts)} contiguous {runs_word} of {m} of the {k} blocks can be removed (keeping the "
+                     f"final {keep_last}), fewer than the {candidates} auto candidates: all were evaluated")
     if len(inputs) < 2 * first_windows:
         notes.append(f"the sample has {len(inputs)} windows: too few to tell close cuts apart; raise --sample-tokens")
     if notes:
@@ -359,7 +361,8 @@ def describe(record: dict, k: int) -> list[str]:
         d = ang["distance_by_start"]
         best = min(d, key=lambda s: (d[s], int(s)))
         lines.append(
-            f"angular distance of removing {ang['removed_run_length']} contiguous blocks (of {k}, keeping the final "
+            f"angular distance of removing {ang['removed_run_length']} contiguous "
+            f"block{'s' if ang['removed_run_length'] != 1 else ''} (of {k}, keeping the final "
             f"{ang['keep_last']}), mean over {record['sample_tokens']} sample tokens: "
             + ", ".join(f"{s}-{int(s) + ang['removed_run_length'] - 1}: {v:.4f}" for s, v in d.items())
             + f" -> remove {best}-{int(best) + ang['removed_run_length'] - 1}"
@@ -385,7 +388,9 @@ def describe(record: dict, k: int) -> list[str]:
         line = f"the search's forward passes: {record['search_flops']:.3g} FLOPs, charged to runs from this cut"
         per = record.get("chosen_train_flops_per_token")
         if per:  # the unit a user plans a budget in: is the search small against the training to come?
-            line += (f" (as much as training the cut on {record['search_flops'] / per:,.0f} tokens; keep it a small "
-                     "share of your training budget with --sample-tokens)")
+            at = record.get("chosen_train_seq_len")
+            line += (f" (as much as training the cut on {record['search_flops'] / per:,.0f} tokens"
+                     + (f" in {at}-token sequences" if at else "")
+                     + "; keep it a small share of your training budget with --sample-tokens)")
         lines.append(line)
     return lines

@@ -14,7 +14,7 @@ from warmstart.models.locate import resolve_checkpoint
 INHERITED_FILE = "inherited.json"  # provenance of an inherited checkpoint, next to its config.json
 
 
-def search_flops(checkpoint: Path | str) -> float:
+def search_flops(checkpoint: Path | str, what: str = "init.from") -> float:
     """The forward FLOPs its block search spent (inherited.json `choice.search_flops`, eval/block_choice.py) for
     an inherited checkpoint directory; 0.0 for any other checkpoint, a hub name, or a `first` cut (nothing was
     measured). Raises UserError when inherited.json is unreadable or its count is not a number >= 0."""
@@ -24,14 +24,14 @@ def search_flops(checkpoint: Path | str) -> float:
     try:
         record = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UserError(f"init.from: {f} is not readable JSON; re-run `warmstart inherit`") from None
+        raise UserError(f"{what}: {f} is not readable JSON; re-run `warmstart inherit`") from None
     choice = record.get("choice") if isinstance(record, dict) else None
     if not isinstance(record, dict) or not isinstance(choice, (dict, type(None))):
-        raise UserError(f"init.from: {f} is not an inherit record (an object whose `choice` is an object); "
+        raise UserError(f"{what}: {f} is not an inherit record (an object whose `choice` is an object); "
                         "re-run `warmstart inherit`")
     value = (choice or {}).get("search_flops", 0.0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        raise UserError(f"init.from: {f}: choice.search_flops {json.dumps(value)} is not a finite number >= 0; "
+        raise UserError(f"{what}: {f}: choice.search_flops {json.dumps(value)} is not a finite number >= 0; "
                         "re-run `warmstart inherit`")
     return float(value)
 

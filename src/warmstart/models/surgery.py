@@ -20,7 +20,7 @@ import torch
 from warmstart import atomic
 from warmstart.errors import UserError
 from warmstart.models.build import count_params
-from warmstart.models.inherit_record import INHERITED_FILE, check_out
+from warmstart.models.inherit_record import INHERITED_FILE, check_out, search_flops
 from warmstart.models.locate import load_failure, resolve_checkpoint
 
 # config keys that hold one entry per layer, besides any list key with "layer" in its name and length k
@@ -50,6 +50,7 @@ class InheritResult:
     params: int
     ref_params: int
     model_class: str
+    parent_search_flops: float = 0.0  # a cut of a cut: the block search that made --from, carried into this one
 
 
 def parse_blocks(spec: str | list[int], k: int, what: str = "--blocks") -> list[int]:
@@ -260,13 +261,21 @@ def inherit(
 ) -> InheritResult:
     """Write REF's embeddings + chosen blocks (default: the first `layers`) + final norm + head to `out`, with
     `inherited.json` ({from: REF, checkpoint, blocks, of: REF's block count, choice}) recording where it came
-    from; `choice` is how the blocks were chosen (rule, what was measured: eval/block_choice.py)."""
+    from; `choice` is how the blocks were chosen (rule, what was measured: eval/block_choice.py).
+
+    When REF is itself an inherited cut whose blocks were searched for, its `search_flops` are added to this
+    cut's (`choice.parent_search_flops`): the search was spent to make this model too, so runs from it are charged
+    it, as runs from REF are."""
     from transformers import AutoConfig
 
     if (layers is None) == (blocks is None):
         raise UserError("inherit: give the number of layers (--layers N) or a block list (--blocks 0-5,8)")
     src = resolve_checkpoint(str(ref), "--from")
     out = check_out(out, overwrite, ref)
+    parent = search_flops(src, "--from") if isinstance(src, Path) else 0.0
+    if parent > 0:
+        choice = {**(choice or {"rule": "blocks" if blocks is not None else "first"}), "parent_search_flops": parent}
+        choice["search_flops"] = float(choice.get("search_flops", 0.0)) + parent
     try:
         config = AutoConfig.from_pretrained(str(src))
     except Exception as e:  # OSError/ValueError (or a validation error) for a missing or unreadable config
@@ -300,4 +309,4 @@ def inherit(
         if choice is not None:
             provenance["choice"] = choice
         atomic.write_text(tmp / INHERITED_FILE, json.dumps(provenance, indent=2) + "\n")
-    return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__)
+    return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__, parent)

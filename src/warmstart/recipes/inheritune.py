@@ -120,6 +120,11 @@ def inherit_by_rule(
         "seq_len": seq_len,
         "max_tokens": sample_tokens,
     }
+    if record["sample_tokens"] < sample_tokens // 2:  # the data ran out: the user asked for a sample it cannot give
+        short = (f"the sample gave {record['sample_tokens']:,} of the {sample_tokens:,} --sample-tokens asked for "
+                 f"(each train document's first --seq-len {seq_len} + 1 tokens; a longer --seq-len or more documents "
+                 "give more)")
+        record["note"] = f"{record['note']}; {short}" if record.get("note") else short
     del model
     for line in describe(record, k):
         echo(f"[inherit] {line}")

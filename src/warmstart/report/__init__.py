@@ -151,6 +151,27 @@ def _saved_table(runs: list[Run], saved: dict[str, dict], metric: str, base: Run
     }
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "grow_summary.json", "mixture.json", "inherited.json", "manifest.json",
+             "config.json")
+
+
+def check_report_out(out: str | Path, paths: list[str | Path]) -> Path:
+    """Where a report may write: a new or empty directory, or an earlier report (it holds report.html) that is
+    not a run, grow, data or checkpoint directory; never one of the reported directories (its summary.json would
+    be replaced). A new folder inside a run is fine. Raises UserError naming --out; nothing is written."""
+    out = Path(out)
+    for raw in paths:
+        if out.resolve() == Path(raw).resolve():
+            raise UserError(f"--out: {out} is the reported directory {raw}; its summary.json would be replaced; "
+                            "write the report to a new directory")
+    if out.is_dir() and any(out.iterdir()):
+        own = [f for f in RUN_FILES if (out / f).exists()]
+        if own or not (out / "report.html").is_file():
+            what = f"it holds {own[0]}" if own else "it is not empty and holds no earlier report (report.html)"
+            raise UserError(f"--out: {out}: {what}; a report would overwrite its files; choose a new directory")
+    return out
+
+
 def make_report(
     paths: list[str | Path],
     out: str | Path,
@@ -170,8 +191,8 @@ def make_report(
     layout; the quickstart's Inheritune and AutoScale results), shown after the report's own, by key."""
     if not paths:
         raise UserError("report: give at least one run directory")
+    out = check_report_out(out, paths)
     runs, mixes, grows, notes = classify(paths)
-    out = Path(out)
     tables: dict[str, dict] = {}
     summary: dict = {"metric": metric, "runs": [], "notes": notes}
     gap: dict[str, dict[str, dict]] = {}

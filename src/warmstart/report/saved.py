@@ -102,7 +102,15 @@ def upstream_compute(
         return 0.0, 0.0, "from scratch"
     if src in given:
         t, f = given[src]
-        return t, f, f"{src}: given"
+        if t is not None and f is not None:
+            return t, f, f"{src}: given"
+        # one of the two given: the other as recorded (not silently unknown)
+        rest = _Given({k: v for k, v in given.items() if k != src})
+        rt, rf, how = upstream_compute(src, rest, seen)
+        if isinstance(given, _Given):
+            given.asked |= rest.asked
+        said = "tokens" if t is not None else "FLOPs"
+        return (rt if t is None else t), (rf if f is None else f), f"{src}: {said} given, the rest from {how}"
     if src in seen:
         raise UserError(f"report: init.from chain loops at {src}")
     inh = Path(src) / INHERITED_FILE
@@ -234,13 +242,32 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
 
 
 # ----------------------------------------------------------------------------------------------- compute saved
+class _Given(dict):
+    """The given upstream compute by init.from, remembering which entries a lookup asked for."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.asked: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return super().__contains__(key)
+
+
 def _upstream_given(
     runs: list[Run], tokens: dict[str, float] | None, flops: dict[str, float] | None
-) -> dict[str, tuple[float | None, float | None]]:
-    """--upstream-tokens/--upstream-flops keyed by a run (name or path) or an init.from value -> by init.from."""
+) -> tuple[_Given, dict[str, str]]:
+    """--upstream-tokens/--upstream-flops keyed by a run (name or path) or an init.from value -> by init.from,
+    and which key each came from. Raises UserError for a value that is not a finite number >= 0."""
     tokens, flops = tokens or {}, flops or {}
+    for flag, given in (("--upstream-tokens", tokens), ("--upstream-flops", flops)):
+        for key, value in given.items():
+            if not 0 <= float(value) < float("inf"):
+                raise UserError(f"{flag} {key}={value}: not a finite number >= 0 (tokens or FLOPs of the checkpoint's "
+                                "pre-training)")
     by_src: dict[str, list[float | None]] = {}
-    for key in set(tokens) | set(flops):
+    keys: dict[str, str] = {}
+    for key in sorted(set(tokens) | set(flops)):
         src = key
         for r in runs:
             if key in (r.name, str(r.path)) or Path(key).resolve() == r.path.resolve():
@@ -249,11 +276,12 @@ def _upstream_given(
                     raise UserError(f"--upstream-*: {key} is a run from scratch (it has no upstream)")
                 break
         slot = by_src.setdefault(src, [None, None])
+        keys[src] = key
         if key in tokens:
             slot[0] = float(tokens[key])
         if key in flops:
             slot[1] = float(flops[key])
-    return {k: (v[0], v[1]) for k, v in by_src.items()}
+    return _Given({k: (v[0], v[1]) for k, v in by_src.items()}), keys
 
 
 def _frac(a: float | None, b: float | None) -> float | None:
@@ -273,13 +301,18 @@ def compute_saved(
     target = final_value(baseline, metric)
     if target is None:
         raise UserError(f"report: the baseline {baseline.path} has no {metric} in its eval events")
-    given = _upstream_given(runs, upstream_tokens, upstream_flops)
+    given, keys = _upstream_given(runs, upstream_tokens, upstream_flops)
     base = reach(baseline.curve(metric), target)
     ub_t, ub_f, _ = upstream_compute(_init_from(baseline.config), given)
+    ups = {run.name: upstream_compute(_init_from(run.config), given) for run in runs}
+    unused = [keys[src] for src in given if src not in given.asked]
+    if unused:  # a typo would otherwise fall back to the recorded compute without a word
+        raise UserError(f"--upstream-tokens/--upstream-flops: {unused[0]} is none of the runs reported (name or path) "
+                        "and no checkpoint any of them started from (init.from); check the name")
     out = {}
     for run in runs:
         compared, problem = comparison(run, baseline, metric)
-        up_t, up_f, up_how = upstream_compute(_init_from(run.config), given)
+        up_t, up_f, up_how = ups[run.name]
         row = {
             "metric": metric,
             "target": target,

@@ -200,8 +200,14 @@ def test_rules_refuse_what_they_cannot_do(tmp_path, refs, data_dir, capsys):
     # `first` measures nothing: what only a measurement uses is said to be ignored, not silently dropped
     assert main(["inherit", "--from", str(ref_dir), "--out", str(tmp_path / "f"), "--layers", "3", *sample]) == 0
     err = capsys.readouterr().err
-    assert "warning: inherit: --rule first measures nothing; --sample, --sample-tokens, --sample-domains, --seq-len " \
-           "ignored" in err
+    assert ("warning: inherit: --rule first (the default) measures nothing; --sample, --sample-tokens, "
+            "--sample-domains, --seq-len ignored") in err
+    # ... and a --sample it will not read is not checked either
+    assert main(["inherit", "--from", str(ref_dir), "--out", str(tmp_path / "f2"), "--layers", "3", "--rule", "first",
+                 "--sample", str(tmp_path / "nowhere")]) == 0
+    assert "--rule first measures nothing; --sample ignored" in capsys.readouterr().err
+    assert main([*base, "--layers", "3", "--rule", "auto", "--sample", str(tmp_path / "nowhere")]) == 2
+    assert "warmstart: error: --sample: " in capsys.readouterr().err
     # more candidates than removable runs (K = 4, keep 3: remove block 0, 1 or 2): all of them, and said so
     assert main([*base, "--layers", "3", "--rule", "auto", *sample, "--auto-alpha", "0", "--auto-candidates", "9"]) == 0
     out = capsys.readouterr().out

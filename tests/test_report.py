@@ -328,6 +328,17 @@ def test_continued_run_against_its_scratch_baseline(lineage, capsys):
     c = {x["name"]: x["compute_saved"] for x in json.loads((tmp_path / "rep5" / "summary.json").read_text())["runs"]}
     assert c["cont"]["upstream_flops"] == 50000 and c["cont"]["upstream_tokens"] == 1000
     assert "FLOPs given, the rest from up" in c["cont"]["upstream"]
+    # the checkpoint a run started from, however it is spelled (trailing /., the run or its final/): one key
+    (r["up"] / "final" / "config.json").write_text("{}")
+    for key in (f"{r['up']}/.", str(r["up"] / "final")):
+        assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep6"), "--baseline", str(r["scratch"]),
+                     "--metric", "val/new/loss", "--upstream-tokens", f"{key}=7e3"]) == 0
+        c = {x["name"]: x["compute_saved"] for x in json.loads((tmp_path / "rep6" / "summary.json").read_text())["runs"]}
+        assert c["cont"]["upstream_tokens"] == 7000 and c["cont2"]["upstream_tokens"] == 7000 + 400, key
+    # two names for one checkpoint with two values: refused, not one silently kept
+    capsys.readouterr()
+    assert main([*base, "--upstream-tokens", "cont=5", "--upstream-tokens", f"{r['up']}=6"]) == 2
+    assert "name the same upstream checkpoint with different values" in capsys.readouterr().err
 
 
 def test_report_never_overwrites_a_run_or_unrelated_files(lineage, capsys):
@@ -347,6 +358,15 @@ def test_report_never_overwrites_a_run_or_unrelated_files(lineage, capsys):
         assert said in err and err.count("\n") == 0 and err.startswith("warmstart: error: --out: "), err
     assert (r["cont"] / "summary.json").read_bytes() == before and (other / "summary.json").read_text() == "mine"
     assert not (r["cont"] / "report.html").exists() and not (other / "report.html").exists()
+    loop = tmp_path / "loop1"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for out, said in ((loop, "cannot be resolved"), (dangling, "is a symbolic link to nothing")):
+        assert main(["report", str(r["scratch"]), str(r["cont"]), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and err.count("\n") == 0 and "--out" in err, err
     inside = r["cont"] / "report"
     assert main(["report", str(r["scratch"]), str(r["cont"]), "--out", str(inside)]) == 0
     assert main(["report", str(r["scratch"]), str(r["cont"]), "--out", str(inside)]) == 0  # an earlier report
@@ -471,6 +491,8 @@ def test_report_without_baseline_has_no_compute_saved(synthetic, tmp_path, capsy
     out = tmp_path / "rep"
     assert main(["report", str(synthetic[0]), "--out", str(out)]) == 0
     assert "note: no baseline given: no compute-saved table" in capsys.readouterr().out
+    s = make_report([synthetic[0]], tmp_path / "nb2", upstream_tokens={"x": 1.0})
+    assert any("--upstream-tokens/--upstream-flops not used" in n for n in s["notes"])
     s = json.loads((out / "summary.json").read_text())
     assert set(s["tables"]) == {"runs", "gap"} and "baseline" not in s and s["runs"][0]["compute_saved"] is None
     md = (out / "report.md").read_text()

@@ -139,14 +139,18 @@ def cmd_inherit(args: argparse.Namespace) -> int:
     if cfg.rule == "first" and unused:  # accepted, but a user who typed them expects a measurement
         from warmstart.errors import warn
 
-        warn(f"inherit: --rule first measures nothing; {', '.join(unused)} ignored (--rule angular|auto uses them)")
+        warn(f"inherit: --rule first{'' if args.rule else ' (the default)'} measures nothing; {', '.join(unused)} "
+             "ignored (only --rule angular|auto measures on a sample)")
     resolve_checkpoint(cfg.from_, "--from")
     check_out_dir(cfg.out, "--out")
     check_out(cfg.out, cfg.overwrite, cfg.from_, cfg.sample)  # before any measurement: never the reference or data
-    if cfg.sample is not None:
+    if cfg.sample is not None and cfg.rule != "first":
         from warmstart.data.shards import open_data_dir
 
-        open_data_dir(cfg.sample)  # a wrong path: one line before the model loads
+        try:
+            open_data_dir(cfg.sample)  # a wrong path: one line before the model loads
+        except UserError as e:
+            raise UserError(f"--sample: {e}") from None
     if cfg.layers is not None:
         from warmstart.recipes.inheritune import inherit_by_rule
 

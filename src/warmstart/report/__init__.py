@@ -160,10 +160,16 @@ def check_report_out(out: str | Path, paths: list[str | Path]) -> Path:
     not a run, grow, data or checkpoint directory; never one of the reported directories (its summary.json would
     be replaced). A new folder inside a run is fine. Raises UserError naming --out; nothing is written."""
     out = Path(out)
-    for raw in paths:
-        if out.resolve() == Path(raw).resolve():
-            raise UserError(f"--out: {out} is the reported directory {raw}; its summary.json would be replaced; "
-                            "write the report to a new directory")
+    try:
+        target = out.resolve()
+        same = [raw for raw in paths if target == Path(raw).resolve()]
+    except (OSError, RuntimeError) as e:  # a symlink loop: Path.resolve raises RuntimeError on Python 3.11
+        raise UserError(f"--out: {out}: cannot be resolved ({e}); choose another directory") from None
+    if same:
+        raise UserError(f"--out: {out} is the reported directory {same[0]}; its summary.json would be replaced; "
+                        "write the report to a new directory")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out: {out} is a symbolic link to nothing ({out.readlink()}); choose another directory")
     if out.is_dir() and any(out.iterdir()):
         own = [f for f in RUN_FILES if (out / f).exists()]
         if own or not (out / "report.html").is_file():
@@ -203,6 +209,8 @@ def make_report(
         base = None if baseline is None else _find_baseline(runs, baseline)
         if base is None:
             notes.append("no baseline given: no compute-saved table (give --baseline RUN, the run the others replace)")
+            if upstream_tokens or upstream_flops:
+                notes.append("--upstream-tokens/--upstream-flops not used: they count only in the compute-saved table")
         else:
             saved = compute_saved(runs, base, metric, upstream_tokens, upstream_flops)
             tables["saved"] = _saved_table(runs, saved, metric, base)

@@ -105,7 +105,7 @@ def upstream_compute(
         if t is not None and f is not None:
             return t, f, f"{src}: given"
         # one of the two given: the other as recorded (not silently unknown)
-        rest = _Given({k: v for k, v in given.items() if k != src})
+        rest = _Given({k: v for k, v in given.items() if k != _same_checkpoint(src)})
         rt, rf, how = upstream_compute(src, rest, seen)
         if isinstance(given, _Given):
             given.asked |= rest.asked
@@ -242,16 +242,32 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
 
 
 # ----------------------------------------------------------------------------------------------- compute saved
+def _same_checkpoint(spec: str) -> str:
+    """One spelling per checkpoint: a local path resolved (a run directory as its final/), a hub name as is."""
+    p = Path(spec).expanduser()
+    try:
+        if p.is_dir() and not (p / "config.json").is_file() and (rundir.final_dir(p) / "config.json").is_file():
+            p = rundir.final_dir(p)
+        return str(p.resolve()) if p.exists() else spec
+    except (OSError, RuntimeError):  # a symlink loop or an unreadable path: compared as written
+        return spec
+
+
 class _Given(dict):
-    """The given upstream compute by init.from, remembering which entries a lookup asked for."""
+    """The given upstream compute by checkpoint (`_same_checkpoint`, so `./runs/a/`, `runs/a` and `runs/a/final`
+    are one key), remembering which entries a lookup asked for."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.asked: set[str] = set()
 
     def __contains__(self, key: object) -> bool:
-        self.asked.add(str(key))
-        return super().__contains__(key)
+        k = _same_checkpoint(str(key))
+        self.asked.add(k)
+        return super().__contains__(k)
+
+    def __getitem__(self, key: str):
+        return super().__getitem__(_same_checkpoint(str(key)))
 
 
 def _upstream_given(
@@ -275,12 +291,16 @@ def _upstream_given(
                 if src is None:
                     raise UserError(f"--upstream-*: {key} is a run from scratch (it has no upstream)")
                 break
+        src = _same_checkpoint(src)
         slot = by_src.setdefault(src, [None, None])
-        keys[src] = key
-        if key in tokens:
-            slot[0] = float(tokens[key])
-        if key in flops:
-            slot[1] = float(flops[key])
+        for i, (flag, given) in enumerate((("--upstream-tokens", tokens), ("--upstream-flops", flops))):
+            if key not in given:
+                continue
+            if slot[i] is not None and slot[i] != float(given[key]):  # two names for one checkpoint, two values
+                raise UserError(f"{flag}: {keys[src]} and {key} name the same upstream checkpoint with different "
+                                "values; give it once")
+            slot[i] = float(given[key])
+        keys.setdefault(src, key)
     return _Given({k: (v[0], v[1]) for k, v in by_src.items()}), keys
 
 

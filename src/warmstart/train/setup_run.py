@@ -276,7 +276,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         if threads_line:
             print(threads_line)
         if init_fl:
-            print(f"flops: {init_fl:.3g} FLOPs of the block search that chose this cut (inherited.json) charged "
+            print(f"flops: {init_fl:.3g} FLOPs of the block search(es) behind this cut (inherited.json) charged "
                   "from step 0")
         print(eval_line(recipe, {n: scored_targets(v) for n, v in val_sets.items()}))
     return run

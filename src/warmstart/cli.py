@@ -130,7 +130,7 @@ def cmd_inherit(args: argparse.Namespace) -> int:
             "sample_tokens": args.sample_tokens, "seq_len": args.seq_len, "keep_last": args.keep_last,
             "sample_domains": args.sample_domains.split(",") if args.sample_domains else None,
             "auto_candidates": args.auto_candidates, "auto_alpha": args.auto_alpha}
-    flags = {k: "--" + k.replace("_", "-") for k in base} | {"from": "--from"}
+    flags = {k: "--" + k.replace("_", "-") for k in base}
     cfg = validate(InheritConfig, {k: v for k, v in base.items() if v is not None}, "inherit", names=flags)
     from warmstart.models.inherit_record import check_out
 
@@ -252,9 +252,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                 upstream[flag][key] = float(raw)
             except ValueError:
                 raise UserError(f"{flag} {item}: {raw!r} is not a number") from None
-            if not 0 <= upstream[flag][key] < float("inf"):
-                raise UserError(f"{flag} {item}: not a finite number >= 0 (the tokens or FLOPs of the checkpoint's "
-                                "pre-training)")
     result = make_report(args.runs, args.out, baseline=args.baseline, metric=args.metric, gap_window=args.gap_window,
                          upstream_tokens=upstream["--upstream-tokens"], upstream_flops=upstream["--upstream-flops"])
     if result.get("not_the_same_quantity"):

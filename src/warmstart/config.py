@@ -326,8 +326,8 @@ class InheritConfig(Section):
     sample_domains: list[str] | None = Field(None, description="the sample's domains (default: all of them)")
     auto_candidates: int = Field(3, ge=1, description="auto: runs of smallest angular distance evaluated")
     auto_alpha: float = Field(0.01, ge=0.0, lt=0.5, allow_inf_nan=False, description="auto: drop a candidate once a "
-                              "paired t-test over "
-                              "sample windows shows it worse at this level; 0: every candidate on the whole sample")
+                              "paired t-test over sample windows shows it worse at this level; 0: every candidate on "
+                              "the whole sample")
     seq_len: int = Field(512, gt=1, description="sample windows: each document's first seq_len + 1 tokens")
     keep_last: int = Field(1, ge=1, description="angular: the final blocks that are never removed")
 
@@ -365,8 +365,8 @@ class GrowConfig(Section):
     sample_tokens: int = Field(16384, gt=0, description="angular/auto: train-split tokens the rule measures on")
     auto_candidates: int = Field(3, ge=1, description="auto: runs of smallest angular distance evaluated")
     auto_alpha: float = Field(0.01, ge=0.0, lt=0.5, allow_inf_nan=False, description="auto: drop a candidate once a "
-                              "paired t-test over "
-                              "sample windows shows it worse at this level; 0: every candidate on the whole sample")
+                              "paired t-test over sample windows shows it worse at this level; 0: every candidate on "
+                              "the whole sample")
 
 
 class GrowRecipe(Section):

@@ -17,7 +17,7 @@ from warmstart.errors import UserError
 from warmstart.eval.gap import gap_table
 from warmstart.report import page, plots
 from warmstart.report.data import Run, classify, final_value, gaps
-from warmstart.report.saved import compute_saved, eval_differences, start_kind
+from warmstart.report.saved import check_upstream_values, compute_saved, eval_differences, start_kind
 
 __all__ = ["make_report"]
 
@@ -198,6 +198,7 @@ def make_report(
     if not paths:
         raise UserError("report: give at least one run directory")
     out = check_report_out(out, paths)
+    check_upstream_values(upstream_tokens, upstream_flops)  # with or without a baseline that would use them
     runs, mixes, grows, notes = classify(paths)
     tables: dict[str, dict] = {}
     summary: dict = {"metric": metric, "runs": [], "notes": notes}

@@ -270,17 +270,21 @@ class _Given(dict):
         return super().__getitem__(_same_checkpoint(str(key)))
 
 
+def check_upstream_values(tokens: dict[str, float] | None, flops: dict[str, float] | None) -> None:
+    """UserError naming the flag for a given upstream value that is not a finite number >= 0."""
+    for flag, given in (("--upstream-tokens", tokens or {}), ("--upstream-flops", flops or {})):
+        for key, value in given.items():
+            if not 0 <= float(value) < float("inf"):
+                raise UserError(f"{flag} {key}={float(value):g}: not a finite number >= 0 (the tokens or FLOPs of "
+                                "the checkpoint's pre-training)")
+
+
 def _upstream_given(
     runs: list[Run], tokens: dict[str, float] | None, flops: dict[str, float] | None
 ) -> tuple[_Given, dict[str, str]]:
     """--upstream-tokens/--upstream-flops keyed by a run (name or path) or an init.from value -> by init.from,
-    and which key each came from. Raises UserError for a value that is not a finite number >= 0."""
+    and which key each came from (values checked by `check_upstream_values`)."""
     tokens, flops = tokens or {}, flops or {}
-    for flag, given in (("--upstream-tokens", tokens), ("--upstream-flops", flops)):
-        for key, value in given.items():
-            if not 0 <= float(value) < float("inf"):
-                raise UserError(f"{flag} {key}={value}: not a finite number >= 0 (tokens or FLOPs of the checkpoint's "
-                                "pre-training)")
     by_src: dict[str, list[float | None]] = {}
     keys: dict[str, str] = {}
     for key in sorted(set(tokens) | set(flops)):

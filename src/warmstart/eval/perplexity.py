@@ -99,7 +99,6 @@ def scored_targets(s) -> int:
     return int((s[1] != -100).sum()) if isinstance(s, tuple) else int(s[:, 1:].size)
 
 
-@torch.no_grad()
 def scored_width(scored: np.ndarray) -> int:
     """Columns a causal batch needs: up to its last scored column ((B, T) bool; at least 1). Later positions cannot
     change earlier causal logits, so cutting there changes no loss and saves their compute."""
@@ -107,6 +106,7 @@ def scored_width(scored: np.ndarray) -> int:
     return int(cols[-1]) + 1 if len(cols) else 1
 
 
+@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     sets: dict[str, np.ndarray | tuple[np.ndarray, np.ndarray]],

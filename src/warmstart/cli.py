@@ -221,6 +221,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')}: must be >= 1 (got {value})")
+    from warmstart.runtime import rundir
+
+    if rundir.is_run_dir(args.checkpoint):
+        rundir.say_unclean_stop(Path(args.checkpoint))
     resolve_checkpoint(args.checkpoint, "checkpoint")
     if args.out is not None:
         check_out_dir(args.out, "--out")
@@ -432,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute-efficient LM pre-training that starts from what you already have.",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--skip-memory-check", dest="skip_memory_check", action="store_true",
+                   help="run even when the memory forecast says the host or GPU has too little (you know better)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quickstart", help="the whole story on the built-in corpus, on a laptop CPU")
@@ -655,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     # `--debug` anywhere on the line (after the subcommand too, where a user adds it to a failing command)
     debug_flag = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
     argv = [a for a in argv if a != "--debug"] if debug_flag else argv
+    if "--skip-memory-check" in (argv[: argv.index("--")] if "--" in argv else argv):  # anywhere, like --debug
+        argv = [a for a in argv if a != "--skip-memory-check"]
+        os.environ["WARMSTART_SKIP_MEMORY_CHECK"] = "1"  # models/memory.py; torchrun's workers inherit it
     args = build_parser().parse_args(argv)
     debug = debug_flag or os.environ.get("WARMSTART_DEBUG") == "1"
     try:

@@ -290,6 +290,10 @@ def run_probe(
     else:
         docs = domain_documents(tok, data_dir, domain, n_docs, tokens)
     dev = _device(device)
+    from warmstart.models import memory
+
+    memory.check_forward("format probe", src, batch_size, max(len(x) for x in docs) + 2 if docs else tokens,
+                         ["--batch-size", "--tokens"], device=dev)
     try:
         model = auto_class("causal").from_pretrained(str(src), dtype=torch.float32)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints

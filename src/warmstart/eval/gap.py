@@ -106,6 +106,7 @@ def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dic
     from warmstart.runtime.metrics import read_metrics
 
     run_dir = Path(run_dir)
+    rundir.say_unclean_stop(run_dir)
     if not rundir.metrics_path(run_dir).is_file():
         raise UserError(f"{run_dir}: no {rundir.METRICS} (not a run directory, or the run has not started)")
     evals = sorted((m for m in read_metrics(run_dir) if m.get("event") == "eval"), key=lambda m: m["step"])

@@ -113,6 +113,35 @@ def eval_domains(
     return data, kept
 
 
+def _check_memory(ckpt, seq_len: int | None, batch_size: int, dev, data_dir=None, domains=None, windows="documents",
+                  max_tokens: int | None = None) -> None:
+    """The eval's memory forecast (models/memory.py) for its largest batch: batch_size windows (no more than the
+    data has) of seq_len tokens (document windows: no longer than the longest validation document); refused when
+    it does not fit."""
+    from transformers import AutoConfig
+
+    from warmstart.models import memory
+    from warmstart.models.build import context_length
+
+    try:
+        config = AutoConfig.from_pretrained(str(ckpt))
+    except Exception:  # unreadable: the load that follows says so
+        return
+    n = seq_len or min(int(context_length(config) or 1024), 1024)
+    rows = batch_size
+    if data_dir is not None:
+        import numpy as np
+
+        data, names = eval_domains(data_dir, domains, say=False, windows=windows)
+        docs = [np.diff(data[d].doc_offsets("val")) for d in names]
+        if windows == "documents":
+            rows = min(batch_size, max(len(x) for x in docs))
+            n = min(n, max(int(x.max()) for x in docs if len(x)))
+        else:
+            rows = min(batch_size, max(1, (max_tokens or 16384) // n))
+    memory.check_forward("eval", ckpt, rows, n, ["--batch-size", "--seq-len"], device=dev)
+
+
 def eval_checkpoint(
     spec: str,
     data_dir: str | Path | None = None,
@@ -173,6 +202,8 @@ def eval_checkpoint(
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"checkpoint: cannot read the config of {spec} ({first})") from None
         check_seq_len(config, seq_len, "--seq-len", "give a smaller --seq-len (or leave it out)")
+    _check_memory(ckpt, seq_len or info.get("seq_len"), batch_size, dev, data_dir, domains, win,
+                  max_tokens or info.get("max_tokens"))
     tok = load_tokenizer(str(ckpt))
     try:
         model = auto_class("causal").from_pretrained(str(ckpt), dtype=torch.float32)

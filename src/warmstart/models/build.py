@@ -155,6 +155,16 @@ def _checkpoint_config(src, init_from: str, sizes: dict):
     return config
 
 
+def model_config(cfg: ModelConfig, init_from: str | None):
+    """The Hugging Face config `build_model` will build or load, without any weights (for the memory forecast)."""
+    if init_from:
+        return _checkpoint_config(resolve_checkpoint(init_from, "init.from"), init_from, cfg.sizes)
+    if not cfg.tokenizer:
+        raise UserError("model.tokenizer: a from-scratch model needs a tokenizer (directory or tokenizer.json)")
+    tok = load_tokenizer(cfg.tokenizer)
+    return build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok))
+
+
 def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int | None = None) -> LoadedModel:
     """From scratch (seeded init) or from a checkpoint (weights loaded, fp32 master copy).
 

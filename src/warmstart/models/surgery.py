@@ -288,7 +288,9 @@ def inherit(
     else:
         chosen = parse_blocks(blocks, k)
     _remap_check(config, chosen)
+    from warmstart.models import memory
 
+    memory.check_cut(config, k, len(chosen), say=(choice or {}).get("rule", "first") in ("first", "blocks"))
     auto = auto_class(config)
     try:
         model = auto.from_pretrained(str(src), dtype="auto")

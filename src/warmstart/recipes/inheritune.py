@@ -100,6 +100,9 @@ def inherit_by_rule(
     causal = auto.__name__ == "AutoModelForCausalLM"
     _check_sample_tokenizer(src, config, sample_dir, sample_domains)
     inputs, labels = load_sample(sample_dir, seq_len, sample_tokens, causal, sample_domains)
+    from warmstart.models import memory
+
+    memory.check_cut(config, k, layers, search=(8, seq_len))  # choose_blocks' batches of 8 windows
     try:
         model = auto.from_pretrained(str(src), dtype=torch.float32).to(device)
     except Exception as e:  # OSError/ValueError/KeyError: see surgery.inherit
@@ -239,6 +242,10 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
             for n in names}
     d = setup(cfg.train.device)
     try:
+        from warmstart.models import memory
+
+        memory.check_forward("grow (the reference's evaluation)", src, cfg.eval.batch_size, cfg.data.seq_len,
+                             ["eval.batch_size", "data.seq_len"], device=d.device, say=d.is_main)
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).to(d.device)
         losses = evaluate(model, sets, cfg.eval.batch_size, d)
     finally:

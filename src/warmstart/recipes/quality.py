@@ -132,6 +132,25 @@ def _score_chunk(
     return rows
 
 
+def _check_memory(resolved, longest: int, context: int | None, batch_size: int) -> None:
+    """quality score's memory forecast (models/memory.py): batches of the longest document's windows (at most
+    `context`, default the model's positions)."""
+    from transformers import AutoConfig
+
+    from warmstart.models import memory
+    from warmstart.models.build import context_length
+
+    try:
+        config = AutoConfig.from_pretrained(str(resolved))
+    except Exception:  # unreadable: the load that follows says so
+        return
+    import torch
+
+    ctx = min(longest, context or int(context_length(config) or 1024))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    memory.check_forward("quality score", resolved, batch_size, ctx, ["--batch-size", "--context"], device=device)
+
+
 def score_domain(
     model_spec: str,
     data_dir: str | Path,
@@ -160,6 +179,9 @@ def score_domain(
         raise UserError(f"--batch-size: must be >= 1 (got {batch_size})")
     dom = _check_request(domains, data_dir, domain, split, chunk_docs)
     resolved = resolve_checkpoint(model_spec, "--model")
+    offsets = dom.doc_offsets(split)
+    longest = int(np.diff(offsets).max()) + 1 if len(offsets) > 1 else 2  # + the context token
+    _check_memory(resolved, min(longest, max_doc_tokens or longest), context, batch_size)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(resolved), dtype=torch.float32)
     except Exception as e:  # transformers raises many types for unreadable checkpoints

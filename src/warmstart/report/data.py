@@ -65,6 +65,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 
 def load_run(path: Path, name: str) -> Run:
+    rundir.say_unclean_stop(path)
     if not rundir.metrics_path(path).is_file():
         raise UserError(f"{path}: no {rundir.METRICS} (not a warmstart run directory)")
     events = read_metrics(path)

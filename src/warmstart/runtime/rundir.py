@@ -196,6 +196,42 @@ def held(run_dir: Path, d: Dist) -> Iterator[RunLock]:
         lock.release()
 
 
+def unclean_stop(run_dir: Path) -> str | None:
+    """How RUN_DIR's last process ended, when it did not stop cleanly: a clean stop (finished, an error, SIGTERM
+    or Ctrl-C) removes the lock file, so a lock file that no live process holds is what SIGKILL or the OS's
+    out-of-memory killer leaves behind. Returns one line naming the process, the step its metrics reached and
+    the last checkpoint; None when the run stopped cleanly, or is running now."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # held: running now
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a warmstart process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    step = last_logged_step(Path(run_dir))
+    ckpts = sorted(p.name for p in checkpoints_dir(run_dir).glob("step-*") if p.is_dir())
+    reached = f"after step {step}" if step >= 0 else "before its first logged step"
+    saved = f"its last checkpoint is {ckpts[-1]}" if ckpts else "it wrote no checkpoint"
+    return (f"{run_dir}: the run did not stop cleanly ({holder} was killed {reached}, by SIGKILL or the "
+            f"out-of-memory killer); {saved}")
+
+
+def say_unclean_stop(run_dir: Path) -> None:
+    """Warn once when RUN_DIR's last process was killed without a clean stop (`unclean_stop`)."""
+    line = unclean_stop(run_dir)
+    if line:
+        from warmstart.errors import warn
+
+        warn(line)
+
+
 # ----------------------------------------------------------------------------------------------- what is there
 def read_config(run_dir: Path) -> dict | None:
     """RUN_DIR/config.yaml as a tree; None when there is none."""

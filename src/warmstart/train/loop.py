@@ -56,6 +56,8 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
     try:
         with signals.handling():
             d = setup(recipe.train.device)
+            if d.is_main:
+                rundir.say_unclean_stop(recipe.run_dir)  # before the lock is taken: its file tells
             try:
                 with rundir.held(recipe.run_dir, d) as lock:
                     plan = decide(recipe, d, resume, allow_config_change, existed=not lock.created_dir)

@@ -36,6 +36,7 @@ from warmstart.models.build import (
     enable_activation_checkpointing,
     flops_per_token,
     forward_flops_per_token,
+    model_config,
     resolve_checkpoint,
 )
 from warmstart.models.distill import DistillLoss
@@ -43,7 +44,7 @@ from warmstart.models.inherit_record import search_flops
 from warmstart.models.loss import LossModel
 from warmstart.models.packing import DocumentAttention
 from warmstart.runtime import rundir, threads
-from warmstart.runtime.distributed import Dist, barrier
+from warmstart.runtime.distributed import Dist, all_reduce_sum, barrier
 from warmstart.runtime.metrics import MetricsLog
 from warmstart.train import checkpoint as ckpt
 from warmstart.train.host_allocator import keep_heap, wanted
@@ -209,6 +210,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     domains, eval_names, sampler = _open_data(recipe, data_cfg, d)
     used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
 
+    forecast_memory(recipe, d, micro, accum)
     loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed, seq_len=data_cfg.seq_len)
     model, tok = loaded.model, loaded.tokenizer
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -280,6 +282,36 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
                   "from step 0")
         print(eval_line(recipe, {n: scored_targets(v) for n, v in val_sets.items()}))
     return run
+
+
+def forecast_memory(recipe: Recipe, d: Dist, micro: int, accum: int) -> None:
+    """Say the run's expected peak memory per process before any weights load; refuse (UserError, on every rank
+    alike) when it exceeds what the host or the GPU has (models/memory.py)."""
+    from transformers import AutoConfig
+
+    from warmstart.models import memory
+
+    model = memory.meta_model(model_config(recipe.model, recipe.init.from_), recipe.model.objective)
+    teacher = None
+    if recipe.distill is not None:
+        src = resolve_checkpoint(recipe.distill.teacher, "distill.teacher")
+        try:
+            teacher = memory.meta_model(AutoConfig.from_pretrained(str(src)))
+        except Exception as e:  # an unreadable config: loading it says the same in `_teacher`
+            raise UserError(f"distill.teacher: cannot read the config of {recipe.distill.teacher} ({e})") from None
+    cuda = d.device.type == "cuda"
+    forecast = memory.forecast_train(
+        model, micro=micro, seq_len=recipe.data.seq_len, accum=accum,
+        checkpointing=recipe.train.activation_checkpointing, parallel=recipe.train.parallel, world=d.world,
+        local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")), eval_batch=recipe.eval.batch_size,
+        eval_seq=recipe.data.seq_len, cuda=cuda, bf16=wants_bf16(recipe, d.device), teacher=teacher)
+    if d.is_main:
+        print(forecast.line(), flush=True)
+    line = memory.verdict(forecast, torch.cuda.mem_get_info(d.device)[0] if cuda else None)
+    refused = torch.tensor([1.0 if line else 0.0], device=d.device)
+    all_reduce_sum(refused, d)  # one rank short of memory stops them all, before any collective waits on it
+    if refused.item():
+        raise UserError(line or "memory: another process of this run does not fit in its memory; see its line")
 
 
 def eval_line(recipe: Recipe, targets: dict[str, int]) -> str:

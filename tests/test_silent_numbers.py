@@ -217,3 +217,47 @@ def test_train_says_a_warmup_and_a_replay_share_that_round_to_nothing(data_dir, 
     assert ("warmstart: warning: data.replay.fraction 0.01 is 0.64 of the run's 64 sequences: it may read no replay "
             "sequence at all" in err)
     assert math.isfinite(json.loads((tmp_path / "run" / "summary.json").read_text())["final_eval"]["val/avg/loss"])
+
+
+# ----------------------------------------------------------------------------------------------- (d) quality ranking
+def _nan_model(tokenizer_dir, out: Path, token: int) -> Path:
+    """llama-tiny with the input embedding row of `token` set to NaN: a real checkpoint whose loss is not a number
+    on the documents holding that token."""
+    import torch
+
+    from warmstart.config import ModelConfig
+    from warmstart.models.build import build_model, save_hf
+
+    cfg = ModelConfig(preset="llama-tiny", tokenizer=str(tokenizer_dir), sizes={"tie_word_embeddings": False})
+    loaded = build_model(cfg, None, seed=0)
+    with torch.no_grad():  # the input row only (untied): the output layer still scores every other document
+        loaded.model.get_input_embeddings().weight[token] = float("nan")
+    save_hf(loaded.model, loaded.tokenizer, out)
+    return out
+
+
+def test_quality_score_says_documents_whose_loss_is_not_a_number(data_dir, tokenizer_dir, tmp_path, capsys):
+    """Was: NaN scores sorted last without a word, as if those documents were the worst."""
+    import numpy as np
+
+    from warmstart.recipes.quality import score_domain
+
+    docs = [set(np.asarray(d).tolist()) for d in open_data_dir(data_dir)["prose"].documents("train")]
+    token = next(t for t in sorted(set().union(*docs)) if 0 < sum(t in d for d in docs) < len(docs))
+    model = _nan_model(tokenizer_dir, tmp_path / "m", token)
+    meta = score_domain(str(model), data_dir, "prose", tmp_path / "r", progress=False)
+    n = sum(token in d for d in docs)
+    assert (f"warmstart: warning: prose: {n} of {len(docs)} documents have a loss that is not a number"
+            in capsys.readouterr().err)
+    assert meta["complete"]
+
+
+def test_grow_compares_only_losses_that_are_numbers():
+    """Was: NaN (a diverged round) was 'not yet matched' forever; null (read back) a TypeError traceback."""
+    from warmstart.recipes.inheritune import target_loss
+
+    for bad in (float("nan"), None):
+        with pytest.raises(UserError, match=r"^runs/g/inheritune-L02: its val/avg/loss is (nan|None), not a number "
+                                            r"\(did the run diverge\? lower schedule.max_lr\)"):
+            target_loss({"val/avg/loss": bad}, None, "runs/g/inheritune-L02")
+    assert target_loss({"val/a/loss": 2.0, "val/b/loss": 3.0}, ["a", "b"], "x") == 2.5

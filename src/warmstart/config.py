@@ -18,9 +18,13 @@ from warmstart.errors import UserError
 
 
 class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignment is validated."""
+    """Base of every recipe section: unknown keys are errors, assignment is validated, and every number is finite.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    `.nan` and `.inf` are valid YAML floats; a NaN passes every `ge`/`lt` bound (each comparison is False) and an
+    infinite tolerance, loss or multiplier would flow into a comparison, a fit or a step count and come out as a
+    plausible result. No setting means anything with them (`null` is the word for "none" where a key has one)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- prepare

@@ -303,6 +303,29 @@ class MixtureSampler:
             for n in self._active
         ]
 
+    def vanishing_shares(self, draws: int) -> list[str]:
+        """One line per positive share (the replay fraction, a domain's weight) worth less than one sequence over a
+        run of `draws` sequences: the interleaving meets every share within about a sequence, so such a share may
+        read nothing at all, and a run that silently skips what was asked for must say so."""
+        out = []
+        if self._frac > 0 and self._frac * draws < 1:
+            out.append(
+                f"data.replay.fraction {_fmt(self._frac)} is {float(self._frac * draws):.2g} of the run's {draws:,} "
+                "sequences: it may read no replay sequence at all; raise data.replay.fraction or train longer"
+            )
+        for g, members in enumerate(self._groups):
+            if g == 1 and self._frac * draws < 1:
+                continue  # said for the whole replay share above
+            for n in members:
+                if self._eff[n] * draws < 1:
+                    key = f"data.weights.{n}" if g == 0 else f"data.replay.domains.{n}"
+                    out.append(
+                        f"{key}: domain {n!r} gets a share of {_fmt(self._eff[n])} of the stream, "
+                        f"{float(self._eff[n] * draws):.2g} of the run's {draws:,} sequences: it may read none of it; "
+                        "raise its weight or train longer"
+                    )
+        return out
+
     def fingerprint(self) -> str:
         """sha256 of everything that decides which tokens the stream reads (data identity, weights, seq_len, ...)."""
         return self._fp

@@ -24,8 +24,9 @@ def _domain_key(name: str) -> int:
 def val_count(n_docs: int, val_docs: int | None, val_fraction: float | None, domain: str = "") -> int:
     """Validation documents of a domain of `n_docs`: `val_docs` exactly, else round-half-up(fraction * n_docs).
 
-    The default (neither given) is 1% but at least one document once a domain has two; a fraction never takes
-    the last training document.
+    A positive fraction (the default, neither given, is 1%) is at least one document once a domain has two, so
+    `val_fraction: 0.01` of 30 documents validates on one, not silently on none; a fraction never takes the last
+    training document.
     """
     if val_docs is not None:
         if val_docs and val_docs >= n_docs:
@@ -36,7 +37,7 @@ def val_count(n_docs: int, val_docs: int | None, val_fraction: float | None, dom
         return val_docs
     frac = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     k = math.floor(frac * n_docs + 0.5)
-    if val_fraction is None and n_docs >= 2:
+    if frac > 0 and n_docs >= 2:
         k = max(k, 1)
     return max(0, min(k, n_docs - 1))
 

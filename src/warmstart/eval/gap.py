@@ -9,6 +9,10 @@ For one metric curve of (step, tokens, value) points:
   start (None if it never is). With no dip (depth 0) the run counts as recovered at the start point itself;
 - final and change = final - start (raw values, not smoothed).
 
+An evaluation whose value is not a number (null in metrics.jsonl: NaN or infinite, a diverged run) cannot be a
+start, a worst point or a final value; it is left out and its step listed in `not_finite_steps`, which `gap` and
+`report` say in one line (`not_finite_line`), so a diverged run's last finite loss is never passed off as its end.
+
 Noise: with `window` > 1 the values after the start are replaced by a centred moving MEDIAN over `window` eval
 points (shrunk at the ends) before the worst point and the recovery are found, so a single noisy evaluation
 neither makes a dip nor ends one. The median, not the mean, because one outlier evaluation must not move it.
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart import atomic
-from warmstart.errors import UserError
+from warmstart.errors import UserError, warn
 from warmstart.runtime import rundir
 
 
@@ -49,8 +53,9 @@ def gap_metrics(
     """Stability-gap numbers of one curve; `points` are (step, tokens, value) sorted by step (see module doc)."""
     if int(window) < 1:
         raise UserError(f"gap window: must be >= 1 (got {window})")
+    points = [p for p in points if int(p[0]) >= baseline_step]
     pts = [(int(s), int(t), float(v)) for s, t, v in points if v is not None and np.isfinite(v)]
-    pts = [p for p in pts if p[0] >= baseline_step]
+    not_finite = [int(s) for s, _, v in points if v is None or not np.isfinite(v)]
     if not pts:
         raise UserError(f"gap: no evaluation at or after step {baseline_step}")
     steps = np.array([p[0] for p in pts])
@@ -84,6 +89,7 @@ def gap_metrics(
         "final": final,
         "change": final - float(start),
         "points": len(pts),
+        "not_finite_steps": not_finite,
         "window": int(window),
         "higher_is_better": bool(higher_is_better),
     }
@@ -115,12 +121,24 @@ def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dic
         raise UserError(f"{rundir.metrics_path(run_dir)}: no evaluation events with val/<domain>/loss")
     out = {}
     for key, hib in keys:
-        pts = [(m["step"], m["tokens"], m[key]) for m in evals if m.get(key) is not None]
+        pts = [(m["step"], m["tokens"], m[key]) for m in evals if key in m]
         out[key] = gap_metrics(pts, higher_is_better=hib, baseline_step=baseline_step, window=window)
+        if out[key]["not_finite_steps"]:
+            warn(not_finite_line(run_dir.name, key, out[key]))
     atomic.write_json(
         run_dir / "gap.json", {"baseline_step": baseline_step, "window": window, "metrics": out}
     )
     return out
+
+
+def not_finite_line(run: str, key: str, g: dict) -> str:
+    """What a `gap_metrics` result left out, in one line (empty when nothing was)."""
+    steps = g.get("not_finite_steps") or []
+    if not steps:
+        return ""
+    shown = ", ".join(str(s) for s in steps[:5]) + (f" and {len(steps) - 5} more" if len(steps) > 5 else "")
+    return (f"{run}: {key} is not a number at step{'s' if len(steps) > 1 else ''} {shown} (the run diverged?); "
+            f"left out: its stability gap is from the other {g['points']} evaluation{'s' if g['points'] != 1 else ''}")
 
 
 GAP_COLUMNS = [

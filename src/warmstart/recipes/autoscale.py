@@ -120,11 +120,23 @@ def target_weights(cfg: DDOConfig, eval_names: list[str]) -> dict[str, float]:
     return {d: w / total for d, w in tw.items()}
 
 
-def _target_loss(final_eval: dict, tw: dict[str, float], run: str) -> float:
+def _target_loss(final_eval: dict, tw: dict[str, float], run: str, run_dir: Path | None = None) -> float:
+    """The proxy's target loss; UserError naming the run when a loss is missing or not a finite number (a
+    diverged proxy: NaN in memory, null once read back from its summary.json), which would otherwise reach
+    the power-law fit as a point and come out as a mixture."""
+    where = f" ({run_dir})" if run_dir is not None else ""
     try:
-        return float(sum(w * final_eval[f"val/{d}/loss"] for d, w in tw.items()))
+        losses = {d: final_eval[f"val/{d}/loss"] for d in tw}
     except KeyError as e:
         raise UserError(f"proxy run {run}: no final validation loss {e.args[0]}") from None
+    for d, v in losses.items():
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            raise UserError(
+                f"proxy run {run}{where}: its final val/{d}/loss is {v if v is None else float(v)} (the run "
+                "diverged?); no power law can be fitted through it: lower proxy.schedule.max_lr and delete the run "
+                "directory to train it again"
+            )
+    return float(sum(w * losses[d] for d, w in tw.items()))
 
 
 def _domains(cfg: DDOConfig) -> tuple[list[str], list[str], dict[str, int]]:
@@ -164,7 +176,7 @@ def run_ddo(cfg: DDOConfig, runner: Runner | None = None) -> dict:
     for i, run in enumerate(runs):
         print(f"[ddo] proxy {i + 1}/{len(runs)}: {run.name} ({run.steps} steps)")
         final = runner(proxy_recipe(cfg, run))
-        records.append((run, final, _target_loss(final, tw, run.name)))
+        records.append((run, final, _target_loss(final, tw, run.name, cfg.mixture_dir / "runs" / run.name)))
     base_loss = records[0][2]
 
     fits = {}
@@ -276,6 +288,13 @@ def read_mixture(path: str | Path) -> dict:
         raise UserError(f"{p}: {e}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{p}: not a mixture file (needs 'tokens' per domain and 'budget')") from None
+    for d, v in tokens.items():  # the predictor takes logarithms: NaN, infinity or <= 0 has none that means anything
+        if not 0 < v < math.inf:
+            raise UserError(
+                f"{p}: tokens.{d} is {v:g}; the scale predictor follows each domain's log token count, so every "
+                "domain needs a finite count > 0 at every budget (a DDO domain held at a lower bound of 0 gets none: give it "
+                "a positive `bounds` minimum, or leave it out of `domains`)"
+            )
     mix["tokens"], mix["_path"] = tokens, str(p)
     return mix
 
@@ -290,8 +309,8 @@ def parse_tokens(text: str | float | int) -> float:
         raise UserError(
             f"--budget: expected a token count like 5e6, 400k, 1.2M or 3B (got {text!r})"
         ) from None
-    if not value > 0:
-        raise UserError(f"--budget: must be > 0 (got {text!r})")
+    if not 0 < value < math.inf:  # 'inf', '1e400' or 'infk' would extrapolate the trend without end
+        raise UserError(f"--budget: must be a finite number > 0 (got {text!r})")
     return value
 
 

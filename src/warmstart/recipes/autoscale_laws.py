@@ -406,14 +406,23 @@ def predict_mixture(optima: list[dict[str, float]], budget: float) -> Prediction
     """
     if len(optima) < 2:
         raise UserError("mixture predict: needs the optima at two or more budgets (--from A --from B)")
+    if not 0 < budget < math.inf:
+        raise UserError(f"mixture predict: the budget must be a finite number > 0 (got {budget:g})")
     names = list(optima[0])
     for o in optima[1:]:
         if set(o) != set(names):
             raise UserError(
                 f"mixture predict: the optima cover different domains ({sorted(names)} vs {sorted(o)})"
             )
+    for o in optima:
+        bad = [n for n in names if not 0 < float(o[n]) < math.inf]
+        if bad:  # log(0) was once clamped to log(1e-300): a domain "growing" from nothing, a plausible mixture
+            raise UserError(
+                f"mixture predict: domain {bad[0]!r} has {float(o[bad[0]]):g} tokens in an optimum; the trend is "
+                "geometric in each domain's tokens, so every domain needs a finite count > 0 at every budget"
+            )
     order = sorted(range(len(optima)), key=lambda k: sum(optima[k].values()))
-    Y = np.array([[math.log(max(float(optima[k][n]), 1e-300)) for n in names] for k in order])
+    Y = np.array([[math.log(float(optima[k][n])) for n in names] for k in order])
     totals = [sum(optima[k].values()) for k in order]
     if totals[0] == totals[-1]:
         raise UserError(

@@ -11,6 +11,7 @@ No training code lives here: every model is trained by `warmstart.train.loop.tra
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,11 @@ def target_loss(evals: dict, target: list[str] | None, where: str) -> float:
     missing = [k for k in keys if k not in evals]
     if missing:
         raise UserError(f"{where}: has no {missing[0]} (evaluated: {', '.join(sorted(evals)) or 'nothing'})")
+    for k in keys:  # NaN/inf (null once written): "not yet matched" forever, or a TypeError, never a comparison
+        v = evals[k]
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            raise UserError(f"{where}: its {k} is {v if v is None else float(v)}, not a number (did the run "
+                            "diverge? lower schedule.max_lr); a loss that is not a number cannot be compared")
     return float(sum(evals[k] for k in keys) / len(keys))
 
 

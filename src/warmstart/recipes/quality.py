@@ -27,7 +27,7 @@ import numpy as np
 
 from warmstart import atomic
 from warmstart.data.quality import RANKING_FORMAT
-from warmstart.errors import UserError
+from warmstart.errors import UserError, warn
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -283,6 +283,18 @@ def _check_request(domains: dict, data_dir, domain: str, split: str, chunk_docs:
     return domains[domain]
 
 
+def _say_unranked(rows: np.ndarray, scores: np.ndarray, domain: str) -> None:
+    """Documents without a score go last in the ranking as if they were the worst: said once, not silently."""
+    nan = int(np.isnan(scores).sum())
+    unscored = int((rows[:, 1] <= 0).sum()) if len(rows) else 0
+    if nan:
+        warn(f"{domain}: {nan} of {len(scores)} documents have a loss that is not a number (the model overflowed on "
+             "them?); they are ranked last, as if worst")
+    if unscored:
+        warn(f"{domain}: {unscored} of {len(scores)} documents have no token to score (shorter than 2 tokens with "
+             "the document start); they are ranked last")
+
+
 def _write_ranking(out, data_dir, dom, split: str, identity: dict, score, chunk_docs: int, progress: bool) -> dict:
     """Score every document chunk by chunk (finished chunks of an identical earlier run are reused), then write
     scores.npy, ranking.npy and a complete meta.json."""
@@ -338,6 +350,7 @@ def _write_ranking(out, data_dir, dom, split: str, identity: dict, score, chunk_
     rows = np.concatenate(parts) if parts else np.zeros((0, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         scores = np.where(rows[:, 1] > 0, rows[:, 0] / np.maximum(rows[:, 1], 1), np.inf)
+    _say_unranked(rows, scores, domain)
     ranking = np.argsort(scores, kind="stable").astype(np.int64)
     _save_npy(out / "scores.npy", scores)
     _save_npy(out / "ranking.npy", ranking)

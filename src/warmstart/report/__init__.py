@@ -14,7 +14,7 @@ from pathlib import Path
 
 from warmstart import atomic
 from warmstart.errors import UserError
-from warmstart.eval.gap import gap_table
+from warmstart.eval.gap import gap_table, not_finite_line
 from warmstart.report import page, plots
 from warmstart.report.data import Run, classify, final_value, gaps
 from warmstart.report.saved import check_upstream_values, compute_saved, eval_differences, start_kind
@@ -206,6 +206,8 @@ def make_report(
     if runs:
         saved: dict[str, dict] = {}
         gap = {r.name: gaps(r, gap_window) for r in runs}
+        notes.extend(line for r in runs for dom, g in gap[r.name].items()
+                     if (line := not_finite_line(r.name, f"val/{dom}/loss", g)))
         tables["runs"] = _runs_table(runs)
         base = None if baseline is None else _find_baseline(runs, baseline)
         if base is None:
@@ -214,6 +216,10 @@ def make_report(
                 notes.append("--upstream-tokens/--upstream-flops not used: they count only in the compute-saved table")
         else:
             saved = compute_saved(runs, base, metric, upstream_tokens, upstream_flops)
+            if saved[base.name]["tokens_to_target"] == 0:  # run / 0: every marginal fraction is undefined
+                notes.append(f"the baseline {base.name} is at its own final {metric} "
+                             f"{saved[base.name]['target']:.4f} from its first evaluation (0 tokens: it never "
+                             "improved on its start), so no marginal fraction of its compute is defined (—)")
             tables["saved"] = _saved_table(runs, saved, metric, base)
             summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         tables["gap"] = gap_table(gap)

@@ -209,7 +209,9 @@ def gaps(run: Run, window: int = 1) -> dict[str, dict]:
     """Stability-gap metrics of every per-domain validation loss of a run (from step 0, its first eval)."""
     out = {}
     for dom in run.domains():
-        pts = [(s, t, v) for s, t, _, v in run.curve(f"val/{dom}/loss")]
-        if pts:
-            out[dom] = gap_metrics(pts, baseline_step=pts[0][0], window=window)
+        key = f"val/{dom}/loss"  # null values too: gap_metrics leaves them out and lists their steps
+        pts = [(int(m["step"]), int(m.get("tokens") or 0), m[key]) for m in run.evals if key in m]
+        finite = [p for p in pts if isinstance(p[2], int | float) and math.isfinite(p[2])]
+        if finite:
+            out[dom] = gap_metrics(pts, baseline_step=finite[0][0], window=window)
     return out

@@ -325,6 +325,12 @@ def compute_saved(
     target = final_value(baseline, metric)
     if target is None:
         raise UserError(f"report: the baseline {baseline.path} has no {metric} in its eval events")
+    last = next((m for m in reversed(baseline.evals) if metric in m), {})
+    if last.get("step") != baseline.curve(metric)[-1][0]:  # its final value is null: NaN or infinite, not a target
+        raise UserError(
+            f"report: the baseline {baseline.path}'s final {metric} (step {last.get('step')}) is not a number (the "
+            f"run diverged?); an earlier value would be a target it did not end at: give another --baseline"
+        )
     given, keys = _upstream_given(runs, upstream_tokens, upstream_flops)
     base = reach(baseline.curve(metric), target)
     ub_t, ub_f, _ = upstream_compute(_init_from(baseline.config), given)

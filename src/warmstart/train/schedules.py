@@ -22,6 +22,8 @@ With W warmup steps, max = schedule.max_lr and min = `min_lr(cfg)`:
     (f(1) = 0, so the last step of a wsd cooldown or an infinite anneal is exactly min_lr)
 
 W is schedule.warmup_steps, else round(warmup_fraction * T), else 0. `round` is Python's (half to even).
+A positive fraction that rounds to a phase with no effect on this run (a warmup of 0 or 1 steps: its one step
+would be at max_lr anyway; a cooldown or anneal of 0 steps) is said once at the run's start (`vanished_phases`).
 Inconsistent settings (warmup longer than the run, phases that do not fit, min_lr above max_lr) raise a
 UserError naming the schedule key to change.
 """
@@ -48,6 +50,31 @@ def warmup_steps(cfg: ScheduleConfig, total_steps: int) -> int:
     if cfg.warmup_fraction is not None:
         return round(cfg.warmup_fraction * total_steps)
     return 0
+
+
+def vanished_phases(cfg: ScheduleConfig, total_steps: int) -> list[str]:
+    """One line per schedule fraction asked for (> 0) that has no effect on a run of `total_steps` steps, saying
+    what the run does instead and how to get the phase: the fraction is kept as asked (the curve of a longer run is
+    unchanged), the user learns that it rounded away here."""
+    out = []
+    if cfg.warmup_steps is None and cfg.warmup_fraction:
+        w = warmup_steps(cfg, total_steps)
+        if w <= 1:
+            out.append(
+                f"schedule.warmup_fraction {cfg.warmup_fraction:g} of this run's {total_steps} steps is {w} warmup "
+                f"step{'s' if w != 1 else ''}: no warmup (the first step is at schedule.max_lr either way); give "
+                "schedule.warmup_steps (2 or more) for one"
+            )
+    phases = {"wsd": [("decay_fraction", "cooldown")], "infinite": [("cooldown_fraction", "cooldown to the "
+              "constant LR"), ("decay_fraction", "final anneal")]}.get(cfg.kind, [])
+    for key, what in phases:
+        frac = getattr(cfg, key)
+        if frac > 0 and round(frac * total_steps) == 0:
+            out.append(
+                f"schedule.{key} {frac:g} of this run's {total_steps} steps rounds to 0 steps: no {what}; raise "
+                f"schedule.{key} to {1 / total_steps:.3g} (one step of this run) for one"
+            )
+    return out
 
 
 def min_lr(cfg: ScheduleConfig) -> float:

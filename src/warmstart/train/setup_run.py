@@ -26,7 +26,7 @@ from warmstart.config import DataConfig, Recipe, to_yaml
 from warmstart.data.sampler import MixtureSampler
 from warmstart.data.shards import open_data_dir
 from warmstart.data.validation import evaluable_domains, skipped_note
-from warmstart.errors import UserError
+from warmstart.errors import UserError, warn
 from warmstart.eval.perplexity import eval_windows, scored_targets
 from warmstart.models.build import (
     build_model,
@@ -52,7 +52,7 @@ from warmstart.train.objectives import Objective, eval_pairs
 from warmstart.train.optim import build_optimizer
 from warmstart.train.parallelize import parallelize, unwrap
 from warmstart.train.run_plan import Plan
-from warmstart.train.schedules import lr_at
+from warmstart.train.schedules import lr_at, vanished_phases
 from warmstart.train.throughput import peak_flops
 
 
@@ -281,6 +281,9 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
             print(f"flops: {init_fl:.3g} FLOPs of the block search(es) behind this cut (inherited.json) charged "
                   "from step 0")
         print(eval_line(recipe, {n: scored_targets(v) for n, v in val_sets.items()}))
+        # a share or a fraction asked for that rounds away on this run: said, not silently dropped
+        for line in vanished_phases(recipe.schedule, total_steps) + sampler.vanishing_shares(total_steps * gseqs):
+            warn(line)
     return run
 
 

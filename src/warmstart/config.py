@@ -642,6 +642,35 @@ def load(model: type[M], path: str | Path | None, overrides: list[str] | None = 
         raise UserError(_format_error(e, label, keys)) from None
 
 
+# the keys of a recipe that name files or directories (each may also be a hub name, left as it is)
+PATH_KEYS = ("data.dir", "data.weights_from", "init.from", "distill.teacher", "model.tokenizer", "model.config",
+             "reference.from")
+
+
+def absolute_paths(tree: dict, base: str | Path | None = None) -> dict:
+    """A copy of a recipe tree whose `PATH_KEYS` that name an existing relative path (from `base`, default the
+    working directory) are absolute, so that what a run records (config.yaml) reads the same from any directory
+    a later command is started in; hub names and absolute paths stay as they are."""
+    import os
+
+    out = copy.deepcopy(tree)
+    root = Path(base) if base is not None else Path.cwd()
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        node = out.get(section)
+        value = node.get(name) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (root / value).exists():
+            node[name] = os.path.abspath(root / value)
+    return out
+
+
+def with_absolute_paths(cfg: M) -> M:
+    """`cfg` (a Recipe or another recipe model) with `absolute_paths` applied; the same object when none changes."""
+    tree = cfg.model_dump(mode="json", by_alias=True)
+    fixed = absolute_paths(tree)
+    return cfg if fixed == tree else type(cfg).model_validate(fixed)
+
+
 def to_yaml(cfg: BaseModel) -> str:
     """The fully resolved recipe, as written into a run directory."""
     return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

@@ -9,7 +9,8 @@ Rules for keeping n of a reference's k blocks (the removed blocks are m = k - n)
   window uses the whole sample). Runs must leave the final `keep_last` blocks in place (ShortGPT and Gromov et al.
   find the final block indispensable); the run with the smallest distance is removed (ties: the earliest).
 - `auto`: the `first` cut and the cuts removing the `candidates` runs of smallest angular distance are evaluated
-  on the sample (step-0 loss, the same blockwise loss training reports); the lowest loss is taken. (The angular
+  on the sample (step-0 loss, the same blockwise loss training reports); the lowest loss is taken (a sample of
+  fewer than `MIN_WINDOWS` windows decides nothing: `first` is kept, and the record says so). (The angular
   distance ranks runs well but not perfectly: on SmolLM2 the smallest distance is not the lowest loss.) The
   candidates are raced (`race`): each is dropped once a paired t-test over the sample's windows shows it worse
   than the leader, so a clear loser costs a few windows, not the whole sample.
@@ -36,6 +37,10 @@ from warmstart.eval.perplexity import document_windows, scored_width, val_sequen
 from warmstart.models.surgery import cut_view, find_blocks
 
 RULES = ("first", "angular", "auto")
+# the fewest windows a paired t-test may drop a candidate on, and auto may choose on: the spread of 2 or 3
+# per-window differences says almost nothing about the next window (two equal differences have none at all, and
+# any mean then looks significant); below it the race goes on, and a sample this small keeps the `first` cut
+MIN_WINDOWS = 4
 
 
 def removable_starts(k: int, n: int, keep_last: int) -> list[int]:
@@ -184,7 +189,8 @@ def race(
     (unit = one window, whose tokens are correlated) of its per-window mean loss minus the leader's, at level
     `alpha` (the racing of Maron & Moore 1994 / successive halving, with a paired test). The test is repeated
     every round against the current leader with no multiplicity correction, so `alpha` is the level of each
-    test, not the chance over the whole race of dropping the cut that would have won. Stops when one
+    test, not the chance over the whole race of dropping the cut that would have won; no test is made on fewer
+    than `MIN_WINDOWS` windows. Stops when one
     candidate is left or every window is used; the lowest mean loss among the survivors wins (ties: the
     earlier name). alpha = 0: no test, every candidate sees every window (exhaustive).
 
@@ -211,7 +217,7 @@ def race(
             c = np.asarray(counts[leader], dtype=np.float64)
             used = c > 0
             w = int(used.sum())
-            if w >= 2:
+            if w >= MIN_WINDOWS:
                 crit = float(student_t.ppf(1.0 - alpha, w - 1))
                 for n in active:
                     if n == leader:
@@ -339,18 +345,25 @@ def choose_blocks(
                       "rounds": result.rounds}
     record["candidate_flops"] = cost
     record["search_flops"] = angular_flops + sum(cost.values())
-    record["chosen"] = result.chosen
-    record["chosen_train_flops_per_token"] = train_flops_per_token(cuts[result.chosen])
+    chosen = result.chosen
     notes = []
+    if len(inputs) < MIN_WINDOWS:  # a loss over 1-3 windows decides nothing
+        lowest = "" if chosen == "first" else f" instead of {chosen}, whose loss was lowest"
+        notes.append(f"the sample has {len(inputs)} window{'s' if len(inputs) != 1 else ''}: too few to choose "
+                     f"between the cuts (at least {MIN_WINDOWS}); kept first (the default cut){lowest}; raise "
+                     "--sample-tokens to decide")
+        chosen = "first"
+    record["chosen"] = chosen
+    record["chosen_train_flops_per_token"] = train_flops_per_token(cuts[chosen])
     if candidates > len(starts):
         runs_word = "run" if len(starts) == 1 else "runs"
         notes.append(f"only {len(starts)} contiguous {runs_word} of {m} of the {k} blocks can be removed (keeping the "
                      f"final {keep_last}), fewer than the {candidates} auto candidates: all were evaluated")
-    if len(inputs) < 2 * first_windows:
+    if MIN_WINDOWS <= len(inputs) < 2 * first_windows:
         notes.append(f"the sample has {len(inputs)} windows: too few to tell close cuts apart; raise --sample-tokens")
     if notes:
         record["note"] = "; ".join(notes)
-    return cuts[result.chosen], record
+    return cuts[chosen], record
 
 
 def describe(record: dict, k: int) -> list[str]:

@@ -18,8 +18,8 @@ Because the targets are the same, each candidate's difference to the default for
 the token-weighted mean difference D = sum(delta_i) / sum(n_i) and its standard error over documents (the ratio
 estimator's, sqrt(m / (m - 1) * sum((delta_i - D n_i)^2)) / sum(n_i) for m documents; Cochran, Sampling
 Techniques, 1977, sec. 6.4). A candidate replaces the default only when it is better by more than twice its
-standard error; otherwise the default is kept and the probe says whether the sample could tell them apart (a
-larger `--docs` decides). `--write-recipe` writes the decision into a prepare recipe as `bos` / `doc_end`
+standard error over at least `MIN_DOCS` documents (fewer decide nothing, and the probe says so); otherwise the
+default is kept and the probe says whether the sample could tell them apart (a larger `--docs` decides). `--write-recipe` writes the decision into a prepare recipe as `bos` / `doc_end`
 (`auto` for both when the default is kept).
 """
 
@@ -48,6 +48,10 @@ class Candidate:
 
 
 CLEAR = 2.0  # a candidate must beat the default by more than this many standard errors
+# below this many documents nothing is decided: the standard error is a large-sample estimate (with m - 1 degrees
+# of freedom, the 2-SE rule's real level is far from 5%: Student's 97.5% quantile is 12.7 at 1, 3.2 at 3, 2.3 at 9)
+# and with one document there is none at all
+MIN_DOCS = 10
 
 
 @dataclass
@@ -64,23 +68,33 @@ class ProbeRow:
 
 def paired_difference(cand: np.ndarray, base: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
     """(D, its standard error): the token-weighted mean loss difference of per-document summed losses `cand` and
-    `base` (m,) over the same `tokens` (m,) per document; the ratio estimator's SE over documents (nan when m < 2)."""
+    `base` (m,) over the same `tokens` (m,) per document; the ratio estimator's SE over documents (None when
+    m < 2: one document has no spread to estimate it from)."""
     delta, n = np.asarray(cand, float) - np.asarray(base, float), np.asarray(tokens, float)
     m, total = len(delta), n.sum()
     d = float(delta.sum() / total)
     if m < 2:
-        return d, float("nan")
+        return d, None
     return d, float(np.sqrt(m / (m - 1) * np.sum((delta - d * n) ** 2)) / total)
 
 
 def decide(rows: list[ProbeRow]) -> tuple[ProbeRow, str]:
     """The format to use and why, in one line: the best candidate when it beats the default by more than
-    `CLEAR` standard errors, else the default."""
+    `CLEAR` standard errors on at least `MIN_DOCS` documents, else the default (and, under `MIN_DOCS`, that
+    the sample is too small to tell the candidates apart)."""
     default = next(r for r in rows if r.default)
     best = min(rows, key=lambda r: r.loss)
+    m = len(default.doc_loss) if default.doc_loss is not None else MIN_DOCS
+    if m < MIN_DOCS:
+        lead = "the default format scores lowest" if best is default else (
+            f"the best candidate ({best.candidate.label}) differs from the default by {best.diff:+.4f} nats")
+        return default, (
+            f"{lead}, but {m} document{'s' if m != 1 else ''} {'are' if m != 1 else 'is'} too few to tell the "
+            f"candidates apart (a standard error needs at least {MIN_DOCS}); keeping the default (--docs "
+            f"{MIN_DOCS} or more decides)")
     if best is default:
         return default, "the default format scores lowest"
-    if best.se is not None and np.isfinite(best.se) and best.diff < -CLEAR * best.se:
+    if best.se is not None and best.diff < -CLEAR * best.se:
         return best, f"better than the default by {-best.diff:.4f} nats (> {CLEAR:g} standard errors, {best.se:.4f})"
     return default, (
         f"the best candidate ({best.candidate.label}) differs from the default by {best.diff:+.4f} "
@@ -182,7 +196,8 @@ def format_table(rows: list[ProbeRow], n_docs: int) -> str:
     lines = [f"{'format':<44} {'mean loss':>10} {'vs default':>11} {'+- s.e.':>8} {'tokens':>8}"]
     for r in rows:
         label = r.candidate.label + (" (default)" if r.default else "")
-        diff = f"{'':>11} {'':>8}" if r.default else f"{r.diff:>+11.4f} {r.se:>8.4f}"
+        se = "n/a" if r.se is None else f"{r.se:.4f}"  # one document: no spread, no standard error
+        diff = f"{'':>11} {'':>8}" if r.default else f"{r.diff:>+11.4f} {se:>8}"
         lines.append(f"{label:<44} {r.loss:>10.4f} {diff} {r.tokens:>8,}")
     chosen, why = decide(rows)
     c = chosen.candidate
@@ -245,6 +260,19 @@ def domain_documents(tok, data_dir: str | Path, domain: str, n_docs: int, tokens
     return out
 
 
+def _check_ids(model, tok, docs: list[list[int]], cands: list[Candidate], what: str) -> None:
+    """Every id the probe would feed the model (the candidates' BOS and document-end tokens, the documents' text
+    tokens) must have a row in its embedding table: a tokenizer with tokens added past it is refused here, in one
+    line, not by an IndexError in the first forward pass."""
+    from warmstart.models.build import check_token_ids, embedding_rows
+
+    rows = embedding_rows(model)
+    for c in cands:
+        for i in c.end_ids + c.prefix:
+            check_token_ids(i, rows, "format probe", f" (the tokenizer's {tok.convert_ids_to_tokens(i)!r})")
+    check_token_ids(max((max(d) for d in docs), default=None), rows, f"format probe: {what}", " (in the documents)")
+
+
 def run_probe(
     checkpoint: str,
     texts: list[str] | None = None,
@@ -299,8 +327,9 @@ def run_probe(
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"format probe: cannot load {checkpoint} as a causal LM ({first})") from None
-    model.to(dev)
     cands = candidates(tok)
+    _check_ids(model, tok, docs, cands, "--data" if data_dir is not None else "--text")
+    model.to(dev)
     if progress:
         passes = len(cands) * -(-len(docs) // batch_size)
         print(f"format probe: {len(cands)} candidate formats x {len(docs)} documents of up to {tokens} tokens "

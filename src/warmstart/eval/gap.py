@@ -8,6 +8,8 @@ For one metric curve of (step, tokens, value) points:
 - recovered / recover_step / recover_tokens: the first point after the worst that is back at or better than the
   start (None if it never is). With no dip (depth 0) the run counts as recovered at the start point itself;
 - final and change = final - start (raw values, not smoothed).
+With one evaluation at or after the start there is no curve: depth 0 is not a claim of no dip, so `recovered` is
+None and a `note` says the sample is too small (the table: "too few evaluations").
 
 An evaluation whose value is not a number (null in metrics.jsonl: NaN or infinite, a diverged run) cannot be a
 start, a worst point or a final value; it is left out and its step listed in `not_finite_steps`, which `gap` and
@@ -77,13 +79,18 @@ def gap_metrics(
         if len(later):
             recover_i = worst_i + 1 + int(later[0])
     final = float(raw[-1])
+    few = {}
+    if len(pts) < 2:  # a start and nothing after it: no dip is measured, so none is claimed and no recovery either
+        recover_i = None
+        few = {"note": f"one evaluation at or after step {baseline_step}: too few to measure a dip or a recovery "
+                       "(at least 2)"}
     return {
         "start": float(start),
         "worst": float(sign * bad[worst_i]),
         "worst_step": int(steps[worst_i]),
         "worst_tokens": int(tokens[worst_i]),
         "depth": depth,
-        "recovered": recover_i is not None,
+        "recovered": None if len(pts) < 2 else recover_i is not None,
         "recover_step": int(steps[recover_i]) if recover_i is not None else None,
         "recover_tokens": int(tokens[recover_i]) if recover_i is not None else None,
         "final": final,
@@ -92,6 +99,7 @@ def gap_metrics(
         "not_finite_steps": not_finite,
         "window": int(window),
         "higher_is_better": bool(higher_is_better),
+        **few,
     }
 
 
@@ -115,7 +123,16 @@ def run_gap(run_dir: str | Path, baseline_step: int = 0, window: int = 1) -> dic
     rundir.say_unclean_stop(run_dir)
     if not rundir.metrics_path(run_dir).is_file():
         raise UserError(f"{run_dir}: no {rundir.METRICS} (not a run directory, or the run has not started)")
-    evals = sorted((m for m in read_metrics(run_dir) if m.get("event") == "eval"), key=lambda m: m["step"])
+    events = read_metrics(run_dir)
+    evals = sorted((m for m in events if m.get("event") == "eval"), key=lambda m: m["step"])
+    for m in events:  # a start and later points in another quantity measure no dip: refused, not joined
+        # the change is at a resume from step s: evaluations up to s are the old quantity, later ones the new
+        if m.get("event") == "eval_change" and m["step"] >= baseline_step and any(e["step"] > m["step"] for e in evals):
+            raise UserError(
+                f"{run_dir}: its evaluation changed after step {m['step']} ({m.get('changed')}), after the start "
+                f"(step {baseline_step}): the losses before and after are not the same quantity; give "
+                f"--baseline-step {m['step'] + 1} to measure from the change"
+            )
     keys = _metric_keys(evals)
     if not keys:
         raise UserError(f"{rundir.metrics_path(run_dir)}: no evaluation events with val/<domain>/loss")
@@ -179,7 +196,7 @@ def gap_table(gaps: dict[str, dict[str, dict]]) -> dict:
                     g["worst_step"],
                     g["worst_tokens"],
                     g["depth"],
-                    "no dip" if g["depth"] <= 0 else g["recovered"],
+                    "too few evaluations" if g["points"] < 2 else "no dip" if g["depth"] <= 0 else g["recovered"],
                     "—" if g["depth"] <= 0 else g["recover_tokens"] if g["recovered"] else "never",
                     g["final"],
                     g["change"],

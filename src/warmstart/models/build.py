@@ -220,10 +220,23 @@ def check_data_compatible(
             f"(vocab hash {data_tokenizer.get('vocab_hash', '')[:12]}), but the model's tokenizer "
             f"{ident['name']!r} differs (hash {ident['vocab_hash'][:12]}); re-run `warmstart prepare` with it"
         )
-    if max_token_id is not None and max_token_id >= vocab_size:
+    check_token_ids(max_token_id, vocab_size, what)
+
+
+def embedding_rows(model: torch.nn.Module) -> int:
+    """The rows of the model's input embedding table: every token id it reads must be below this."""
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+def check_token_ids(max_id: int | None, rows: int, what: str, which: str = "") -> None:
+    """Refuse (UserError, one line) an id the embedding table cannot look up, before any forward pass would die
+    on it with `IndexError: index out of range in self` (a tokenizer with special tokens added past the
+    embedding). `what` names the input, `which` says where the id comes from (e.g. " (the tokenizer's '</s>')")."""
+    if max_id is not None and max_id >= rows:
         raise UserError(
-            f"{what}: token id {max_token_id} is beyond the model's vocabulary ({vocab_size}); "
-            "the model's embedding table must cover the tokenizer"
+            f"{what}: token id {max_id}{which} is beyond the model's vocabulary ({rows} embedding rows); "
+            "the model's embedding table must cover the tokenizer (use the tokenizer it was trained with, or "
+            "resize its embeddings)"
         )
 
 

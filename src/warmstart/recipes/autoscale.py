@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,7 +266,7 @@ def run_ddo(cfg: DDOConfig, runner: Runner | None = None) -> dict:
             "model": cfg.proxy.model.model_dump(mode="json"),
             "batch_tokens": cfg.proxy.train.batch_tokens,
             "seq_len": cfg.proxy.data.seq_len,
-            "data_dir": cfg.proxy.data.dir,
+            "data_dir": os.path.abspath(cfg.proxy.data.dir),  # readable from any working directory
         },
     }
     atomic.write_json(cfg.mixture_dir / "mixture.json", mixture)

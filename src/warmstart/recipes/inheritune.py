@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart import atomic
-from warmstart.config import GrowRecipe, Recipe, validate
+from warmstart.config import GrowRecipe, Recipe, validate, with_absolute_paths
 from warmstart.errors import UserError
 from warmstart.models.locate import resolve_checkpoint
 from warmstart.models.presets import FAMILY_DEFAULTS
@@ -211,23 +211,35 @@ def reference_loss(cfg: GrowRecipe, src: Path | str) -> tuple[float, str]:
     run = Path(ref.from_)
     if not ref.evaluate and rundir.summary_path(run).is_file():
         old = rundir.read_config(run) or {}
+        old_data, old_eval = old.get("data") or {}, old.get("eval") or {}
+        summary = rundir.load_summary(run)
+        # the same quantity: the windows (a run made before eval.windows existed scored packed ones) and, for
+        # packed windows, how they were read; and, for the average, the same domains averaged
         mine = {
             "data.dir": str(Path(cfg.data.dir).resolve()),
             "data.seq_len": cfg.data.seq_len,
             "eval.max_tokens": cfg.eval.max_tokens,
+            "eval.windows": cfg.eval.windows or "documents",
         }
         theirs = {
-            "data.dir": str(Path(old.get("data", {}).get("dir", "")).resolve()),
-            "data.seq_len": old.get("data", {}).get("seq_len"),
-            "eval.max_tokens": old.get("eval", {}).get("max_tokens"),
+            "data.dir": str(Path(old_data.get("dir", "")).resolve()),
+            "data.seq_len": old_data.get("seq_len"),
+            "eval.max_tokens": old_eval.get("max_tokens"),
+            "eval.windows": old_eval.get("windows") or "packed",
         }
+        if mine["eval.windows"] == theirs["eval.windows"] == "packed":
+            mine["data.packing"], theirs["data.packing"] = cfg.data.packing, old_data.get("packing", "stream")
+        if not cfg.grow.target:
+            evaluated = sorted(k.split("/")[1] for k in summary.get("final_eval", {})
+                               if k.startswith("val/") and k.endswith("/loss") and k != "val/avg/loss")
+            mine["eval domains"], theirs["eval domains"] = ", ".join(sorted(_eval_domains(cfg))), ", ".join(evaluated)
         diff = [k for k in mine if mine[k] != theirs[k]]
         if diff:
             raise UserError(
                 f"reference.from: {run} was evaluated with a different {diff[0]} ({theirs[diff[0]]!r} vs "
-                f"{mine[diff[0]]!r}); set reference.evaluate: true to evaluate it on this recipe's data"
+                f"{mine[diff[0]]!r} here), not the same quantity as the rounds' loss; set reference.evaluate: true "
+                "to evaluate it on this recipe's data"
             )
-        summary = rundir.load_summary(run)
         return target_loss(summary.get("final_eval", {}), cfg.grow.target, str(rundir.summary_path(run))), "summary"
     return _evaluate_reference(cfg, src), "evaluated"
 
@@ -239,6 +251,7 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
 
     from warmstart.data.shards import open_data_dir
     from warmstart.eval.perplexity import eval_windows, evaluate
+    from warmstart.models.build import check_token_ids, embedding_rows
     from warmstart.runtime.distributed import setup, teardown
 
     domains = open_data_dir(cfg.data.dir)
@@ -252,8 +265,10 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
 
         memory.check_forward("grow (the reference's evaluation)", src, cfg.eval.batch_size, cfg.data.seq_len,
                              ["eval.batch_size", "data.seq_len"], device=d.device, say=d.is_main)
-        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).to(d.device)
-        losses = evaluate(model, sets, cfg.eval.batch_size, d)
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        max_id = max(int(domains[n].index["splits"]["val"].get("max_token_id") or 0) for n in names)
+        check_token_ids(max_id, embedding_rows(model), f"data.dir: {cfg.data.dir} against reference.from {src}")
+        losses = evaluate(model.to(d.device), sets, cfg.eval.batch_size, d)
     finally:
         teardown(d)
     evals = {f"val/{n}/loss": v for n, v in losses.items()}
@@ -280,6 +295,10 @@ def grow(cfg: GrowRecipe) -> GrowResult:
     """Inheritune v2 (see the module docstring); writes OUT_DIR/NAME/grow_summary.json after every round.
     A round stopped by a signal: grow_summary.json says "interrupted", then `signals.Interrupted` is raised
     (`warmstart.train.runs`' policy; re-running resumes that round)."""
+    import os
+
+    # what grow_summary.json and the rounds' config.yaml record reads the same from any working directory
+    cfg = with_absolute_paths(cfg).model_copy(update={"out_dir": os.path.abspath(cfg.out_dir)})
     _eval_domains(cfg)
     src = resolve_checkpoint(cfg.reference.from_, "reference.from")
     k, ref_params = count_blocks_and_params(src)

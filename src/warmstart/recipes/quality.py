@@ -56,18 +56,21 @@ def windows(ids: list[int] | np.ndarray, context: int) -> list[np.ndarray]:
     return [ids[j : j + context] for j in range(0, len(ids) - 1, step)]
 
 
-def _doc_encoder(model_tok, domain, allow_format_mismatch: bool = False):
+def _doc_encoder(model_tok, domain, rows: int, allow_format_mismatch: bool = False):
     """A function doc tokens -> ids the model reads: the previous document's end token first (as in the packed
-    stream), then the document in the model's own format."""
+    stream), then the document in the model's own format. Ids past the model's `rows` embedding rows are refused
+    (UserError) before they reach it."""
     from warmstart.data.doc_format import encode_texts, resolve_format
     from warmstart.data.tokenizer import load_tokenizer, vocab_hash
-    from warmstart.models.build import check_data_format
+    from warmstart.models.build import check_data_format, check_token_ids
 
     data_tok_info = domain.tokenizer
     fmt = domain.document_format
     if vocab_hash(model_tok) == data_tok_info.get("vocab_hash"):
         check_data_format(model_tok, {domain.name: domain}, str(domain.path.parent), allow_format_mismatch,
                           "--allow-format-mismatch")
+        max_id = max(int(s.get("max_token_id") or 0) for s in domain.index["splits"].values())
+        check_token_ids(max_id, rows, f"--data {domain.path.parent} ({domain.name})")
         first = np.asarray(fmt.suffix[-1:], dtype=np.int64)
         return lambda doc: np.concatenate((first, np.asarray(doc, dtype=np.int64)))
     name = data_tok_info.get("name")
@@ -81,10 +84,15 @@ def _doc_encoder(model_tok, domain, allow_format_mismatch: bool = False):
     model_fmt = resolve_format(model_tok)
     head, tail = len(fmt.prefix), len(fmt.suffix)
 
+    for i in [*model_fmt.prefix, *model_fmt.suffix]:  # in every document: refused before any scoring
+        check_token_ids(int(i), rows, "--model", f" (the tokenizer's {model_tok.convert_ids_to_tokens(int(i))!r})")
+
     def encode(doc):
         text = data_tok.decode(np.asarray(doc[head : len(doc) - tail]).tolist())
         ids = encode_texts(model_tok, [text])[0]
-        return np.asarray([*model_fmt.suffix[-1:], *model_fmt.prefix, *ids, *model_fmt.suffix], dtype=np.int64)
+        out = np.asarray([*model_fmt.suffix[-1:], *model_fmt.prefix, *ids, *model_fmt.suffix], dtype=np.int64)
+        check_token_ids(int(out.max()), rows, "--model", " (in a re-encoded document)")
+        return out
 
     return encode
 
@@ -171,6 +179,7 @@ def score_domain(
 
     from warmstart.data.shards import open_data_dir
     from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.models.build import embedding_rows
     from warmstart.models.locate import resolve_checkpoint
     from warmstart.models.loss import LossModel
 
@@ -193,7 +202,7 @@ def score_domain(
     model.to(device).eval()
     loss_model = LossModel(model)
     ctx = _context_length(model, context)
-    encode = _doc_encoder(model_tok, dom, allow_format_mismatch)
+    encode = _doc_encoder(model_tok, dom, embedding_rows(model), allow_format_mismatch)
     identity = {
         "model": str(Path(resolved).resolve()) if Path(str(resolved)).exists() else str(resolved),
         "domain": domain,

@@ -16,7 +16,7 @@ from warmstart import atomic
 from warmstart.errors import UserError
 from warmstart.eval.gap import gap_table, not_finite_line
 from warmstart.report import page, plots
-from warmstart.report.data import Run, classify, final_value, gaps
+from warmstart.report.data import Run, classify, final_value, gaps, quantity_changes
 from warmstart.report.saved import check_upstream_values, compute_saved, eval_differences, start_kind
 
 __all__ = ["make_report"]
@@ -224,6 +224,11 @@ def make_report(
             summary.update({"baseline": base.name, "target": saved[base.name]["target"]})
         tables["gap"] = gap_table(gap)
         differ = not_the_same_quantity(runs, metric, base or runs[0])
+        changed = [line for r in runs if (line := quantity_changes(r))]
+        if changed:  # one run's curve joined across an evaluation that changed: not one quantity either
+            differ = " ".join(filter(None, [differ, "NOT THE SAME QUANTITY WITHIN A RUN: the evaluation changed "
+                                            "mid-run, so the curve before and after the change does not compare ("
+                                            + " | ".join(changed) + ")"]))
         if differ:  # at the top of the pages and first on the terminal
             summary["not_the_same_quantity"] = differ
         summary["runs"] = [

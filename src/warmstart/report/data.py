@@ -25,6 +25,7 @@ class Run:
     trains: list[dict]
     summary: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    eval_changes: list[dict] = field(default_factory=list)  # "eval_change" events: a resume changed the evaluation
 
     def domains(self) -> list[str]:
         keys: dict[str, None] = {}
@@ -84,7 +85,22 @@ def load_run(path: Path, name: str) -> Run:
         raise UserError(f"{rundir.metrics_path(path)}: no evaluation events (the run has not evaluated yet)")
     summary = rundir.load_summary(path) if rundir.summary_path(path).is_file() else {}
     config = rundir.read_config(path) or {}
-    return Run(name, path, evals, trains, summary, config)
+    changes = [m for m in events if m.get("event") == "eval_change"]
+    return Run(name, path, evals, trains, summary, config, changes)
+
+
+def quantity_changes(run: Run) -> str | None:
+    """Where a run's own curve changes quantity: a resume that changed its evaluation (its "eval_change" events),
+    or evaluations whose windows or packing differ from the first one's; None when it never does."""
+    said = [f"after step {m['step']} ({m.get('changed')})" for m in run.eval_changes]
+    first = run.evals[0] if run.evals else {}
+    for m in run.evals[1:]:
+        for key in ("windows", "packing"):
+            if key in first and key in m and m[key] != first[key]:
+                said.append(f"at step {m['step']} ({key} {first[key]} -> {m[key]})")
+                first = m
+                break
+    return f"{run.name}: {'; '.join(said)}" if said else None
 
 
 def read_mixture(path: Path) -> dict | None:

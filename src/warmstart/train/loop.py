@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from warmstart import atomic, signals
-from warmstart.config import Recipe
+from warmstart.config import Recipe, with_absolute_paths
 from warmstart.eval.perplexity import evaluate, perplexity, scored_targets
 from warmstart.models.build import save_hf
 from warmstart.progress import bar as progress_bar
@@ -53,6 +53,7 @@ def train(recipe: Recipe, resume: bool = False, allow_config_change: bool = Fals
     Raises UserError (nothing written) for bad input or a run directory in use or not resumable, and
     `signals.Interrupted` for a SIGTERM/SIGINT outside the step loop (after cleaning up).
     """
+    recipe = with_absolute_paths(recipe)  # config.yaml's paths read the same from any working directory
     try:
         with signals.handling():
             d = setup(recipe.train.device)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from warmstart.config import Recipe, to_yaml
+from warmstart.config import Recipe, absolute_paths, to_yaml
 from warmstart.errors import UserError, warn
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist
@@ -52,6 +52,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def _resolved(tree: dict) -> dict:
     """A recipe with today's defaults filled in, so keys added by a newer warmstart do not count as changes."""
+    tree = absolute_paths(tree)  # a run recorded before paths were absolute: its relative ones, from here
     data = tree.get("data")
     if isinstance(data, dict) and "packing" not in data:  # written before data.packing existed: the stream
         tree = {**tree, "data": {**data, "packing": "stream"}}

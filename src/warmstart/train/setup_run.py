@@ -236,7 +236,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     loss_model = LossModel(model)
     train_loss, teacher_fpt = loss_model, 0.0
     if recipe.distill is not None:
-        train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len)
+        train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len, tok)
     fpt += teacher_fpt
     init_fl = search_flops(resolve_checkpoint(recipe.init.from_, "init.from")) if recipe.init.from_ else 0.0
     objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob,
@@ -270,7 +270,14 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     barrier(d)
     if d.is_main:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        changed = eval_changes(rundir.read_config(recipe.run_dir), recipe) if run.resumed_from is not None else {}
         rundir.write_config(recipe.run_dir, to_yaml(recipe))
+        if changed:  # the curve goes on in another quantity: said now, and marked where report and gap read it
+            said = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            warn(f"EVALUATION CHANGED after step {run.step} ({said}): validation losses from here on are not the "
+                 "same quantity as before; report and gap name the change")
+            run.metrics.write({"event": "eval_change", "step": run.step,
+                               "tokens": run.step * recipe.train.batch_tokens, "changed": said})
         signals.pause_point("startup")
         print(f"run {recipe.run_dir}: {loaded.source}, {n_params / 1e6:.2f}M params, {total_steps} steps x "
               f"{recipe.train.batch_tokens} tokens, {d.world} process(es) on {d.device.type}")
@@ -317,6 +324,32 @@ def forecast_memory(recipe: Recipe, d: Dist, micro: int, accum: int) -> None:
         raise UserError(line or "memory: another process of this run does not fit in its memory; see its line")
 
 
+EVAL_KEYS = ("data.dir", "data.packing", "data.seq_len", "model.tokenizer", "eval.windows", "eval.max_tokens",
+             "eval.domains")
+
+
+def eval_changes(old: dict | None, recipe: Recipe) -> dict[str, tuple]:
+    """{key: (was, now)} of the settings that make a validation loss what it is (`EVAL_KEYS`; packing only for
+    packed windows) that differ between a run's recorded config.yaml and the recipe it resumes with."""
+    import yaml
+
+    from warmstart.config import absolute_paths
+
+    if not old:
+        return {}
+    was, now = absolute_paths(old), yaml.safe_load(to_yaml(recipe))
+    out = {}
+    for key in EVAL_KEYS:
+        section, name = key.split(".")
+        a, b = (was.get(section) or {}).get(name), (now.get(section) or {}).get(name)
+        if key == "data.packing" and now["eval"]["windows"] != "packed":
+            continue
+        a = a if a is not None else {"eval.windows": "packed", "data.packing": "stream"}.get(key)  # before the keys
+        if a != b:
+            out[key] = (a, b)
+    return out
+
+
 def eval_line(recipe: Recipe, targets: dict[str, int]) -> str:
     """What every in-loop evaluation scores, per domain, said once at the start: a domain whose validation split
     holds fewer targets than eval.max_tokens (document windows score each document's first seq_len + 1 tokens
@@ -332,7 +365,27 @@ def eval_line(recipe: Recipe, targets: dict[str, int]) -> str:
     return line
 
 
-def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int) -> tuple[DistillLoss, float]:
+def _check_teacher_tokenizer(src, student_tok) -> None:
+    """A teacher and its student compare next-token distributions id by id: the same number of rows is not enough,
+    the ids must mean the same tokens (the vocabulary hash). A teacher directory with no tokenizer files cannot be
+    checked beyond its rows (DistillLoss), and that is said."""
+    from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
+
+    try:
+        teacher_tok = load_tokenizer(str(src))
+    except UserError:
+        warn(f"distill.teacher: {src} has no tokenizer to compare with the student's; assuming the same vocabulary")
+        return
+    t, s = tokenizer_identity(teacher_tok), tokenizer_identity(student_tok)
+    if t["vocab_hash"] != s["vocab_hash"]:
+        raise UserError(
+            f"distill.teacher: its tokenizer (vocab hash {t['vocab_hash'][:12]}, {t['vocab_size']} tokens) is not the "
+            f"student's (vocab hash {s['vocab_hash'][:12]}, {s['vocab_size']} tokens); distillation compares "
+            "next-token distributions id by id, so both need the same tokenizer"
+        )
+
+
+def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int, student_tok) -> tuple[DistillLoss, float]:
     """The distillation loss with `distill.teacher` loaded frozen (eval mode, no gradient; bf16 where the run
     computes in bf16), laid out like the student (FSDP: sharded per block too), and its forward FLOPs per token
     (a third of `flops_per_token`'s training FLOPs: 2N + the attention's forward share)."""
@@ -340,6 +393,7 @@ def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int) -> tuple
     from warmstart.models.locate import load_failure
 
     src = resolve_checkpoint(recipe.distill.teacher, "distill.teacher")
+    _check_teacher_tokenizer(src, student_tok)
     bf16 = wants_bf16(recipe, d.device) and d.device.type == "cuda"
     try:
         teacher = auto_class("causal").from_pretrained(str(src), dtype=torch.bfloat16 if bf16 else torch.float32)

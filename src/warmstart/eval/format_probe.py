@@ -321,7 +321,7 @@ def run_probe(
     from warmstart.models import memory
 
     memory.check_forward("format probe", src, batch_size, max(len(x) for x in docs) + 2 if docs else tokens,
-                         ["--batch-size", "--tokens"], device=dev)
+                         ["--batch-size", "--tokens"], device=dev, full_logits=3)
     try:
         model = auto_class("causal").from_pretrained(str(src), dtype=torch.float32)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for unusable checkpoints

@@ -15,6 +15,7 @@ import io
 import json
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -205,42 +206,69 @@ def _json_problem(e: ValueError) -> str:
     return _first_line(e)
 
 
-def _iter_jsonl(path: Path, field: str, bad: _Bad) -> Iterator[str]:
+def _iter_jsonl(path: Path, field: str, bad: _Bad, start: int = 0, end: int | None = None) -> Iterator[str]:
+    """The records of the lines that start in bytes [start, end) of an uncompressed file (the whole file when
+    start is 0 and end None); a line is named by its number in the whole file either way."""
     try:
         stream = open_binary(path)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     with stream:
+        pos = 0
+        if start:
+            stream.seek(start - 1)
+            pos = start - 1 + len(stream.readline())  # the line holding byte start-1 is the previous part's
+        first = pos
+        base: list[int] = []  # lines before `first`, counted only when a message needs them
+
+        def at(lineno: int) -> str:
+            if not base:
+                base.append(_count_newlines(path, first))
+            return f"{path}:{base[0] + lineno}"
+
         lineno = 0
         try:
             for lineno, line in enumerate(stream, 1):  # noqa: B007 - lineno is read after the loop on errors
+                if end is not None and pos >= end:
+                    break
+                pos += len(line)
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError as e:
-                    bad(f"{path}:{lineno}", f"not valid JSON ({_json_problem(e)})")
+                    bad(at(lineno), f"not valid JSON ({_json_problem(e)})")
                     continue
                 if not isinstance(record, dict):
-                    bad(f"{path}:{lineno}", f"expected a JSON object per line, got {type(record).__name__}")
+                    bad(at(lineno), f"expected a JSON object per line, got {type(record).__name__}")
                     continue
                 if field not in record:
                     keys = ", ".join(sorted(record)[:8]) or "none"
                     bad(
-                        f"{path}:{lineno}", f"no {field!r} key (keys: {keys}); set text_field to the text key"
+                        at(lineno), f"no {field!r} key (keys: {keys}); set text_field to the text key"
                     )
                     continue
                 text = record[field]
                 if not isinstance(text, str):
-                    bad(f"{path}:{lineno}", f"{field!r} is a {type(text).__name__}, not a string")
+                    bad(at(lineno), f"{field!r} is a {type(text).__name__}, not a string")
                     continue
                 problem = _unicode_problem(text)
                 if problem:
-                    bad(f"{path}:{lineno}", f"{field!r} {problem}")
+                    bad(at(lineno), f"{field!r} {problem}")
                     continue
                 yield text
         except _corrupt_errors() as e:  # a truncated or corrupt gzip/zstd stream
             raise UserError(f"{path}: corrupt or truncated after line {lineno} ({_first_line(e)})") from None
+
+
+def _count_newlines(path: Path, stop: int) -> int:
+    """Newlines in the first `stop` bytes of an uncompressed file: a part's line numbers start after them."""
+    n = 0
+    with open_binary(path) as f:
+        while stop > 0 and (chunk := f.read(min(1 << 22, stop))):
+            n += chunk.count(b"\n")
+            stop -= len(chunk)
+    return n
 
 
 def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
@@ -389,21 +417,83 @@ def iter_documents(
     counted in `stats['bad_records']` (the first one is kept in `stats['first_bad_record']`).
     """
     bad = _Bad(skip_bad_records, stats)
+    for part in source_parts(src):
+        yield from _iter_part(src, part, bad)
+
+
+# ----------------------------------------------------------------------------------------------- parts
+@dataclass(frozen=True)
+class SourcePart:
+    """A piece of a source that one task reads: a range of lines of one JSONL file (the lines that start in
+    bytes [start, end)), one whole file, a run of a directory's text files, or a whole dataset (`hf`).
+
+    A source's parts, read one after another, yield exactly its documents in `iter_documents`' order."""
+
+    fmt: str
+    files: tuple[tuple[str, Path], ...] = ()
+    start: int = 0
+    end: int | None = None
+    size: int = 0  # input bytes, for balancing tasks
+
+
+def source_parts(src: SourceConfig, part_bytes: int | None = None) -> list[SourcePart]:
+    """The source cut into parts of about `part_bytes` input bytes (None: a part per file, as read locally).
+
+    Uncompressed JSONL is cut by byte range; a compressed or Parquet file is one part; a directory's text
+    files are grouped in order; a Hugging Face dataset is one part."""
     fmt = detect_format(src)
     if fmt == "hf":
-        yield from _iter_hf(src, bad)
-        return
+        return [SourcePart(fmt)]
     files = _source_files(src, fmt)
+    sizes = [f.stat().st_size for _, f in files]
     if fmt == "text":
-        yield from _iter_text(files, bad)
-    elif fmt == "jsonl":
-        for _, path in files:
-            yield from _iter_jsonl(path, src.text_field, bad)
-    elif fmt == "parquet":
-        for _, path in files:
-            yield from _iter_parquet(path, src.text_field, bad)
+        if part_bytes is None:
+            return [SourcePart(fmt, tuple(files), size=sum(sizes))]
+        parts, run, size = [], [], 0
+        for rel_path, n in zip(files, sizes, strict=True):
+            run.append(rel_path)
+            size += n
+            if size >= part_bytes:
+                parts.append(SourcePart(fmt, tuple(run), size=size))
+                run, size = [], 0
+        if run:
+            parts.append(SourcePart(fmt, tuple(run), size=size))
+        return parts
+    parts = []
+    for rel_path, n in zip(files, sizes, strict=True):
+        if part_bytes is None or fmt != "jsonl" or n <= part_bytes or _is_compressed(rel_path[1]):
+            parts.append(SourcePart(fmt, (rel_path,), size=n))
+            continue
+        cuts = list(range(0, n, part_bytes))
+        for a, b in zip(cuts, [*cuts[1:], None], strict=True):
+            parts.append(SourcePart(fmt, (rel_path,), a, b, size=(b or n) - a))
+    return parts
+
+
+def _is_compressed(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(_GZIP_MAGIC) or head == _ZSTD_MAGIC or _is_skippable_frame(head)
+
+
+def iter_part(
+    src: SourceConfig, part: SourcePart, skip_bad_records: bool = False, stats: dict | None = None
+) -> Iterator[str]:
+    """Yield the documents of one part of a source (see `source_parts`), bad records as in `iter_documents`."""
+    yield from _iter_part(src, part, _Bad(skip_bad_records, stats))
+
+
+def _iter_part(src: SourceConfig, part: SourcePart, bad: _Bad) -> Iterator[str]:
+    if part.fmt == "hf":
+        yield from _iter_hf(src, bad)
+    elif part.fmt == "text":
+        yield from _iter_text(list(part.files), bad)
+    elif part.fmt == "jsonl":
+        yield from _iter_jsonl(part.files[0][1], src.text_field, bad, part.start, part.end)
+    elif part.fmt == "parquet":
+        yield from _iter_parquet(part.files[0][1], src.text_field, bad)
     else:  # pragma: no cover - the config's Literal rules this out
-        raise UserError(f"{src.path}: unknown format {fmt!r}")
+        raise UserError(f"{src.path}: unknown format {part.fmt!r}")
 
 
 # ----------------------------------------------------------------------------------------------- identity

@@ -6,7 +6,8 @@ submits array jobs, and completion markers so a re-run skips finished tasks. war
 step, `TaskJob`, whose rank is the task number; the tasks' outputs and the merge are warmstart's own, so the
 engine never decides the order of anything written.
 
-  ray    connects to `address` (a running cluster, `ray start --head`), or starts a local Ray when none is given;
+  ray    connects to `address` (or $RAY_ADDRESS: a running cluster, `ray start --head`), or starts a new local Ray
+         when none is given;
          `workers` tasks run at once (default: one per CPU of the cluster); blocks until every task finished.
   slurm  writes an sbatch array script and submits it with `sbatch` (datatrove's SlurmPipelineExecutor); returns
          at once: run the same `prepare` again when the job has finished, and it writes the shards.
@@ -15,6 +16,7 @@ engine never decides the order of anything written.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -59,7 +61,9 @@ def run_ray(job: TaskJob, logs: Path, address: str | None, workers: int | None, 
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # "local": a new Ray on this machine, never a cluster that happens to run here (ray.init's default)
+            target = address or os.environ.get("RAY_ADDRESS") or "local"
+            ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"at {address}" if address else "locally"
             raise UserError(f"executor ray: cannot connect to or start Ray {where} ({_first_line(e)})") from None

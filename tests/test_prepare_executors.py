@@ -232,3 +232,37 @@ def test_slurm_array_job_script(tmp_path, tokenizer_dir):
                  "launch_pickled_pipeline executor.pik"]:
         assert line in script, line
     assert len(tasks) >= 3 and ex.world_size == len(tasks)
+
+
+def test_slurm_array_job_then_merge(tmp_path, tokenizer_dir, capfd, monkeypatch):
+    """Submitted through datatrove's Slurm executor to an `sbatch` that records what it was given (there is no
+    Slurm here); its array indices then run as Slurm would run them (`launch_pickled_pipeline` with
+    SLURM_ARRAY_TASK_ID and SLURM_NODELIST set); the same command again writes the local bytes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f'#!/bin/sh\nfor last; do :; done\necho "$@" >> {tmp_path}/sbatch.args\n'
+                      f'cat "$last" >> {tmp_path}/sbatch.script\necho "Submitted batch job 4242"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$4"\n')  # `scontrol show hostnames LIST`
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    domains = corpus(tmp_path)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, tokenizer_dir, out, domains, task_mb=0.05, slurm={"partition": "cpu"})
+    assert main(["prepare", str(recipe), "--executor", "slurm", "--quiet"]) == 0
+    said = capfd.readouterr().out
+    assert "submitted Slurm job 4242" in said and not out.exists()
+    pik = next(work_dir(out).glob("engine-*/executor.pik"))
+    n = len(json.loads((pik.parent / "ranks_to_run.json").read_text()))
+    script = (tmp_path / "sbatch.script").read_text()
+    assert f"#SBATCH --array=0-{n - 1}" in script and "#SBATCH --partition=cpu" in script and n >= 3
+    assert main(["prepare", str(recipe), "--executor", "slurm", "--quiet"]) == 2  # not run yet: not again
+    assert "already submitted" in capfd.readouterr().err
+    launcher = str(Path(sys.executable).parent / "launch_pickled_pipeline")
+    for i in range(n):
+        subprocess.run([launcher, str(pik)], env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NODELIST": "localhost"}, check=True,
+                       capture_output=True, timeout=120)
+    assert main(["prepare", str(recipe), "--executor", "slurm", "--quiet"]) == 0
+    run(tokenizer_dir, tmp_path / "local", domains, val_docs=7)
+    assert tree_digest(out) == tree_digest(tmp_path / "local")

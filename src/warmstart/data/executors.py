@@ -111,6 +111,11 @@ def submit_slurm(job: TaskJob, logs: Path, slurm, workers: int | None) -> str:
         raise UserError(
             "executor slurm: no `sbatch` on PATH; run prepare on a Slurm login node, or use --executor local|ray"
         )
+    if (logs / "launch_script.slurm").is_file():  # these very tasks were submitted by an earlier run
+        raise UserError(
+            f"executor slurm: a job for these {len(job.tasks)} unfinished tasks was already submitted (logs: {logs}); "
+            "run again once it has ended, or delete that directory to submit them again"
+        )
     with _quiet_engine():
         executor = slurm_executor(job, logs, slurm, workers)
         executor.launch_job()

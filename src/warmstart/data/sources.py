@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from warmstart.config import SourceConfig
+from warmstart.data.location import FsPath, location, open_raw
 from warmstart.errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -59,7 +60,7 @@ def detect_format(src: SourceConfig) -> str:
     """
     if src.format != "auto":
         return src.format
-    path = Path(src.path)
+    path = location(src.path)
     if not path.exists():
         looks_like_hub = src.path.count("/") == 1 and not path.suffix and not src.path.startswith((".", "~"))
         hint = " (for a Hugging Face hub dataset set format: hf)" if looks_like_hub else ""
@@ -89,7 +90,7 @@ def _dir_files(root: Path, pattern: str) -> list[tuple[str, Path]]:
 
 def _source_files(src: SourceConfig, fmt: str) -> list[tuple[str, Path]]:
     """The files a file-based source reads, in order: the file itself, or a directory's matching files."""
-    path = Path(src.path)
+    path = location(src.path)
     if not path.exists():
         raise UserError(f"{src.path}: no such file or directory")
     if path.is_file():
@@ -103,12 +104,28 @@ def _source_files(src: SourceConfig, fmt: str) -> list[tuple[str, Path]]:
 # ----------------------------------------------------------------------------------------------- opening
 def open_binary(path: Path) -> IO[bytes]:
     """A buffered binary stream of a file's content, decompressing gzip or zstd (recognised by magic bytes)."""
+    if isinstance(path, FsPath):
+        return _open_url(path)
     fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     head = fh.peek(4)[:4]
     if head.startswith(_GZIP_MAGIC):
         fh.close()
         return gzip.open(path, "rb")
     if head == _ZSTD_MAGIC or _is_skippable_frame(head):  # pzstd opens its files with a skippable frame
+        return io.BufferedReader(_ZstdFrames(fh), buffer_size=1 << 20)
+    return fh
+
+
+def _open_url(path: FsPath) -> IO[bytes]:
+    """`open_binary` for a URL: the filesystem's own stream, decompressed as a local file would be."""
+    fh = path.open_raw()
+    head = fh.read(4)
+    fh.seek(0)
+    if head.startswith(_GZIP_MAGIC):
+        stream = gzip.GzipFile(fileobj=fh, mode="rb")
+        stream.myfileobj = fh  # closed with the gzip stream, as gzip.open does with the file it opens
+        return stream
+    if head == _ZSTD_MAGIC or _is_skippable_frame(head):
         return io.BufferedReader(_ZstdFrames(fh), buffer_size=1 << 20)
     return fh
 
@@ -276,7 +293,7 @@ def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path.open_raw() if isinstance(path, FsPath) else path)
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     names = pf.schema_arrow.names
@@ -470,8 +487,8 @@ def source_parts(src: SourceConfig, part_bytes: int | None = None) -> list[Sourc
     return parts
 
 
-def _is_compressed(path: Path) -> bool:
-    with open(path, "rb") as f:
+def _is_compressed(path: Path | FsPath) -> bool:
+    with open_raw(path) as f:
         head = f.read(4)
     return head.startswith(_GZIP_MAGIC) or head == _ZSTD_MAGIC or _is_skippable_frame(head)
 
@@ -499,7 +516,7 @@ def _iter_part(src: SourceConfig, part: SourcePart, bad: _Bad) -> Iterator[str]:
 # ----------------------------------------------------------------------------------------------- identity
 def _hash_file(h, path: Path) -> None:
     try:
-        with open(path, "rb") as f:
+        with open_raw(path) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     except OSError as e:
@@ -517,7 +534,7 @@ def fingerprint_source(src: SourceConfig) -> str:
     h = hashlib.sha256()
     settings = {"format": fmt, "text_field": src.text_field, "glob": src.glob, "split": src.split}
     h.update(json.dumps(settings, sort_keys=True).encode())
-    path = Path(src.path)
+    path = location(src.path)
     if fmt == "hf" and not path.exists():
         h.update(f"hub:{src.path}".encode())
         return h.hexdigest()

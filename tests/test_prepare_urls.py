@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import fsspec
 import pytest
 from test_prepare import TEXTS, make_source, run, tree_digest
 from test_prepare_tasks import inline  # noqa: F401 - the fixture
@@ -14,6 +13,8 @@ from test_prepare_tasks import inline  # noqa: F401 - the fixture
 from warmstart.config import SourceConfig
 from warmstart.data.sources import detect_format, fingerprint_source, iter_documents
 from warmstart.errors import UserError
+
+fsspec = pytest.importorskip("fsspec")
 
 
 def _to_memory(local_root, prefix: str) -> None:

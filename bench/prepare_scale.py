@@ -1,9 +1,9 @@
 """`prepare --executor ray` against today's local worker processes, on the same 100+ MB of real text.
 
-Corpus: Python source shipped with the running interpreter and its installed packages (the standard library, then
-site-packages; tests left out), cut at top-level definitions into documents of about 2 KB or more, shuffled with a
-fixed seed, written as one JSONL file: real code and docstrings, nothing downloaded. Measured in one run (each the
-median of --repeats, round-robin), both into a fresh directory, the whole `prepare` call:
+Corpus: Python source shipped with the running interpreter and its installed packages (the standard library,
+then site-packages; tests left out), cut at top-level definitions into documents of about 2 KB or more,
+shuffled with a fixed seed, written as one JSONL file: real code and docstrings, nothing downloaded. Measured
+in one run (each the median of --repeats, round-robin), both into a fresh directory, the whole `prepare` call:
 
   local-wN   executor local, workers=N (worker processes on this machine)
   ray-wN     executor ray, workers=N, a local Ray started by the call itself (its start-up counted), the file
@@ -11,7 +11,8 @@ median of --repeats, round-robin), both into a fresh directory, the whole `prepa
 
 Every output file of every run must have the same sha256 (checked; the run fails otherwise).
 
-    python bench/prepare_scale.py [--mb 100] [--workers 2] [--task-mb 16] [--out bench/results/prepare-scale.json]
+    python bench/prepare_scale.py [--mb 100] [--workers 2] [--task-mb 16]
+                                  [--out bench/results/prepare-scale.json]
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def source_files() -> list[Path]:
     """The standard library's modules, then every installed package's, in a fixed order."""
     lib = Path(sysconfig.get_paths()["stdlib"])
     site = Path(sysconfig.get_paths()["purelib"])
-    files = [p for p in sorted(lib.rglob("*.py")) if not (SKIP | {"site-packages"}) & set(p.relative_to(lib).parts)]
+    files = [
+        p for p in sorted(lib.rglob("*.py")) if not (SKIP | {"site-packages"}) & set(p.relative_to(lib).parts)
+    ]
     files += [p for p in sorted(site.rglob("*.py")) if not SKIP & set(p.relative_to(site).parts)]
     return files
 
@@ -83,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB of UTF-8 text")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--task-mb", type=float, default=16.0, help="input MB per Ray task")
-    ap.add_argument("--tokenizer", help="tokenizer dir/json (default: train a byte-level BPE on 8 MB of the corpus)")
+    ap.add_argument(
+        "--tokenizer", help="tokenizer dir/json (default: train a byte-level BPE on 8 MB of the corpus)"
+    )
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--tmp", help="where the corpus and outputs go (default: a temp dir, removed)")
@@ -113,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             train_bpe(sample, vocab_size=args.vocab_size, out=tok_path)
 
         w = args.workers
-        variants = {f"local-w{w}": {"executor": "local"}, f"ray-w{w}": {"executor": "ray", "task_mb": args.task_mb}}
+        variants = {
+            f"local-w{w}": {"executor": "local"},
+            f"ray-w{w}": {"executor": "ray", "task_mb": args.task_mb},
+        }
         runs: dict[str, list[float]] = {name: [] for name in variants}
         digests, tokens = {}, set()
         for rep in range(args.repeats):
@@ -134,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     rows = {
-        name: {"seconds": statistics.median(ts), "runs": [round(t, 2) for t in ts],
-               "tokens_per_s": n_tokens / statistics.median(ts)}
+        name: {
+            "seconds": statistics.median(ts),
+            "runs": [round(t, 2) for t in ts],
+            "tokens_per_s": n_tokens / statistics.median(ts),
+        }
         for name, ts in runs.items()
     }
     local, ray_row = rows[f"local-w{w}"], rows[f"ray-w{w}"]
@@ -144,16 +155,24 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "prepare_scale",
-        "corpus": {"docs": n_docs, "bytes": n_bytes, "tokens": n_tokens,
-                   "source": "stdlib + site-packages Python source"},
+        "corpus": {
+            "docs": n_docs,
+            "bytes": n_bytes,
+            "tokens": n_tokens,
+            "source": "stdlib + site-packages Python source",
+        },
         "workers": w,
         "task_mb": args.task_mb,
         "repeats": args.repeats,
         "identical_output_files": len(next(iter(digests.values()))),
         "ray_vs_local": ratio,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_1min": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
-                    "ray": ray.__version__, "datatrove": getattr(datatrove, "__version__", "?")},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_1min": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
+            "ray": ray.__version__,
+            "datatrove": getattr(datatrove, "__version__", "?"),
+        },
         "results": rows,
     }
     out = Path(args.out)
@@ -164,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; {w} workers; {args.repeats} run(s) each)",
         "",
         f"`python bench/prepare_scale.py --mb {args.mb:g} --workers {w} --task-mb {args.task_mb:g}`. "
-        f"1-minute load average at start/end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f}. Ray {ray.__version__}, "
+        f"1-minute load average at start/end: {load_at_start:.1f} / {os.getloadavg()[0]:.1f}. "
+        f"Ray {ray.__version__}, "
         "its start-up inside the timed call. Every output file identical across the runs "
         f"({result['identical_output_files']} files, sha256).",
         "",
@@ -172,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | ---: | ---: | ---: |",
     ]
     for name, r in rows.items():
-        md.append(f"| {name} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
-                  f"{r['tokens_per_s'] / local['tokens_per_s']:.2f}x |")
+        md.append(
+            f"| {name} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['tokens_per_s'] / local['tokens_per_s']:.2f}x |"
+        )
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -1,6 +1,7 @@
-"""`prepare --executor ray|slurm` on datatrove's executors: the same bytes as `local` from a local Ray and from a
-two-node cluster (a head and a worker started here), a worker killed mid-job retried, a stopped job continued
-from its finished tasks, a bad record named from the worker that read it; Slurm's array script and its absence.
+"""`prepare --executor ray|slurm` on datatrove's executors: the same bytes as `local` from a local Ray and
+from a two-node cluster (a head and a worker started here), a worker killed mid-job retried, a stopped job
+continued from its finished tasks, a bad record named from the worker that read it; Slurm's array job and
+the error without `sbatch`.
 
 Needs `warmstart[cluster]` (ray, datatrove; part of the `dev` extra, so CI runs these)."""
 
@@ -41,15 +42,20 @@ def corpus(tmp_path: Path, n: int = 600) -> dict:
 
 def write_recipe(tmp_path: Path, tokenizer_dir, out: Path, domains: dict, **kw) -> Path:
     p = tmp_path / f"{out.name}.yaml"
-    p.write_text(yaml.safe_dump({"tokenizer": str(tokenizer_dir), "out": str(out), "domains": domains,
-                                 "val_docs": 7, **kw}))
+    p.write_text(
+        yaml.safe_dump(
+            {"tokenizer": str(tokenizer_dir), "out": str(out), "domains": domains, "val_docs": 7, **kw}
+        )
+    )
     return p
 
 
-def test_local_ray_with_two_workers_writes_the_local_bytes(tmp_path, tokenizer_dir, capfd):
+def test_local_ray_with_two_workers_writes_the_local_bytes(tmp_path, tokenizer_dir, capfd, monkeypatch):
     domains = corpus(tmp_path)
-    run(tokenizer_dir, tmp_path / "local", domains, val_docs=7)
-    recipe = write_recipe(tmp_path, tokenizer_dir, tmp_path / "ray", domains, task_mb=0.05)
+    monkeypatch.chdir(tmp_path)  # relative paths in the recipe: the workers run in directories of their own
+    relative = {name: [{"path": Path(s["path"]).name} for s in srcs] for name, srcs in domains.items()}
+    run(tokenizer_dir, Path("local"), relative, val_docs=7)
+    recipe = write_recipe(tmp_path, tokenizer_dir, Path("ray"), relative, task_mb=0.05)
     assert main(["prepare", str(recipe), "--executor", "ray", "--workers", "2", "--quiet"]) == 0
     out = capfd.readouterr().out
     assert "executor ray: " in out and "tasks run" in out
@@ -57,7 +63,7 @@ def test_local_ray_with_two_workers_writes_the_local_bytes(tmp_path, tokenizer_d
     assert not work_dir(tmp_path / "ray").exists()
 
 
-# ----------------------------------------------------------------------------------------------- a 2-node cluster
+# ----------------------------------------------------------------------------------------------- a 2-node clu
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,11 +82,24 @@ def cluster():
     procs = []
 
     def start(args):
-        procs.append(subprocess.Popen([ray_bin, "start", *args, *common], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [ray_bin, "start", *args, *common],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
     try:
-        start(["--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={_free_port()}"])
+        start(
+            [
+                "--head",
+                f"--port={port}",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={_free_port()}",
+            ]
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -128,8 +147,20 @@ def _descendants(roots: list[int]) -> dict[int, str]:
 
 
 def _prepare_proc(recipe: Path, address: str, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "warmstart", "prepare", str(recipe), "--executor", "ray", "--address", address,
-           "--workers", str(workers), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "warmstart",
+        "prepare",
+        str(recipe),
+        "--executor",
+        "ray",
+        "--address",
+        address,
+        "--workers",
+        str(workers),
+        "--quiet",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -141,8 +172,9 @@ def test_two_node_cluster_writes_the_local_bytes(tmp_path, tokenizer_dir, cluste
     address, _ = cluster
     domains = corpus(tmp_path)
     run(tokenizer_dir, tmp_path / "local", domains, val_docs=7)
-    result = run(tokenizer_dir, tmp_path / "ray", domains, val_docs=7, executor="ray", address=address,
-                 task_mb=0.05)
+    result = run(
+        tokenizer_dir, tmp_path / "ray", domains, val_docs=7, executor="ray", address=address, task_mb=0.05
+    )
     assert result.tasks_run >= 3
     assert tree_digest(tmp_path / "ray") == tree_digest(tmp_path / "local")
 
@@ -194,7 +226,9 @@ def test_bad_record_named_by_file_and_line_from_a_worker(tmp_path, tokenizer_dir
     lines[351] = '{"text": 7}'
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    recipe = write_recipe(tmp_path, tokenizer_dir, tmp_path / "out", {"web": [{"path": str(path)}]}, task_mb=0.02)
+    recipe = write_recipe(
+        tmp_path, tokenizer_dir, tmp_path / "out", {"web": [{"path": str(path)}]}, task_mb=0.02
+    )
     assert main(["prepare", str(recipe), "--executor", "ray", "--address", address, "--quiet"]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"error: {path}:352: 'text' is a int, not a string" in err[0], err
@@ -204,7 +238,9 @@ def test_bad_record_named_by_file_and_line_from_a_worker(tmp_path, tokenizer_dir
 # ----------------------------------------------------------------------------------------------- slurm
 def test_slurm_without_sbatch_is_one_line(tmp_path, tokenizer_dir, capfd, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    recipe = write_recipe(tmp_path, tokenizer_dir, tmp_path / "out", corpus(tmp_path), slurm={"partition": "cpu"})
+    recipe = write_recipe(
+        tmp_path, tokenizer_dir, tmp_path / "out", corpus(tmp_path), slurm={"partition": "cpu"}
+    )
     assert main(["prepare", str(recipe), "--executor", "slurm", "--quiet"]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "executor slurm: no `sbatch` on PATH" in err[0], err
@@ -212,24 +248,44 @@ def test_slurm_without_sbatch_is_one_line(tmp_path, tokenizer_dir, capfd, monkey
 
 
 def test_slurm_array_job_script(tmp_path, tokenizer_dir):
-    """The sbatch script datatrove writes for prepare's tasks: one array index per task, the recipe's settings."""
+    """The sbatch script datatrove writes for prepare's tasks: one array index per task, the recipe's
+    settings."""
     from warmstart.data.executors import slurm_executor
     from warmstart.data.preparation import _config
     from warmstart.data.tasks import TaskJob, plan_tasks
     from warmstart.data.tokenizer import load_tokenizer
 
     domains = corpus(tmp_path)
-    cfg = _config({"tokenizer": str(tokenizer_dir), "out": str(tmp_path / "out"), "domains": domains,
-                   "executor": "slurm", "slurm": {"partition": "cpu", "time": "2:00:00",
-                                                  "env_command": "source /venv/bin/activate",
-                                                  "sbatch_args": {"account": "lm"}}}, {})
+    cfg = _config(
+        {
+            "tokenizer": str(tokenizer_dir),
+            "out": str(tmp_path / "out"),
+            "domains": domains,
+            "executor": "slurm",
+            "slurm": {
+                "partition": "cpu",
+                "time": "2:00:00",
+                "env_command": "source /venv/bin/activate",
+                "sbatch_args": {"account": "lm"},
+            },
+        },
+        {},
+    )
     tasks = plan_tasks("a", "0" * 64, cfg.domains["a"], tmp_path / "out", 20_000)
     job = TaskJob(tasks, cfg.domains, load_tokenizer(str(tokenizer_dir)), None, "uint16", 8, False)
     ex = slurm_executor(job, tmp_path / "logs", cfg.slurm, None)
-    script = ex.get_launch_file_contents(ex.get_sbatch_args(len(tasks)), "launch_pickled_pipeline executor.pik")
-    for line in [f"#SBATCH --array=0-{len(tasks) - 1}", "#SBATCH --partition=cpu", "#SBATCH --time=2:00:00",
-                 "#SBATCH --cpus-per-task=1", "#SBATCH --account=lm", "source /venv/bin/activate",
-                 "launch_pickled_pipeline executor.pik"]:
+    script = ex.get_launch_file_contents(
+        ex.get_sbatch_args(len(tasks)), "launch_pickled_pipeline executor.pik"
+    )
+    for line in [
+        f"#SBATCH --array=0-{len(tasks) - 1}",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --account=lm",
+        "source /venv/bin/activate",
+        "launch_pickled_pipeline executor.pik",
+    ]:
         assert line in script, line
     assert len(tasks) >= 3 and ex.world_size == len(tasks)
 
@@ -241,8 +297,10 @@ def test_slurm_array_job_then_merge(tmp_path, tokenizer_dir, capfd, monkeypatch)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     sbatch = bin_dir / "sbatch"
-    sbatch.write_text(f'#!/bin/sh\nfor last; do :; done\necho "$@" >> {tmp_path}/sbatch.args\n'
-                      f'cat "$last" >> {tmp_path}/sbatch.script\necho "Submitted batch job 4242"\n')
+    sbatch.write_text(
+        f'#!/bin/sh\nfor last; do :; done\necho "$@" >> {tmp_path}/sbatch.args\n'
+        f'cat "$last" >> {tmp_path}/sbatch.script\necho "Submitted batch job 4242"\n'
+    )
     (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$4"\n')  # `scontrol show hostnames LIST`
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -261,8 +319,13 @@ def test_slurm_array_job_then_merge(tmp_path, tokenizer_dir, capfd, monkeypatch)
     assert "already submitted" in capfd.readouterr().err
     launcher = str(Path(sys.executable).parent / "launch_pickled_pipeline")
     for i in range(n):
-        subprocess.run([launcher, str(pik)], env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NODELIST": "localhost"}, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [launcher, str(pik)],
+            env={**os.environ, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_NODELIST": "localhost"},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     assert main(["prepare", str(recipe), "--executor", "slurm", "--quiet"]) == 0
     run(tokenizer_dir, tmp_path / "local", domains, val_docs=7)
     assert tree_digest(out) == tree_digest(tmp_path / "local")

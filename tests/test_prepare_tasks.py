@@ -27,7 +27,9 @@ def inline(monkeypatch):
 def test_parts_read_back_the_source_at_any_cut(tmp_path):
     texts = [f"doc {i} " + "x" * (i % 7) for i in range(40)] + ["", "last"]
     path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" + "\n" * (i % 3 == 0) for i, t in enumerate(texts)))
+    path.write_text(
+        "".join(json.dumps({"text": t}) + "\n" + "\n" * (i % 3 == 0) for i, t in enumerate(texts))
+    )
     src = SourceConfig(path=str(path))
     size = path.stat().st_size
     for part_bytes in [1, 2, 3, 7, 16, 17, 64, size - 1, size, size + 5]:
@@ -63,8 +65,12 @@ def test_bad_record_in_a_later_part_named_by_its_line(tmp_path, tokenizer_dir, i
     # skipped and counted, with the same shards as the local path
     run(tokenizer_dir, tmp_path / "local", {"web": [{"path": str(path)}]}, skip_bad_records=True)
     result = run(
-        tokenizer_dir, tmp_path / "tasks", {"web": [{"path": str(path)}]}, skip_bad_records=True,
-        executor="ray", task_mb=1e-4,
+        tokenizer_dir,
+        tmp_path / "tasks",
+        {"web": [{"path": str(path)}]},
+        skip_bad_records=True,
+        executor="ray",
+        task_mb=1e-4,
     )
     assert result.domains[0].bad_records == 1
     assert tree_digest(tmp_path / "tasks") == tree_digest(tmp_path / "local")

@@ -1,4 +1,5 @@
-"""`prepare` reads sources behind fsspec URLs (here `file://` and `memory://`; `s3://`, `gs://`, `hf://` the same
+"""`prepare` reads sources behind fsspec URLs (here `file://` and `memory://`; `s3://`, `gs://`, `hf://` the
+same
 way where their packages are installed): the same documents, shards and fingerprints as from the local paths,
 also when cut into tasks by byte range."""
 
@@ -26,14 +27,14 @@ def _to_memory(local_root, prefix: str) -> None:
 
 
 def _as_url(src: dict, local_root, base: str) -> dict:
-    return {**src, "path": base + src["path"][len(str(local_root)):]}
+    return {**src, "path": base + src["path"][len(str(local_root)) :]}
 
 
 def _shards(root) -> dict:
     """Every file's digest but index.json's (which records each source's path), and every fingerprint."""
     out = {k: v for k, v in tree_digest(root).items() if not k.endswith("index.json")}
     for index in sorted(root.glob("*/index.json")):
-        out[str(index)[len(str(root)):]] = json.loads(index.read_text())["fingerprint"]
+        out[str(index)[len(str(root)) :]] = json.loads(index.read_text())["fingerprint"]
     return out
 
 

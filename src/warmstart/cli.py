@@ -450,8 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--skip-bad-records", dest="skip_bad_records", action="store_true")
     pp.add_argument("--quiet", action="store_true", help="no progress bar")
     pp.add_argument("--executor", choices=["local", "ray", "slurm"],
-                    help="local: worker processes here (default); ray / slurm: tasks on a cluster (warmstart[cluster])")
-    pp.add_argument("--address", help="executor ray: the cluster to join, e.g. HEAD:6379 (default: a local Ray)")
+                    help="local: worker processes here (default); ray / slurm: tasks on a cluster "
+                    "(warmstart[cluster])")
+    pp.add_argument("--address",
+                    help="executor ray: the cluster to join, e.g. HEAD:6379 (default: a local Ray)")
     _add_set(pp)
     pp.set_defaults(func=cmd_prepare)
 

@@ -35,13 +35,17 @@ class SourceConfig(Section):
 
 
 class SlurmConfig(Section):
-    """`executor: slurm`: the array job's settings (datatrove's SlurmPipelineExecutor writes the sbatch script)."""
+    """`executor: slurm`: the array job's settings (datatrove's SlurmPipelineExecutor writes the script)."""
 
     partition: str
     time: str = Field("24:00:00", description="time limit of each array task (sbatch --time)")
     mem_per_cpu_gb: float = Field(2, gt=0)
-    env_command: str | None = Field(None, description="shell line run before each task, e.g. `source venv/bin/activate`")
-    sbatch_args: dict[str, str] = Field(default_factory=dict, description="more sbatch options, e.g. {account: X}")
+    env_command: str | None = Field(
+        None, description="shell line run before each task, e.g. `source venv/bin/activate`"
+    )
+    sbatch_args: dict[str, str] = Field(
+        default_factory=dict, description="more sbatch options, e.g. {account: X}"
+    )
 
 
 class PrepareConfig(Section):
@@ -66,9 +70,12 @@ class PrepareConfig(Section):
     skip_bad_records: bool = False
     overwrite: bool = False
     executor: Literal["local", "ray", "slurm"] = Field(
-        "local", description="local: worker processes here; ray / slurm: tasks on a cluster (warmstart[cluster])"
+        "local",
+        description="local: worker processes here; ray / slurm: tasks on a cluster (warmstart[cluster])",
     )
-    address: str | None = Field(None, description="executor ray: the cluster to join (default: start a local Ray)")
+    address: str | None = Field(
+        None, description="executor ray: the cluster to join (default: start a local Ray)"
+    )
     task_mb: float = Field(64, gt=0, description="executor ray/slurm: input megabytes per task")
     slurm: SlurmConfig | None = None
 

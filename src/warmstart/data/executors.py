@@ -1,16 +1,16 @@
-"""Running `prepare`'s tasks (data/tasks.py) on an existing engine: datatrove's executors, `warmstart[cluster]`.
+"""Running `prepare`'s tasks (data/tasks.py) on an existing engine: datatrove's executors, warmstart[cluster].
 
-datatrove (Hugging Face's data pipeline library; FineWeb was built with it) brings what a cluster run needs and
-warmstart should not grow itself: a Ray executor that retries a task whose worker died, a Slurm executor that
-submits array jobs, and completion markers so a re-run skips finished tasks. warmstart gives it one pipeline
-step, `TaskJob`, whose rank is the task number; the tasks' outputs and the merge are warmstart's own, so the
-engine never decides the order of anything written.
+datatrove (Hugging Face's data pipeline library; FineWeb was built with it) brings what a cluster run needs
+and warmstart should not grow itself: a Ray executor that retries a task whose worker died, a Slurm executor
+that submits array jobs, and completion markers so a re-run skips finished tasks. warmstart gives it one
+pipeline step, `TaskJob`, whose rank is the task number; the tasks' outputs and the merge are warmstart's own,
+so the engine never decides the order of anything written.
 
-  ray    connects to `address` (or $RAY_ADDRESS: a running cluster, `ray start --head`), or starts a new local Ray
-         when none is given;
-         `workers` tasks run at once (default: one per CPU of the cluster); blocks until every task finished.
-  slurm  writes an sbatch array script and submits it with `sbatch` (datatrove's SlurmPipelineExecutor); returns
-         at once: run the same `prepare` again when the job has finished, and it writes the shards.
+  ray    connects to `address` (or $RAY_ADDRESS: a running cluster, `ray start --head`), or starts a new
+         local Ray when none is given; `workers` tasks run at once (default: one per CPU of the cluster);
+         blocks until every task has ended.
+  slurm  writes an sbatch array script and submits it with `sbatch` (datatrove's SlurmPipelineExecutor);
+         returns at once: run the same `prepare` again when the job has finished, and it writes the shards.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def _require(module: str, executor: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"executor {executor}: needs the optional packages ray and datatrove; {EXTRA_HINT}") from None
+        raise UserError(
+            f"executor {executor}: needs the optional packages ray and datatrove; {EXTRA_HINT}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -55,18 +57,20 @@ def run_inline(job: TaskJob) -> None:
 
 
 def run_ray(job: TaskJob, logs: Path, address: str | None, workers: int | None, progress: bool) -> None:
-    """Run every unfinished task on Ray through datatrove's RayPipelineExecutor; returns when all have ended."""
+    """Run every unfinished task on Ray (datatrove's RayPipelineExecutor); returns when all have ended."""
     ray = _require("ray", "ray")
     ray_executor = _require("datatrove.executor.ray", "ray")
     started = not ray.is_initialized()
     if started:
         try:
-            # "local": a new Ray on this machine, never a cluster that happens to run here (ray.init's default)
+            # "local": a new Ray here, never a cluster that happens to run here (ray.init's default)
             target = address or os.environ.get("RAY_ADDRESS") or "local"
             ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"at {address}" if address else "locally"
-            raise UserError(f"executor ray: cannot connect to or start Ray {where} ({_first_line(e)})") from None
+            raise UserError(
+                f"executor ray: cannot connect to or start Ray {where} ({_first_line(e)})"
+            ) from None
     try:
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -87,7 +91,7 @@ def run_ray(job: TaskJob, logs: Path, address: str | None, workers: int | None, 
 
 
 def slurm_executor(job: TaskJob, logs: Path, slurm, workers: int | None):
-    """datatrove's SlurmPipelineExecutor for `job` (its `launch_job` writes the sbatch script and submits it)."""
+    """datatrove's SlurmPipelineExecutor for `job` (`launch_job` writes the sbatch script and submits it)."""
     slurm_mod = _require("datatrove.executor.slurm", "slurm")
     return slurm_mod.SlurmPipelineExecutor(
         [job],
@@ -109,12 +113,13 @@ def submit_slurm(job: TaskJob, logs: Path, slurm, workers: int | None) -> str:
     """Submit the unfinished tasks as a Slurm array job; its job id."""
     if shutil.which("sbatch") is None:
         raise UserError(
-            "executor slurm: no `sbatch` on PATH; run prepare on a Slurm login node, or use --executor local|ray"
+            "executor slurm: no `sbatch` on PATH; run prepare on a Slurm login node, "
+            "or use --executor local|ray"
         )
     if (logs / "launch_script.slurm").is_file():  # these very tasks were submitted by an earlier run
         raise UserError(
-            f"executor slurm: a job for these {len(job.tasks)} unfinished tasks was already submitted (logs: {logs}); "
-            "run again once it has ended, or delete that directory to submit them again"
+            f"executor slurm: a job for these {len(job.tasks)} unfinished tasks was already submitted "
+            f"(logs: {logs}); run again once it has ended, or delete that directory to submit them again"
         )
     with _quiet_engine():
         executor = slurm_executor(job, logs, slurm, workers)

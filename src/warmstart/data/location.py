@@ -1,7 +1,7 @@
-"""Where a source lives: a local path, or an fsspec URL (`s3://`, `gs://`, `hf://`, `memory://`, `file://`, any
-protocol whose fsspec package is installed). `FsPath` has the few `pathlib` methods that data/sources.py uses, so
-one reader serves both; the filesystem is made again from the URL after unpickling (a task on another machine
-opens its own)."""
+"""Where a source lives: a local path, or an fsspec URL (`s3://`, `gs://`, `hf://`, `memory://`, `file://`,
+any protocol whose fsspec package is installed). `FsPath` has the few `pathlib` methods that data/sources.py
+uses, so one reader serves both; the filesystem is made again from the URL after unpickling (a task on another
+machine opens its own)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class FsPath:
     def __hash__(self) -> int:
         return hash(self.url)
 
-    # ------------------------------------------------------------------------------------------- the filesystem
+    # ------------------------------------------------------------------------------------- the filesystem
     @property
     def fs_path(self) -> tuple:
         """(fsspec filesystem, its path for this URL)."""
@@ -66,7 +66,7 @@ class FsPath:
                 return None
         return self._info
 
-    # ------------------------------------------------------------------------------------------- pathlib's subset
+    # ----------------------------------------------------------------------------------- pathlib's subset
     @property
     def name(self) -> str:
         return PurePosixPath(self.fs_path[1]).name
@@ -119,4 +119,6 @@ class FsPath:
 
 def open_raw(path: Path | FsPath) -> IO[bytes]:
     """A binary stream of the file's bytes as stored (no decompression)."""
-    return path.open_raw() if isinstance(path, FsPath) else open(path, "rb")  # noqa: SIM115 - the caller closes
+    if isinstance(path, FsPath):
+        return path.open_raw()
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it

@@ -490,15 +490,18 @@ def _run_tasks(
     from warmstart.data.tasks import TaskJob, check_finished, plan_tasks, work_dir
 
     part_bytes = max(1, int(cfg.task_mb * 1e6))
+    # Workers run elsewhere, in other directories: every local path they meet is absolute.
+    out = out.absolute()
+    sources = {name: [_absolute(s) for s in srcs] for name, srcs in cfg.domains.items()}
     for plan in todo:
         t0 = time.perf_counter()
-        run.tasks[plan.name] = plan_tasks(plan.name, plan.fingerprint, plan.sources, out, part_bytes)
+        run.tasks[plan.name] = plan_tasks(plan.name, plan.fingerprint, sources[plan.name], out, part_bytes)
         plan.seconds += time.perf_counter() - t0
     every = [t for tasks in run.tasks.values() for t in tasks]
     run.reused = sum(t.done for t in every)
     unfinished = [t for t in every if not t.done]
     job = TaskJob(
-        unfinished, cfg.domains, setup.tok, setup.doc_fmt, setup.dtype, cfg.batch_docs, cfg.skip_bad_records
+        unfinished, sources, setup.tok, setup.doc_fmt, setup.dtype, cfg.batch_docs, cfg.skip_bad_records
     )
     logs = work_dir(out) / f"engine-{_sha256_json([t.prefix for t in unfinished])[:16]}"
     workers = cfg.workers if "workers" in cfg.model_fields_set else None
@@ -518,6 +521,13 @@ def _run_tasks(
         plan.seconds += (time.perf_counter() - t0) * len(run.tasks[plan.name]) / max(1, len(every))
     check_finished(every, str(logs))
     run.ran = len(unfinished)
+
+
+def _absolute(src: SourceConfig) -> SourceConfig:
+    """`src` with its path absolute when it is a local file or directory (a URL or a hub name as it is)."""
+    if "://" in src.path or not Path(src.path).exists():
+        return src
+    return src.model_copy(update={"path": os.path.abspath(src.path)})
 
 
 def _merge_domain(plan: _Plan, tmp: Path, cfg: PrepareConfig, setup: _Setup, tasks: list) -> dict:

@@ -496,7 +496,7 @@ def _is_compressed(path: Path | FsPath) -> bool:
 def iter_part(
     src: SourceConfig, part: SourcePart, skip_bad_records: bool = False, stats: dict | None = None
 ) -> Iterator[str]:
-    """Yield the documents of one part of a source (see `source_parts`), bad records as in `iter_documents`."""
+    """Yield the documents of one part of a source (`source_parts`); bad records as in `iter_documents`."""
     yield from _iter_part(src, part, _Bad(skip_bad_records, stats))
 
 

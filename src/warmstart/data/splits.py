@@ -58,8 +58,8 @@ def _members(idx: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
 
 
 def split_runs(lengths: np.ndarray, first: int, val: np.ndarray) -> list[tuple[str, int, int]]:
-    """Cut consecutive documents (the first is document `first` of its domain, `lengths` tokens each) into runs
-    of one split: (split, first document, end document) as indices into `lengths`, in order."""
+    """Cut consecutive documents (the first is document `first` of its domain, `lengths` tokens each) into
+    runs of one split: (split, first document, end document) as indices into `lengths`, in order."""
     k = len(lengths)
     if not k:
         return []
@@ -69,7 +69,7 @@ def split_runs(lengths: np.ndarray, first: int, val: np.ndarray) -> list[tuple[s
 
 
 def write_runs(writers: dict, lengths: np.ndarray, tokens: np.ndarray, first: int, val: np.ndarray) -> None:
-    """Write consecutive documents (the first is document `first` of the domain; `tokens` theirs, concatenated)
+    """Write consecutive documents (the first is document `first` of the domain, `tokens` theirs concatenated)
     to the `SplitWriter` of their split, in order."""
     ends = np.concatenate(([0], np.cumsum(lengths)))
     for split, a, b in split_runs(lengths, first, val):

@@ -1,8 +1,8 @@
 """`prepare` as independent tasks, for an engine that runs them on many machines (`executor: ray | slurm`).
 
-A task is one part of one source (data/sources.py `source_parts`: a byte range of a JSONL file, a file, a run of
-text files); it reads its documents, tokenizes them exactly as the local path does (`encode_chunk`), and writes
-its tokens and document lengths beside the output directory, in the work directory `.<out>.tasks/`:
+A task is one part of one source (data/sources.py `source_parts`: a byte range of a JSONL file, a file, a run
+of text files); it reads its documents, tokenizes them exactly as the local path does (`encode_chunk`), and
+writes its tokens and document lengths beside the output directory, in the work directory `.<out>.tasks/`:
 
     .<out>.tasks/<domain>-<fingerprint[:16]>/task-00012.tokens        the part's documents' tokens, in order
                                              task-00012.lengths.npy   tokens per document
@@ -151,8 +151,8 @@ def check_finished(tasks: list[Task], where: str) -> None:
     missing = [t for t in tasks if not t.done]
     if missing:
         raise UserError(
-            f"{len(missing)} of {len(tasks)} prepare tasks did not finish (engine logs: {where}); run the same "
-            "command again to continue from the finished ones"
+            f"{len(missing)} of {len(tasks)} prepare tasks did not finish (engine logs: {where}); "
+            "run the same command again to continue from the finished ones"
         )
 
 
@@ -174,7 +174,10 @@ def merge_domain(name: str, tasks: list[Task], n_sources: int, tmp: Path, dtype:
         raise UserError(f"domain {name!r}: no documents to prepare ({why}: {paths})")
     k = val_count(n_docs, cfg.val_docs, cfg.val_fraction, name)
     val = val_indices(n_docs, k, cfg.seed, name)
-    writers = {"train": SplitWriter(tmp, "train", n_docs - k, dtype), "val": SplitWriter(tmp, "val", k, dtype)}
+    writers = {
+        "train": SplitWriter(tmp, "train", n_docs - k, dtype),
+        "val": SplitWriter(tmp, "val", k, dtype),
+    }
     done = 0
     try:
         for t, c in zip(tasks, counts, strict=True):

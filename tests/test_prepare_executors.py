@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,6 +78,8 @@ def cluster():
     import ray
 
     ray_bin = str(Path(sys.executable).parent / "ray")
+    if not Path(ray_bin).is_file():
+        ray_bin = shutil.which("ray") or pytest.skip("ray is importable but its `ray` command is not on PATH")
     port = _free_port()
     common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
     procs = []

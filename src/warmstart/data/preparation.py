@@ -279,6 +279,11 @@ def _build_domain(
         for w in writers.values():
             w.abort()
         raise
+    return _write_index(tmp, plan, index_head, splits)
+
+
+def _write_index(tmp: Path, plan: _Plan, index_head: dict, splits: dict) -> dict:
+    """Write the domain's index.json into `tmp` (the same keys and order, whichever path built it)."""
     index = {
         **index_head,
         "domain": plan.name,
@@ -538,16 +543,7 @@ def _merge_domain(plan: _Plan, tmp: Path, cfg: PrepareConfig, setup: _Setup, tas
     for info, (docs, bad) in zip(plan.source_info, merged["per_source"], strict=True):
         info["docs"], info["bad_records"] = docs, bad
     plan.n_docs, plan.bad_records = merged["docs"], merged["bad_records"]
-    index = {
-        **setup.index_head,
-        "domain": plan.name,
-        "fingerprint": plan.fingerprint,
-        "splits": merged["splits"],
-        "sources": plan.source_info,
-        "bad_records": plan.bad_records,
-    }
-    write_json(tmp / "index.json", index)
-    return index
+    return _write_index(tmp, plan, setup.index_head, merged["splits"])
 
 
 # ----------------------------------------------------------------------------------------------- manifest

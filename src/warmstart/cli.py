@@ -62,7 +62,9 @@ def _say_error(line: str) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from warmstart.config import PrepareConfig, load
 
-    flags = _flag_overrides(args, ["workers", "overwrite", "skip_bad_records", "val_docs", "val_fraction"])
+    flags = _flag_overrides(
+        args, ["workers", "overwrite", "skip_bad_records", "val_docs", "val_fraction", "executor", "address"]
+    )
     cfg = load(PrepareConfig, args.recipe, flags + args.overrides)
     check_out_dir(cfg.out, "out")
     from warmstart.data import prepare
@@ -453,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--overwrite", action="store_true", help="rebuild domains whose inputs changed")
     pp.add_argument("--skip-bad-records", dest="skip_bad_records", action="store_true")
     pp.add_argument("--quiet", action="store_true", help="no progress bar")
+    pp.add_argument("--executor", choices=["local", "ray", "slurm"],
+                    help="local: worker processes here (default); ray / slurm: tasks on a cluster "
+                    "(warmstart[cluster])")
+    pp.add_argument("--address",
+                    help="executor ray: the cluster to join, e.g. HEAD:6379 (default: a local Ray)")
     _add_set(pp)
     pp.set_defaults(func=cmd_prepare)
 

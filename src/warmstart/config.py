@@ -38,6 +38,20 @@ class SourceConfig(Section):
     split: str | None = Field(None, description="split of a Hugging Face DatasetDict (default: 'train')")
 
 
+class SlurmConfig(Section):
+    """`executor: slurm`: the array job's settings (datatrove's SlurmPipelineExecutor writes the script)."""
+
+    partition: str
+    time: str = Field("24:00:00", description="time limit of each array task (sbatch --time)")
+    mem_per_cpu_gb: float = Field(2, gt=0)
+    env_command: str | None = Field(
+        None, description="shell line run before each task, e.g. `source venv/bin/activate`"
+    )
+    sbatch_args: dict[str, str] = Field(
+        default_factory=dict, description="more sbatch options, e.g. {account: X}"
+    )
+
+
 class PrepareConfig(Section):
     """`warmstart prepare`: text -> tokenized train/val token arrays per domain."""
 
@@ -59,9 +73,22 @@ class PrepareConfig(Section):
     batch_docs: int = Field(256, ge=1, description="documents per tokenization task")
     skip_bad_records: bool = False
     overwrite: bool = False
+    executor: Literal["local", "ray", "slurm"] = Field(
+        "local",
+        description="local: worker processes here; ray / slurm: tasks on a cluster (warmstart[cluster])",
+    )
+    address: str | None = Field(
+        None, description="executor ray: the cluster to join (default: start a local Ray)"
+    )
+    task_mb: float = Field(64, gt=0, description="executor ray/slurm: input megabytes per task")
+    slurm: SlurmConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
+        if self.executor == "slurm" and self.slurm is None:
+            raise ValueError("executor slurm needs a slurm section (at least slurm.partition)")
+        if self.address is not None and self.executor != "ray":
+            raise ValueError(f"address is for executor ray, not {self.executor}")
         if self.val_docs is not None and self.val_fraction is not None:
             raise ValueError("give val_docs or val_fraction, not both")
         if self.eos_token is not None:

@@ -44,7 +44,7 @@ from warmstart.data.shards import (
     read_manifest,
 )
 from warmstart.data.sources import detect_format, fingerprint_source, iter_documents
-from warmstart.data.splits import _members, val_count, val_indices
+from warmstart.data.splits import val_count, val_indices, write_runs
 from warmstart.data.tokenizer import load_tokenizer, tokenizer_identity
 from warmstart.errors import UserError
 
@@ -88,6 +88,10 @@ class PrepareResult:
     kept: list[str] = field(default_factory=list)  # quality-selected domains whose source is unchanged
     stale: list[str] = field(default_factory=list)  # quality-selected domains whose source was rebuilt
     document: DocumentFormat | None = None
+    executor: str = "local"
+    tasks_run: int = 0  # executor ray/slurm: tasks this call ran
+    tasks_reused: int = 0  # ... and tasks finished by an earlier, stopped run (not run again)
+    pending: str | None = None  # executor slurm: the job submitted, when the shards are not written yet
 
     @property
     def built(self) -> list[str]:
@@ -101,6 +105,8 @@ class PrepareResult:
         """A short table for the terminal."""
         head = f"{'domain':<16} {'status':<10} {'docs':>9} {'train tok':>13} {'val docs':>8} {'val tok':>11}"
         head += f" {'bad':>5} {'tok/s':>8} {'time':>7}"
+        if self.pending:
+            return self.pending
         lines = [head]
         for d in self.domains:
             rate = f"{_si(d.tokens_per_s)}/s" if d.tokens_per_s else "-"
@@ -112,6 +118,9 @@ class PrepareResult:
         n_built = len(self.built)
         state = "up to date" if not n_built else f"{n_built} built, {len(self.domains) - n_built} up to date"
         lines.append(f"data in {self.out} ({self.dtype}; {state}; {self.seconds:.1f}s)")
+        if self.tasks_run or self.tasks_reused:
+            reused = f", {self.tasks_reused} finished by an earlier run" if self.tasks_reused else ""
+            lines.append(f"executor {self.executor}: {self.tasks_run} tasks run{reused}")
         if self.document is not None:
             lines.append(f"documents: {self.document.describe()} ({self.document.rule})")
         if self.kept:
@@ -259,12 +268,7 @@ def _build_domain(
         with progress_bar(plan.n_docs, desc=plan.name, unit=" doc", enabled=progress) as bar:
             for lengths, tokens in encoder.map(_batches(docs(), cfg.batch_docs)):
                 k = len(lengths)
-                is_val = _members(np.arange(done, done + k), val)
-                ends = np.concatenate(([0], np.cumsum(lengths)))
-                cuts = [0, *(np.flatnonzero(np.diff(is_val.astype(np.int8))) + 1).tolist(), k]
-                for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-                    writer = writers["val" if is_val[a] else "train"]
-                    writer.write(tokens[ends[a] : ends[b]], lengths[a:b])
+                write_runs(writers, lengths, tokens, done, val)
                 done += k
                 bar.update(k)
                 bar.set_postfix_str(
@@ -275,6 +279,11 @@ def _build_domain(
         for w in writers.values():
             w.abort()
         raise
+    return _write_index(tmp, plan, index_head, splits)
+
+
+def _write_index(tmp: Path, plan: _Plan, index_head: dict, splits: dict) -> dict:
+    """Write the domain's index.json into `tmp` (the same keys and order, whichever path built it)."""
     index = {
         **index_head,
         "domain": plan.name,
@@ -303,8 +312,15 @@ def prepare(
     setup = _setup(cfg)
 
     # Plan every domain before writing anything: a bad input anywhere fails with the out dir untouched.
-    plans = [_plan_domain(name, sources, cfg, setup, out, progress) for name, sources in cfg.domains.items()]
-    results = _build_domains(plans, cfg, setup, out, progress)
+    count = cfg.executor == "local"  # on an engine, the tasks count documents as they read them
+    plans = [
+        _plan_domain(name, sources, cfg, setup, out, progress, count) for name, sources in cfg.domains.items()
+    ]
+    run = _TaskRun()
+    results = _build_domains(plans, cfg, setup, out, progress, run)
+    if run.pending:
+        return PrepareResult(out=out, dtype=setup.dtype.name, domains=[], executor=cfg.executor,
+                             pending=run.pending, seconds=time.perf_counter() - t_start)
 
     fingerprints = {p.name: p.fingerprint for p in plans}
     manifest, derived, stale = _write_manifest(out, cfg, setup.identity, fingerprints)
@@ -317,6 +333,9 @@ def prepare(
         unlisted=_unlisted(out, manifest["domains"], stale),
         kept=list(derived),
         stale=stale,
+        executor=cfg.executor,
+        tasks_run=run.ran,
+        tasks_reused=run.reused,
     )
 
 
@@ -383,7 +402,8 @@ def _fingerprint(name: str, cfg: PrepareConfig, setup: _Setup, source_info: list
 
 
 def _plan_domain(
-    name: str, sources: list[SourceConfig], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool
+    name: str, sources: list[SourceConfig], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool,
+    count: bool = True,
 ) -> _Plan:
     """Fingerprint domain `name`, compare it with what `out` holds, and count its documents when it is to be built;
     `UserError` when it exists with different inputs and `overwrite` is off."""
@@ -409,40 +429,121 @@ def _plan_domain(
     plan.status = {"missing": "built", "different": "rebuilt", "damaged": "repaired"}.get(
         state, "up to date"
     )
-    if plan.status != "up to date":
+    if plan.status != "up to date" and count:
         _count_documents(plan, cfg, progress)
     plan.seconds = time.perf_counter() - t0
     return plan
 
 
 def _build_domains(
-    plans: list[_Plan], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool
+    plans: list[_Plan], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool, run: _TaskRun
 ) -> dict[str, DomainResult]:
     """Build every planned domain that is not up to date and swap them all in together; a result per domain.
 
-    On any error nothing is swapped in, and an `out` this call created is removed."""
+    On any error nothing is swapped in, and an `out` this call created is removed (an engine's finished tasks
+    stay in their work directory beside it, for the next run)."""
     created = not out.exists()
     results: dict[str, DomainResult] = {}
+    todo = [p for p in plans if p.status != "up to date"]
+    if todo and cfg.executor != "local":
+        _run_tasks(todo, cfg, setup, out, progress, run)
+        if run.pending:
+            return results
     try:
-        todo = [p for p in plans if p.status != "up to date"]
         with contextlib.ExitStack() as swaps:
-            if todo:
+            if todo and cfg.executor == "local":
                 encoder = swaps.enter_context(_Encoder(setup.tok, setup.doc_fmt, setup.dtype, cfg.workers))
             for plan in todo:
                 t0 = time.perf_counter()
                 # Built beside the final place; swapped in when the ExitStack closes, i.e. only if all succeed.
                 tmp = swaps.enter_context(build_dir(plan.path, replace=True))
-                index = _build_domain(plan, tmp, cfg, encoder, setup.index_head, progress)
+                if cfg.executor == "local":
+                    index = _build_domain(plan, tmp, cfg, encoder, setup.index_head, progress)
+                else:
+                    index = _merge_domain(plan, tmp, cfg, setup, run.tasks[plan.name])
                 plan.seconds += time.perf_counter() - t0
                 results[plan.name] = _result(plan, index)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
+    if todo and cfg.executor != "local":
+        from warmstart.data.tasks import work_dir
+
+        shutil.rmtree(work_dir(out), ignore_errors=True)  # every domain is in place: the tasks are spent
     for plan in plans:
         if plan.name not in results:
             results[plan.name] = _result(plan, DomainData.open(plan.path).index)
     return results
+
+
+@dataclass
+class _TaskRun:
+    """An engine run's tasks per domain, how many it ran or found finished, and a Slurm job still pending."""
+
+    tasks: dict[str, list] = field(default_factory=dict)
+    ran: int = 0
+    reused: int = 0
+    pending: str | None = None
+
+
+def _run_tasks(
+    todo: list[_Plan], cfg: PrepareConfig, setup: _Setup, out: Path, progress: bool, run: _TaskRun
+) -> None:
+    """Cut the domains to build into tasks and have the engine run the unfinished ones (data/executors.py)."""
+    from warmstart.data import executors
+    from warmstart.data.tasks import TaskJob, check_finished, plan_tasks, work_dir
+
+    part_bytes = max(1, int(cfg.task_mb * 1e6))
+    # Workers run elsewhere, in other directories: every local path they meet is absolute.
+    out = out.absolute()
+    sources = {name: [_absolute(s) for s in srcs] for name, srcs in cfg.domains.items()}
+    for plan in todo:
+        t0 = time.perf_counter()
+        run.tasks[plan.name] = plan_tasks(plan.name, plan.fingerprint, sources[plan.name], out, part_bytes)
+        plan.seconds += time.perf_counter() - t0
+    every = [t for tasks in run.tasks.values() for t in tasks]
+    run.reused = sum(t.done for t in every)
+    unfinished = [t for t in every if not t.done]
+    job = TaskJob(
+        unfinished, sources, setup.tok, setup.doc_fmt, setup.dtype, cfg.batch_docs, cfg.skip_bad_records
+    )
+    logs = work_dir(out) / f"engine-{_sha256_json([t.prefix for t in unfinished])[:16]}"
+    workers = cfg.workers if "workers" in cfg.model_fields_set else None
+    t0 = time.perf_counter()
+    if unfinished and cfg.executor == "ray":
+        executors.run_ray(job, logs, cfg.address, workers, progress)
+    elif unfinished and cfg.executor == "slurm":
+        job_id = executors.submit_slurm(job, logs, cfg.slurm, workers)
+        run.pending = (
+            f"submitted Slurm job {job_id}: {len(unfinished)} tasks ({run.reused} already finished); "
+            f"run the same prepare command again once it has finished, to write the shards to {out}"
+        )
+        return
+    elif unfinished:  # pragma: no cover - the config's Literal rules this out
+        raise UserError(f"unknown executor {cfg.executor!r}")
+    for plan in todo:  # the engine's time is shared by the domains in proportion to their input
+        plan.seconds += (time.perf_counter() - t0) * len(run.tasks[plan.name]) / max(1, len(every))
+    check_finished(every, str(logs))
+    run.ran = len(unfinished)
+
+
+def _absolute(src: SourceConfig) -> SourceConfig:
+    """`src` with its path absolute when it is a local file or directory (a URL or a hub name as it is)."""
+    if "://" in src.path or not Path(src.path).exists():
+        return src
+    return src.model_copy(update={"path": os.path.abspath(src.path)})
+
+
+def _merge_domain(plan: _Plan, tmp: Path, cfg: PrepareConfig, setup: _Setup, tasks: list) -> dict:
+    """Write a domain from its finished tasks (data/tasks.py `merge_domain`) and its index.json into `tmp`."""
+    from warmstart.data.tasks import merge_domain
+
+    merged = merge_domain(plan.name, tasks, len(plan.sources), tmp, setup.dtype, cfg)
+    for info, (docs, bad) in zip(plan.source_info, merged["per_source"], strict=True):
+        info["docs"], info["bad_records"] = docs, bad
+    plan.n_docs, plan.bad_records = merged["docs"], merged["bad_records"]
+    return _write_index(tmp, plan, setup.index_head, merged["splits"])
 
 
 # ----------------------------------------------------------------------------------------------- manifest

@@ -15,10 +15,12 @@ import io
 import json
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from warmstart.config import SourceConfig
+from warmstart.data.location import FsPath, location, open_raw
 from warmstart.errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -58,7 +60,7 @@ def detect_format(src: SourceConfig) -> str:
     """
     if src.format != "auto":
         return src.format
-    path = Path(src.path)
+    path = location(src.path)
     if not path.exists():
         looks_like_hub = src.path.count("/") == 1 and not path.suffix and not src.path.startswith((".", "~"))
         hint = " (for a Hugging Face hub dataset set format: hf)" if looks_like_hub else ""
@@ -88,7 +90,7 @@ def _dir_files(root: Path, pattern: str) -> list[tuple[str, Path]]:
 
 def _source_files(src: SourceConfig, fmt: str) -> list[tuple[str, Path]]:
     """The files a file-based source reads, in order: the file itself, or a directory's matching files."""
-    path = Path(src.path)
+    path = location(src.path)
     if not path.exists():
         raise UserError(f"{src.path}: no such file or directory")
     if path.is_file():
@@ -102,12 +104,28 @@ def _source_files(src: SourceConfig, fmt: str) -> list[tuple[str, Path]]:
 # ----------------------------------------------------------------------------------------------- opening
 def open_binary(path: Path) -> IO[bytes]:
     """A buffered binary stream of a file's content, decompressing gzip or zstd (recognised by magic bytes)."""
+    if isinstance(path, FsPath):
+        return _open_url(path)
     fh = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     head = fh.peek(4)[:4]
     if head.startswith(_GZIP_MAGIC):
         fh.close()
         return gzip.open(path, "rb")
     if head == _ZSTD_MAGIC or _is_skippable_frame(head):  # pzstd opens its files with a skippable frame
+        return io.BufferedReader(_ZstdFrames(fh), buffer_size=1 << 20)
+    return fh
+
+
+def _open_url(path: FsPath) -> IO[bytes]:
+    """`open_binary` for a URL: the filesystem's own stream, decompressed as a local file would be."""
+    fh = path.open_raw()
+    head = fh.read(4)
+    fh.seek(0)
+    if head.startswith(_GZIP_MAGIC):
+        stream = gzip.GzipFile(fileobj=fh, mode="rb")
+        stream.myfileobj = fh  # closed with the gzip stream, as gzip.open does with the file it opens
+        return stream
+    if head == _ZSTD_MAGIC or _is_skippable_frame(head):
         return io.BufferedReader(_ZstdFrames(fh), buffer_size=1 << 20)
     return fh
 
@@ -205,42 +223,69 @@ def _json_problem(e: ValueError) -> str:
     return _first_line(e)
 
 
-def _iter_jsonl(path: Path, field: str, bad: _Bad) -> Iterator[str]:
+def _iter_jsonl(path: Path, field: str, bad: _Bad, start: int = 0, end: int | None = None) -> Iterator[str]:
+    """The records of the lines that start in bytes [start, end) of an uncompressed file (the whole file when
+    start is 0 and end None); a line is named by its number in the whole file either way."""
     try:
         stream = open_binary(path)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     with stream:
+        pos = 0
+        if start:
+            stream.seek(start - 1)
+            pos = start - 1 + len(stream.readline())  # the line holding byte start-1 is the previous part's
+        first = pos
+        base: list[int] = []  # lines before `first`, counted only when a message needs them
+
+        def at(lineno: int) -> str:
+            if not base:
+                base.append(_count_newlines(path, first))
+            return f"{path}:{base[0] + lineno}"
+
         lineno = 0
         try:
             for lineno, line in enumerate(stream, 1):  # noqa: B007 - lineno is read after the loop on errors
+                if end is not None and pos >= end:
+                    break
+                pos += len(line)
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError as e:
-                    bad(f"{path}:{lineno}", f"not valid JSON ({_json_problem(e)})")
+                    bad(at(lineno), f"not valid JSON ({_json_problem(e)})")
                     continue
                 if not isinstance(record, dict):
-                    bad(f"{path}:{lineno}", f"expected a JSON object per line, got {type(record).__name__}")
+                    bad(at(lineno), f"expected a JSON object per line, got {type(record).__name__}")
                     continue
                 if field not in record:
                     keys = ", ".join(sorted(record)[:8]) or "none"
                     bad(
-                        f"{path}:{lineno}", f"no {field!r} key (keys: {keys}); set text_field to the text key"
+                        at(lineno), f"no {field!r} key (keys: {keys}); set text_field to the text key"
                     )
                     continue
                 text = record[field]
                 if not isinstance(text, str):
-                    bad(f"{path}:{lineno}", f"{field!r} is a {type(text).__name__}, not a string")
+                    bad(at(lineno), f"{field!r} is a {type(text).__name__}, not a string")
                     continue
                 problem = _unicode_problem(text)
                 if problem:
-                    bad(f"{path}:{lineno}", f"{field!r} {problem}")
+                    bad(at(lineno), f"{field!r} {problem}")
                     continue
                 yield text
         except _corrupt_errors() as e:  # a truncated or corrupt gzip/zstd stream
             raise UserError(f"{path}: corrupt or truncated after line {lineno} ({_first_line(e)})") from None
+
+
+def _count_newlines(path: Path, stop: int) -> int:
+    """Newlines in the first `stop` bytes of an uncompressed file: a part's line numbers start after them."""
+    n = 0
+    with open_binary(path) as f:
+        while stop > 0 and (chunk := f.read(min(1 << 22, stop))):
+            n += chunk.count(b"\n")
+            stop -= len(chunk)
+    return n
 
 
 def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
@@ -248,7 +293,7 @@ def _iter_parquet(path: Path, field: str, bad: _Bad) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path.open_raw() if isinstance(path, FsPath) else path)
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     names = pf.schema_arrow.names
@@ -389,27 +434,89 @@ def iter_documents(
     counted in `stats['bad_records']` (the first one is kept in `stats['first_bad_record']`).
     """
     bad = _Bad(skip_bad_records, stats)
+    for part in source_parts(src):
+        yield from _iter_part(src, part, bad)
+
+
+# ----------------------------------------------------------------------------------------------- parts
+@dataclass(frozen=True)
+class SourcePart:
+    """A piece of a source that one task reads: a range of lines of one JSONL file (the lines that start in
+    bytes [start, end)), one whole file, a run of a directory's text files, or a whole dataset (`hf`).
+
+    A source's parts, read one after another, yield exactly its documents in `iter_documents`' order."""
+
+    fmt: str
+    files: tuple[tuple[str, Path], ...] = ()
+    start: int = 0
+    end: int | None = None
+    size: int = 0  # input bytes, for balancing tasks
+
+
+def source_parts(src: SourceConfig, part_bytes: int | None = None) -> list[SourcePart]:
+    """The source cut into parts of about `part_bytes` input bytes (None: a part per file, as read locally).
+
+    Uncompressed JSONL is cut by byte range; a compressed or Parquet file is one part; a directory's text
+    files are grouped in order; a Hugging Face dataset is one part."""
     fmt = detect_format(src)
     if fmt == "hf":
-        yield from _iter_hf(src, bad)
-        return
+        return [SourcePart(fmt)]
     files = _source_files(src, fmt)
+    sizes = [f.stat().st_size for _, f in files]
     if fmt == "text":
-        yield from _iter_text(files, bad)
-    elif fmt == "jsonl":
-        for _, path in files:
-            yield from _iter_jsonl(path, src.text_field, bad)
-    elif fmt == "parquet":
-        for _, path in files:
-            yield from _iter_parquet(path, src.text_field, bad)
+        if part_bytes is None:
+            return [SourcePart(fmt, tuple(files), size=sum(sizes))]
+        parts, run, size = [], [], 0
+        for rel_path, n in zip(files, sizes, strict=True):
+            run.append(rel_path)
+            size += n
+            if size >= part_bytes:
+                parts.append(SourcePart(fmt, tuple(run), size=size))
+                run, size = [], 0
+        if run:
+            parts.append(SourcePart(fmt, tuple(run), size=size))
+        return parts
+    parts = []
+    for rel_path, n in zip(files, sizes, strict=True):
+        if part_bytes is None or fmt != "jsonl" or n <= part_bytes or _is_compressed(rel_path[1]):
+            parts.append(SourcePart(fmt, (rel_path,), size=n))
+            continue
+        cuts = list(range(0, n, part_bytes))
+        for a, b in zip(cuts, [*cuts[1:], None], strict=True):
+            parts.append(SourcePart(fmt, (rel_path,), a, b, size=(b or n) - a))
+    return parts
+
+
+def _is_compressed(path: Path | FsPath) -> bool:
+    with open_raw(path) as f:
+        head = f.read(4)
+    return head.startswith(_GZIP_MAGIC) or head == _ZSTD_MAGIC or _is_skippable_frame(head)
+
+
+def iter_part(
+    src: SourceConfig, part: SourcePart, skip_bad_records: bool = False, stats: dict | None = None
+) -> Iterator[str]:
+    """Yield the documents of one part of a source (`source_parts`); bad records as in `iter_documents`."""
+    yield from _iter_part(src, part, _Bad(skip_bad_records, stats))
+
+
+def _iter_part(src: SourceConfig, part: SourcePart, bad: _Bad) -> Iterator[str]:
+    if part.fmt == "hf":
+        yield from _iter_hf(src, bad)
+    elif part.fmt == "text":
+        yield from _iter_text(list(part.files), bad)
+    elif part.fmt == "jsonl":
+        yield from _iter_jsonl(part.files[0][1], src.text_field, bad, part.start, part.end)
+    elif part.fmt == "parquet":
+        yield from _iter_parquet(part.files[0][1], src.text_field, bad)
     else:  # pragma: no cover - the config's Literal rules this out
-        raise UserError(f"{src.path}: unknown format {fmt!r}")
+        raise UserError(f"{src.path}: unknown format {part.fmt!r}")
 
 
 # ----------------------------------------------------------------------------------------------- identity
 def _hash_file(h, path: Path) -> None:
     try:
-        with open(path, "rb") as f:
+        with open_raw(path) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     except OSError as e:
@@ -427,7 +534,7 @@ def fingerprint_source(src: SourceConfig) -> str:
     h = hashlib.sha256()
     settings = {"format": fmt, "text_field": src.text_field, "glob": src.glob, "split": src.split}
     h.update(json.dumps(settings, sort_keys=True).encode())
-    path = Path(src.path)
+    path = location(src.path)
     if fmt == "hf" and not path.exists():
         h.update(f"hub:{src.path}".encode())
         return h.hexdigest()

@@ -56,3 +56,22 @@ def _members(idx: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
         return np.zeros(len(idx), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_set, idx), len(sorted_set) - 1)
     return sorted_set[pos] == idx
+
+
+def split_runs(lengths: np.ndarray, first: int, val: np.ndarray) -> list[tuple[str, int, int]]:
+    """Cut consecutive documents (the first is document `first` of its domain, `lengths` tokens each) into
+    runs of one split: (split, first document, end document) as indices into `lengths`, in order."""
+    k = len(lengths)
+    if not k:
+        return []
+    is_val = _members(np.arange(first, first + k), val)
+    cuts = [0, *(np.flatnonzero(np.diff(is_val.astype(np.int8))) + 1).tolist(), k]
+    return [("val" if is_val[a] else "train", a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def write_runs(writers: dict, lengths: np.ndarray, tokens: np.ndarray, first: int, val: np.ndarray) -> None:
+    """Write consecutive documents (the first is document `first` of the domain, `tokens` theirs concatenated)
+    to the `SplitWriter` of their split, in order."""
+    ends = np.concatenate(([0], np.cumsum(lengths)))
+    for split, a, b in split_runs(lengths, first, val):
+        writers[split].write(tokens[ends[a] : ends[b]], lengths[a:b])

@@ -301,7 +301,11 @@ def forecast_memory(recipe: Recipe, d: Dist, micro: int, accum: int) -> None:
 
     from warmstart.models import memory
 
-    model = memory.meta_model(model_config(recipe.model, recipe.init.from_), recipe.model.objective)
+    config = model_config(recipe.model, recipe.init.from_)
+    try:
+        model = memory.meta_model(config, recipe.model.objective)
+    except (ValueError, TypeError, RuntimeError):  # no such class or sizes it cannot build: build_model says which
+        return
     teacher = None
     if recipe.distill is not None:
         src = resolve_checkpoint(recipe.distill.teacher, "distill.teacher")

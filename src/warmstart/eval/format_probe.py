@@ -329,7 +329,9 @@ def run_probe(
         raise UserError(f"format probe: cannot load {checkpoint} as a causal LM ({first})") from None
     cands = candidates(tok)
     _check_ids(model, tok, docs, cands, "--data" if data_dir is not None else "--text")
-    model.to(dev)
+    from warmstart.models.build import no_kv_cache
+
+    no_kv_cache(model).to(dev)
     if progress:
         passes = len(cands) * -(-len(docs) // batch_size)
         print(f"format probe: {len(cands)} candidate formats x {len(docs)} documents of up to {tokens} tokens "

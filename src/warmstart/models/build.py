@@ -280,6 +280,14 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
+def no_kv_cache(model: torch.nn.Module) -> torch.nn.Module:
+    """Scoring never generates: without this a forward of a (B, T) batch also keeps every layer's keys and values
+    (a KV cache of layers x B x T x 2 x kv width, 0.75 GB for SmolLM2 at 16 x 1024) until the forward returns."""
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    return model
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -169,7 +169,8 @@ def _simulate(model, batch, seq_len, train, checkpointing, dtype) -> PassBytes:
     grad = contextlib.nullcontext() if train else torch.no_grad()
     cast = torch.autocast("cpu", dtype=dtype) if dtype not in (None, torch.float32) else contextlib.nullcontext()
     with _meta_attention(), mode, grad, cast:
-        hidden = backbone(input_ids=x)[0]
+        no_cache = {"use_cache": False} if hasattr(model.config, "use_cache") else {}  # models/build.no_kv_cache
+        hidden = backbone(input_ids=x, **no_cache)[0]
         forward = mode.peak
         if train:
             hidden.float().sum().backward()

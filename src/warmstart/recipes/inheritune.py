@@ -82,7 +82,7 @@ def inherit_by_rule(
     from transformers import AutoConfig
 
     from warmstart.eval.block_choice import choose_blocks, describe, load_sample
-    from warmstart.models.build import check_seq_len
+    from warmstart.models.build import check_seq_len, no_kv_cache
     from warmstart.models.inherit_record import check_out
     from warmstart.models.locate import load_failure
     from warmstart.models.surgery import auto_class
@@ -105,7 +105,7 @@ def inherit_by_rule(
 
     memory.check_cut(config, k, layers, search=(8, seq_len))  # choose_blocks' batches of 8 windows
     try:
-        model = auto.from_pretrained(str(src), dtype=torch.float32).to(device)
+        model = no_kv_cache(auto.from_pretrained(str(src), dtype=torch.float32)).to(device)
     except Exception as e:  # OSError/ValueError/KeyError: see surgery.inherit
         raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
     if not causal:  # masked LM: the masked positions are fixed by the sample (eval_pairs' seeded noise)
@@ -251,7 +251,7 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
 
     from warmstart.data.shards import open_data_dir
     from warmstart.eval.perplexity import eval_windows, evaluate
-    from warmstart.models.build import check_token_ids, embedding_rows
+    from warmstart.models.build import check_token_ids, embedding_rows, no_kv_cache
     from warmstart.runtime.distributed import setup, teardown
 
     domains = open_data_dir(cfg.data.dir)
@@ -265,7 +265,7 @@ def _evaluate_reference(cfg: GrowRecipe, src: Path | str) -> float:
 
         memory.check_forward("grow (the reference's evaluation)", src, cfg.eval.batch_size, cfg.data.seq_len,
                              ["eval.batch_size", "data.seq_len"], device=d.device, say=d.is_main)
-        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        model = no_kv_cache(AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32))
         max_id = max(int(domains[n].index["splits"]["val"].get("max_token_id") or 0) for n in names)
         check_token_ids(max_id, embedding_rows(model), f"data.dir: {cfg.data.dir} against reference.from {src}")
         losses = evaluate(model.to(d.device), sets, cfg.eval.batch_size, d)

@@ -199,7 +199,9 @@ def score_domain(
         raise UserError(f"--model {model_spec}: cannot load as a causal LM ({load_failure(e)})") from None
     model_tok = load_tokenizer(str(resolved))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    from warmstart.models.build import no_kv_cache
+
+    no_kv_cache(model).to(device).eval()
     loss_model = LossModel(model)
     ctx = _context_length(model, context)
     encode = _doc_encoder(model_tok, dom, embedding_rows(model), allow_format_mismatch)

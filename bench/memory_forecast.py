@@ -132,7 +132,10 @@ def markdown(info: dict) -> str:
 
 `{info['command']}` on {info['machine']}: each command in its own process under `/usr/bin/time -v`; the forecast is
 the `memory:` line the command prints before its model loads (models/memory.py), the peak its maximum resident
-set size (1 GB = 1e9 bytes). Goal: within 25%.
+set size (1 GB = 1e9 bytes). Goal: within 25%. Models: SmolLM2-135M-Instruct (30 blocks, 49,152-token vocabulary,
+float32 copy of the GGUF); `big`: Gemma-3-shaped, 262,144-token vocabulary, hidden 640, 2 layers, random weights
+from a config (180M parameters, 0.72 GB); `distill`: SmolLM2's first 10 blocks taught by SmolLM2. Data: the demo
+corpus tokenized with SmolLM2's tokenizer; `big`: documents of random tokens (bench/big_vocab.py).
 
 | case | command | forecast | measured peak | forecast / peak |
 |---|---|---|---|---|
@@ -146,4 +149,8 @@ The forecast lines, term by term:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--markdown-only"]:
+        info = json.loads((HERE / "results" / "memory-forecast.json").read_text())
+        (HERE / "results" / "memory-forecast.md").write_text(markdown(info))
+    else:
+        main()

@@ -162,10 +162,14 @@ def test_forecast_terms_follow_the_settings():
 
 def test_verdict_refuses_over_the_room_and_the_override_runs_anyway(monkeypatch):
     fc = memory.Forecast("train", {"weights": 3e9}, lower=["train.micro_batch_size"])
-    line = memory.verdict(fc, available=2e9)
-    assert line.startswith("memory: train needs about 3.00 GB of host memory but 2.00 GB is available; lower "
-                           "train.micro_batch_size, or pass --skip-memory-check")
     assert memory.verdict(fc, available=4e9) is None
+    step = memory.Forecast("train", {"weights": 1e9, "step (8 x 256 tokens)": 2e9}, lower=["train.micro_batch_size"])
+    assert memory.verdict(step, available=2e9) == (
+        "memory: train needs about 3.00 GB of host memory but 2.00 GB is available; lower "
+        "train.micro_batch_size, or pass --skip-memory-check if you know better")
+    whole = memory.verdict(fc, available=2e9)  # the weights alone do not fit: no batch setting can help
+    assert "the model alone (weights, optimizer state, teacher or reference) takes 3.00 GB; use train.parallel: " \
+           "fsdp over more processes or GPUs, a smaller model or a machine with more memory" in whole
     monkeypatch.setenv(memory.SKIP_ENV, "1")
     assert memory.verdict(fc, available=2e9) is None
 
@@ -187,7 +191,19 @@ def test_train_over_the_machines_memory_is_refused_before_anything_loads(data_di
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warmstart: error: memory: train needs about ")
-    assert "lower train.micro_batch_size, data.seq_len, train.activation_checkpointing: true" in err[0]
+    assert "the model alone (weights, optimizer state, teacher or reference) takes " in err[0]
+    assert "use train.parallel: fsdp over more processes or GPUs" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_optimizer_betas_out_of_range_are_one_line(data_dir, tokenizer_dir, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "b.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "b")))
+    assert main(["train", str(recipe), "--set", "optim.betas=[0.9,1.5]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.betas" in err[0] and "each beta must be >= 0 and < 1" in err[0], err
     assert not (tmp_path / "runs").exists()
 
 
@@ -223,6 +239,10 @@ def test_a_killed_run_is_named_by_the_next_command(data_dir, tokenizer_dir, tmp_
     assert f"{run_dir}: the run did not stop cleanly (pid {proc.pid} on " in err
     assert "was killed after step " in err and "by SIGKILL or the out-of-memory killer); its last checkpoint is step-" in err
     assert main(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0
+    assert "did not stop cleanly" in capsys.readouterr().err
+    assert main(["train", str(recipe)]) == 2  # refused (the run exists): it must not erase the record
+    capsys.readouterr()
+    assert main(["gap", str(run_dir)]) == 0
     assert "did not stop cleanly" in capsys.readouterr().err
     assert main(["train", str(recipe), "--resume", "--set", "train.steps=6"]) in (0, 2)
     assert "did not stop cleanly" in capsys.readouterr().err

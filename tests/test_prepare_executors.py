@@ -239,6 +239,18 @@ def test_bad_record_named_by_file_and_line_from_a_worker(tmp_path, tokenizer_dir
 
 
 # ----------------------------------------------------------------------------------------------- slurm
+def test_an_address_where_nothing_listens_is_one_line_within_seconds(tmp_path, tokenizer_dir, capfd):
+    """`ray.init` retries an address where nothing answers without end; prepare says so in one line instead."""
+    address = f"127.0.0.1:{_free_port()}"  # bound and closed: nothing listens there
+    recipe = write_recipe(tmp_path, tokenizer_dir, tmp_path / "out", corpus(tmp_path))
+    start = time.monotonic()
+    assert main(["prepare", str(recipe), "--executor", "ray", "--address", address, "--quiet"]) == 2
+    assert time.monotonic() - start < 60
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"executor ray: nothing answers at --address {address}" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_slurm_without_sbatch_is_one_line(tmp_path, tokenizer_dir, capfd, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     recipe = write_recipe(

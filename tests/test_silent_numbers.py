@@ -261,3 +261,30 @@ def test_grow_compares_only_losses_that_are_numbers():
                                             r"\(did the run diverge\? lower schedule.max_lr\)"):
             target_loss({"val/avg/loss": bad}, None, "runs/g/inheritune-L02")
     assert target_loss({"val/a/loss": 2.0, "val/b/loss": 3.0}, ["a", "b"], "x") == 2.5
+
+
+def test_a_micro_batch_above_the_per_process_batch_is_said(data_dir, tokenizer_dir, tmp_path, capsys):
+    """8 sequences per step (256 tokens / 32): micro-batches of 1000 are micro-batches of 8, said once."""
+    recipe = tmp_path / "m.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "m",
+                                                      train={"steps": 2, "micro_batch_size": 1000},
+                                                      eval={"every": 2})))
+    assert main(["train", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("train.micro_batch_size: 1000 is more than the 8 sequences each process gets per step; "
+                     "micro-batches of 8") == 1
+
+
+def test_a_model_config_vocabulary_below_the_tokenizer_is_said(data_dir, tokenizer_dir, tmp_path, capsys):
+    cfg = tmp_path / "small.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+                               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+                               "max_position_embeddings": 64}))
+    tree = tiny_recipe_tree(data_dir, tokenizer_dir, tmp_path / "runs", "v", train={"steps": 2}, eval={"every": 2})
+    tree["model"] = {"config": str(cfg), "tokenizer": str(tokenizer_dir)}
+    recipe = tmp_path / "v.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    assert main(["train", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"model.config: {cfg} has vocab_size 100, fewer than the tokenizer's 512 tokens; the model "
+                     "gets 512 embedding rows") == 1

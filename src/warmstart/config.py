@@ -184,7 +184,15 @@ class InitConfig(Section):
 
 class OptimConfig(Section):
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    eps: float = Field(1e-8, ge=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        """AdamW's moment decays: each in [0, 1) (torch refuses others only when the optimizer is built)."""
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be >= 0 and < 1 (got {list(v)})")
+        return v
     weight_decay: float = Field(0.1, ge=0.0)
     decay_embeddings: bool = False
     decay_norms_and_biases: bool = False

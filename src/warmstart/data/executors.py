@@ -56,8 +56,25 @@ def run_inline(job: TaskJob) -> None:
         run_task(job, task)
 
 
+def check_reachable(address: str, seconds: float = 5.0) -> None:
+    """A HOST:PORT Ray address must answer a TCP connection within `seconds`: `ray.init` on an address where
+    nothing listens retries without end. UserError otherwise; other address forms (ray://, auto) pass."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as e:
+        raise UserError(f"executor ray: nothing answers at --address {address} ({e.strerror or e}); start a head "
+                        "there with `ray start --head --port PORT`, or leave --address out for a local Ray") from None
+
+
 def run_ray(job: TaskJob, logs: Path, address: str | None, workers: int | None, progress: bool) -> None:
     """Run every unfinished task on Ray (datatrove's RayPipelineExecutor); returns when all have ended."""
+    if address:
+        check_reachable(address)
     ray = _require("ray", "ray")
     ray_executor = _require("datatrove.executor.ray", "ray")
     started = not ray.is_initialized()

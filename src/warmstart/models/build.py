@@ -33,8 +33,8 @@ def _special_ids(tok) -> dict:
     return out
 
 
-def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = None):
-    """A Hugging Face config for a from-scratch model."""
+def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = None, say: bool = True):
+    """A Hugging Face config for a from-scratch model (`say`: warn when the file's vocabulary is raised)."""
     from transformers import CONFIG_MAPPING, AutoConfig
 
     special_ids = special_ids or {}
@@ -52,7 +52,13 @@ def build_config(cfg: ModelConfig, vocab_size: int, special_ids: dict | None = N
         # the file's values win over warmstart's family defaults; model.sizes wins over both
         kwargs = {**raw, **map_sizes(family, cfg.sizes)}
         kwargs.pop("model_type", None)
-        vocab_size = max(int(kwargs.get("vocab_size") or 0), vocab_size)  # keep a padded embedding table
+        asked = int(kwargs.get("vocab_size") or 0)
+        if say and 0 < asked < vocab_size:
+            from warmstart.errors import warn
+
+            warn(f"model.config: {cfg.config} has vocab_size {asked}, fewer than the tokenizer's {vocab_size} "
+                 f"tokens; the model gets {vocab_size} embedding rows")
+        vocab_size = max(asked, vocab_size)  # keep a padded embedding table
     else:
         if cfg.preset:
             if cfg.preset not in PRESETS:
@@ -162,7 +168,7 @@ def model_config(cfg: ModelConfig, init_from: str | None):
     if not cfg.tokenizer:
         raise UserError("model.tokenizer: a from-scratch model needs a tokenizer (directory or tokenizer.json)")
     tok = load_tokenizer(cfg.tokenizer)
-    return build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok))
+    return build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok), say=False)
 
 
 def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int | None = None) -> LoadedModel:

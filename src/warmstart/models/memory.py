@@ -43,6 +43,8 @@ from warmstart.models.loss import BLOCK_BYTES, block_rows
 GB = 1e9
 CUDA_CONTEXT = 0.5 * GB  # the CUDA runtime and its kernels, per GPU process (measured on H100s: 0.4-0.6 GB)
 SKIP_ENV = "WARMSTART_SKIP_MEMORY_CHECK"
+FIXED_PARTS = {"runtime", "weights", "AdamW", "teacher", "whole model before sharding", "reference",
+               "the cut's weights", "the cut, serialised", "CUDA context"}
 SKIP_FLAG = "--skip-memory-check"
 
 
@@ -195,6 +197,11 @@ class Forecast:
     def total(self) -> float:
         return float(sum(self.parts.values()))
 
+    @property
+    def fixed(self) -> float:
+        """What no batch or sequence setting changes: the runtime, the weights, AdamW, a teacher, a reference."""
+        return float(sum(v for k, v in self.parts.items() if k in FIXED_PARTS))
+
     def line(self) -> str:
         terms = ", ".join(f"{k} {v / GB:.2f}" for k, v in self.parts.items() if v >= 0.005 * GB)
         per = f" per process x {self.processes} on this host" if self.processes > 1 else ""
@@ -253,9 +260,15 @@ def verdict(forecast: Forecast, available: float | None = None) -> str | None:
         print(f"memory: {need / GB:.2f} GB > {available / GB:.2f} GB available; running anyway ({SKIP_FLAG})",
               flush=True)
         return None
-    lower = ", ".join(forecast.lower) if forecast.lower else "the model's size"
-    return (f"memory: {forecast.what} needs about {need / GB:.2f} GB of {forecast.where} memory but "
-            f"{available / GB:.2f} GB is available; lower {lower}, or pass {SKIP_FLAG} if you know better")
+    head = (f"memory: {forecast.what} needs about {need / GB:.2f} GB of {forecast.where} memory but "
+            f"{available / GB:.2f} GB is available")
+    fixed = forecast.fixed * forecast.processes
+    if fixed > available or not forecast.lower:  # no batch setting can help
+        where = ("train.parallel: fsdp over more processes or GPUs, " if forecast.what == "train" else "")
+        return (f"{head}, and the model alone (weights, optimizer state, teacher or reference) takes "
+                f"{fixed / GB:.2f} GB; use {where}a smaller model or a machine with more memory, or pass "
+                f"{SKIP_FLAG} if you know better")
+    return f"{head}; lower {', '.join(forecast.lower)}, or pass {SKIP_FLAG} if you know better"
 
 
 def check(forecast: Forecast, say: bool = True, available: float | None = None) -> None:
@@ -414,6 +427,9 @@ def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, in
     else:
         parts.update({"reference": float(ref),
                       f"block search forward ({search[0]} x {search[1]})": eval_bytes(model, *search)})
-    fc = Forecast("inherit", parts, lower=["--layers (a smaller cut)" if search is None else "--seq-len"])
+    # `inherit`, and `grow` through it: named by what it does, with the settings of both
+    fc = Forecast("cutting the reference", parts,
+                  lower=["the blocks kept (inherit --layers, grow.start_layers)"] if search is None else
+                  ["the block search's window length (inherit --seq-len)"])
     check(fc, say=say)
     return fc

@@ -136,6 +136,7 @@ class RunLock:
         self.created_dir = False
         self._created: list[Path] = []  # RUN_DIR and the parents the lock had to create, innermost first
         self._fd: int | None = None
+        self.stale = ""  # what a process killed without a clean stop left in the lock file (`unclean_stop`)
 
     def acquire(self) -> None:
         """Take the lock (creating RUN_DIR); UserError when another live process holds it or RUN_DIR is unusable."""
@@ -163,6 +164,7 @@ class RunLock:
                 if same:
                     break
                 os.close(fd)  # its holder removed the file between our open and our lock: lock the new one
+            self.stale = os.pread(fd, 200, 0).decode(errors="replace")
             os.ftruncate(fd, 0)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
@@ -170,12 +172,17 @@ class RunLock:
             raise UserError(f"{run_dir}: cannot write the run directory ({e.strerror})") from None
         self._fd = fd
 
-    def release(self) -> None:
-        """Drop the lock and its file; remove the folders the lock created if nothing else was written in them."""
+    def release(self, refused: bool = False) -> None:
+        """Drop the lock and its file; remove the folders the lock created if nothing else was written in them.
+        `refused`: this process stopped before running (bad input); a killed run's record is put back as found."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)  # while still holding it, so no one locks a file that is about to vanish
+        if refused and self.stale:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, self.stale.encode(), 0)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # while still holding it, so no one locks a file that is about to vanish
         os.close(self._fd)
         self._fd = None
         for folder in self._created:
@@ -192,6 +199,9 @@ def held(run_dir: Path, d: Dist) -> Iterator[RunLock]:
     on_main(d, lock.acquire)
     try:
         yield lock
+    except UserError:
+        lock.release(refused=True)  # refused before the run: a killed run's record stays for the next command
+        raise
     finally:
         lock.release()
 

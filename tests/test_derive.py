@@ -13,8 +13,8 @@ from job_helpers import assert_same_job, decision, kill_at, run, tree_digest
 
 from warmstart.cli import main
 
-# 3 LRs, 32 steps of 256 tokens, 2 of the checkpoint's 4 blocks
-SETTINGS = ["--layers", "2", "--tokens", "8192", "--probe-share", "0.5", "--lrs", "1e-3,3e-3,1e-2",
+# 3 LRs, 64 steps of 256 tokens, 2 of the checkpoint's 4 blocks
+SETTINGS = ["--layers", "2", "--tokens", "16384", "--probe-share", "0.5", "--lrs", "1e-3,3e-3,1e-2",
             "--seq-len", "32", "--batch-tokens", "256", "--micro-batch-size", "8", "--eval-tokens", "128",
             "--val-fraction", "0.2", "--sample-tokens", "512", "--cpu-threads", "1", "--device", "cpu"]
 
@@ -63,7 +63,7 @@ def test_sigkill_in_each_stage_resumes_to_the_same_model(job, job_checkpoint, jo
     out = tmp_path / "job"
     a = args(job_checkpoint, job_texts, out)
     # killed after the block search, then in the full run (a checkpoint half-written)
-    for pause in ("job:searched", "checkpoint_write:6"):
+    for pause in ("job:searched", "checkpoint_write:12"):
         kill_at(a, pause)
     run(a)
     assert_same_job(job[0], out)
@@ -81,7 +81,7 @@ def test_bad_input(job_checkpoint, job_texts, tmp_path, capsys):
     assert len(err) == 1 and "--layers: 4 is outside 1..3" in err[0]
     assert not out.exists()
     small = args(job_checkpoint, job_texts, out)
-    small[small.index("--tokens") + 1] = "1024"
+    small[small.index("--tokens") + 1] = "1024"  # not even the probes' evaluation fits
     assert main(small) == 2
     assert "too small for the probes" in capsys.readouterr().err and not out.exists()
     # another job's directory is not this one's
@@ -94,10 +94,10 @@ def test_bad_input(job_checkpoint, job_texts, tmp_path, capsys):
 
 def test_until_reference_grows_until_the_checkpoint_is_matched(job_checkpoint, job_texts, tmp_path, capsys):
     out = tmp_path / "job"
-    # the text the checkpoint was trained on, 1 block of 4 and LRs too small to recover in 16 steps: the first round
+    # the text the checkpoint was trained on, 1 block of 4 and LRs too small to recover in 64 steps: the first round
     # stays above the checkpoint's loss, so the job grows to 1 + 2 = 3 blocks (k - 1) and stops there
     a = args(job_checkpoint, {"new": job_texts["old"]}, out, ["--until-reference"])
-    for flag, value in (("--tokens", "4096"), ("--lrs", "1e-6,3e-6,1e-5"), ("--layers", "1")):
+    for flag, value in (("--lrs", "1e-6,3e-6,1e-5"), ("--layers", "1")):
         a[a.index(flag) + 1] = value
     assert main(a) == 0
     record = json.loads((out / "derive.json").read_text())

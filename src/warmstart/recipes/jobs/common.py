@@ -199,20 +199,24 @@ def format_and_data(cfg: JobConfig, src, domains: dict[str, list[str]], fwd_fpt:
 
 def first_stages(cfg: JobConfig, kind: str, existed: bool, src, domains: dict[str, list[str]], n_candidates: int):
     """job.json, the format probe and the data, the validation windows, the exact probe plan and the checkpoint's
-    losses on the windows (shift.json) -> (format, data dir, windows, rungs, shift). A bad input found here (too
-    little text for a validation split, a plan the counted windows do not fit) leaves nothing behind on a first call."""
+    losses on the windows (shift.json) -> (format, data dir, windows, rungs, shift). The plan counts the evaluation
+    positions exactly, and leaves out of the probes' share what the format probe and (adapt) the before-training
+    losses cost. A bad input found here (too little text for a validation split, a budget the counted windows do
+    not fit) leaves nothing behind on a first call."""
     from warmstart.recipes.jobs.probes import plan_rungs
 
     out = Path(cfg.out)
     was = state_of(out)
-    _, fwd_fpt = flops_per_token(src, cfg.seq_len)
+    train_fpt, fwd_fpt = flops_per_token(src, cfg.seq_len)
     if not existed:
         write_job(cfg, kind)
     try:
         fmt, data = format_and_data(cfg, src, domains, fwd_fpt)
         sets = eval_sets(data, list(domains), cfg.seq_len, cfg.eval_tokens)
+        positions = eval_positions(sets)
+        spent = fmt["flops"] + (positions * fwd_fpt if kind == "adapt" else 0.0)
         rungs = plan_rungs(n_candidates, cfg.tokens // cfg.batch_tokens, cfg.batch_tokens, cfg.probe_share,
-                           eval_positions(sets))
+                           positions, spent=spent / train_fpt)
 
         def shift() -> dict:
             losses, flops = window_losses(src, sets, fwd_fpt, cfg.device)

@@ -47,18 +47,19 @@ def derive(cfg: DeriveConfig, say=print, on_round=None) -> common.JobResult:
     common.set_threads(cfg)
     out = Path(cfg.out)
     new = list(cfg.text)
-    fmt, data, sets, rungs, ref = common.first_stages(cfg, "derive", existed, src, dict(cfg.text), len(cands))
+    # (the plan made there is a check: each round plans its probes once its block search is paid for)
+    fmt, data, sets, _, ref = common.first_stages(cfg, "derive", existed, src, dict(cfg.text), len(cands))
     ref_loss = common.mean_loss(ref["losses"], new)
     say(f"[derive] the checkpoint ({k} blocks) on your text: " + ", ".join(
         f"{n} {ref['losses'][n]['loss']:.4f}" for n in new))
     if not cfg.until_reference:
-        res = _round(cfg, out, src, data, sets, ref, fmt, cfg.layers, k, cands, rungs, say, charge_format=True)
+        res = _round(cfg, out, src, data, sets, ref, fmt, cfg.layers, k, cands, say, charge_format=True)
         if on_round:
             on_round(res)
         return res
     n, rounds = cfg.layers, []
     while True:
-        res = _round(cfg, out / f"L{n:02d}", src, data, sets, ref, fmt, n, k, cands, rungs, say,
+        res = _round(cfg, out / f"L{n:02d}", src, data, sets, ref, fmt, n, k, cands, say,
                      charge_format=not rounds)
         loss = common.mean_loss({d: {"loss": res.run_summary["final_eval"][f"val/{d}/loss"]} for d in new}, new)
         rounds.append({"layers": n, "dir": str(out / f"L{n:02d}"), "loss": loss, "flops": res.run_summary["flops"],
@@ -76,7 +77,7 @@ def derive(cfg: DeriveConfig, say=print, on_round=None) -> common.JobResult:
 
 
 def _round(cfg: DeriveConfig, out: Path, src, data: Path, sets: dict, ref: dict, fmt: dict, n: int, k: int,
-           cands: list[P.Candidate], rungs: list[int], say, charge_format: bool) -> dict:
+           cands: list[P.Candidate], say, charge_format: bool) -> common.JobResult:
     """One derived model of `n` blocks in `out`: search, probes, decision, run, report."""
     from warmstart.models.inherit_record import search_flops
     from warmstart.recipes.inheritune import inherit_by_rule
@@ -92,13 +93,17 @@ def _round(cfg: DeriveConfig, out: Path, src, data: Path, sets: dict, ref: dict,
     train_fpt, fwd_fpt = common.flops_per_token(cut, cfg.seq_len)
     if cfg.distill:
         train_fpt += common.flops_per_token(src, cfg.seq_len)[1]  # the teacher's forward pass per token
+    # the probes' share less what the search (and, in the first round, the format probe) cost, in this cut's
+    # training tokens
+    format_flops = fmt["flops"] if charge_format else 0.0
+    rungs = P.plan_rungs(len(cands), pipeline.total_steps(cfg), cfg.batch_tokens, cfg.probe_share,
+                         common.eval_positions(sets), spent=(format_flops + search) / train_fpt)
     weights = text_weights(data, new)
     base = pipeline.base_tree(rcfg, data, str(cut), weights, None, teacher=str(src) if cfg.distill else None)
 
     def decide() -> dict:
         dec = pipeline.run_probes(rcfg, cands, lambda c: base, sets, new, [], ref["losses"], None, fwd_fpt, rungs, say)
         run_flops = train_fpt * pipeline.total_steps(cfg) * cfg.batch_tokens
-        format_flops = fmt["flops"] if charge_format else 0.0
         deciding = dec["probe_flops"] + format_flops + search
         return {**dec, "rule": RULE_NO_OLD, "correction": CORRECTION, "max_forgetting": None, "layers": n, "of": k,
                 "format_flops": format_flops, "shift_flops": 0.0, "search_flops": search,

@@ -79,20 +79,23 @@ def rung_cost(n: int, first: int, rungs: int, step_tokens: int, eval_tokens: flo
 
 
 def plan_rungs(n: int, total_steps: int, step_tokens: int, probe_share: float, eval_tokens: float,
-               max_rungs: int = MAX_RUNGS) -> list[int]:
+               spent: float = 0.0, max_rungs: int = MAX_RUNGS) -> list[int]:
     """Each rung's step count (cumulative): the most rungs whose first rung gets at least 2 steps, else one rung
-    of the most steps that fit; UserError (naming the budget) when not every candidate gets one step."""
-    cap = probe_share * total_steps * step_tokens
+    of the most steps that fit in `probe_share` of the budget less `spent` (what deciding cost before the probes:
+    the format probe, the before-training evaluation, a block search; in training tokens); UserError (naming the
+    budget) when not every candidate gets one step."""
+    cap = probe_share * total_steps * step_tokens - spent
     for rungs in range(max_rungs, 0, -1):
         first = 0
         while rung_cost(n, first + 1, rungs, step_tokens, eval_tokens) <= cap:
             first += 1
         if first >= 2 or (rungs == 1 and first >= 1):
             return [first * ETA**r for r in range(rungs)]
-    need = rung_cost(n, 1, 1, step_tokens, eval_tokens) / probe_share
+    need = (rung_cost(n, 1, 1, step_tokens, eval_tokens) + spent) / probe_share
+    before = f" besides the {spent:,.0f} training tokens' worth spent before them" if spent else ""
     raise UserError(f"--tokens {total_steps * step_tokens:,}: too small for the probes ({n} candidates of at least "
                     f"one {step_tokens:,}-token step each and their evaluation must fit in --probe-share "
-                    f"{probe_share:g} of the budget: at least {math.ceil(need):,} tokens); raise --tokens or "
+                    f"{probe_share:g} of the budget{before}: at least {math.ceil(need):,} tokens); raise --tokens or "
                     "--probe-share, or give fewer candidates")
 
 

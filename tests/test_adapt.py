@@ -128,6 +128,10 @@ def test_write_recipe_saves_what_the_flags_meant(job_checkpoint, job_texts, tmp_
     assert cfg.tokens == 16384 and cfg.lrs == [1e-3, 3e-3, 1e-2] and cfg.replay == [0.0, 0.25]
     assert cfg.old == {"prose": [str(job_texts["old"])]} and cfg.max_forgetting == 0.5
     assert not (tmp_path / "job").exists()
+    # the recipe runs as the flags did: --recipe, a flag over it, written again
+    again = tmp_path / "again.yaml"
+    assert main(["adapt", "--recipe", str(recipe), "--probe-share", "0.3", "--write-recipe", str(again)]) == 0
+    assert AdaptConfig.model_validate(yaml.safe_load(again.read_text())) == cfg.model_copy(update={"probe_share": 0.3})
 
 
 def test_probe_plan_fits_the_share():
@@ -170,6 +174,14 @@ def test_bad_input_one_line_nothing_written(job_checkpoint, job_texts, tmp_path,
     before = tree_digest(out)
     line = _bad(args(job_checkpoint, job_texts, out), capsys)
     assert "holds something else" in line and tree_digest(out) == before
-    # a job directory of other settings: refused too
-    assert "holds an adapt job with other settings" not in line
     assert Path(out / "notes.txt").read_text() == "mine"
+
+
+def test_a_job_directory_of_other_settings_is_refused(job, job_checkpoint, job_texts, capsys):
+    out, _ = job
+    before = tree_digest(out)
+    other = args(job_checkpoint, job_texts, out)
+    other[other.index("--probe-share") + 1] = "0.3"
+    line = _bad(other, capsys)
+    assert "holds an adapt job with other settings (probe_share)" in line
+    assert tree_digest(out) == before

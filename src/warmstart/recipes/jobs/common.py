@@ -57,8 +57,9 @@ def check_job_dir(cfg: JobConfig, kind: str) -> bool:
     theirs = held.get("config") or {}
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if diff:
-        raise UserError(f"--out: {out} holds a {kind} job with other settings ({', '.join(diff)}); re-run it with "
-                        "its own settings to resume it, or choose a new directory")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise UserError(f"--out: {out} holds {article} {kind} job with other settings ({', '.join(diff)}); re-run "
+                        "it with its own settings to resume it, or choose a new directory")
     return True
 
 

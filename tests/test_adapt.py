@@ -185,3 +185,37 @@ def test_a_job_directory_of_other_settings_is_refused(job, job_checkpoint, job_t
     line = _bad(other, capsys)
     assert "holds an adapt job with other settings (probe_share)" in line
     assert tree_digest(out) == before
+
+
+def _row(lr, new_windows, forgetting=None, old_loss=None):
+    sums = [float(v) * 10 for v in new_windows]  # 10 scored tokens per window
+    return {"lr": lr, "new_loss": sum(new_windows) / len(new_windows), "forgetting": forgetting,
+            "old_loss": old_loss, "losses": {"lib": {"sums": sums, "counts": [10] * len(sums)}}}
+
+
+def test_the_rule_and_the_horizon_correction():
+    from warmstart.recipes.jobs.probes import choose, race_rung
+
+    noise = [0.02, -0.03, 0.01, -0.02, 0.03, -0.01, 0.02, -0.02]
+    base = [3.0 + e for e in noise]
+    # a larger LR whose loss is lower by less than the windows' noise: the tie goes to the smaller LR
+    tie = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.015 + 0.02 * (i % 2) for i, b in enumerate(base)])}
+    assert tie["large"]["new_loss"] < tie["small"]["new_loss"]
+    chosen, why = choose(tie, None, ["lib"], 0.05)
+    assert chosen == "small" and "favour large LRs" in why
+    # clearly better on every window: the larger LR wins
+    clear = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.2 for b in base])}
+    assert choose(clear, None, ["lib"], 0.05)[0] == "large"
+    # the bound: the lowest loss forgets too much, so the best that keeps it is chosen; none keeps it: least forgot
+    bound = {"a": _row(1e-3, [b - 0.2 for b in base], forgetting=0.3), "b": _row(1e-4, base, forgetting=0.01)}
+    assert choose(bound, 0.05, ["lib"], 0.05)[0] == "b"
+    worse = {"a": _row(1e-3, base, forgetting=0.3), "b": _row(1e-4, base, forgetting=0.2)}
+    chosen, why = choose(worse, 0.05, ["lib"], 0.05)
+    assert chosen == "b" and "forgot least" in why
+    # a rung: a probe shown worse on every window than a leader that keeps the bound is dropped early (unless it
+    # forgets less); halving keeps the best half of the rest
+    rows = {"lead": _row(3e-4, base, 0.0, 2.0), "bad": _row(1e-4, [b + 0.3 for b in base], 0.0, 2.0),
+            "keeps-old": _row(1e-5, [b + 0.3 for b in base], -0.1, 1.9), "close": _row(1e-3, base, 0.0, 2.0)}
+    out = race_rung(rows, 0.05, ["lib"], 0.05, last=False)
+    assert out["leader"] == "lead" and out["dropped"] == {"bad": "lead"}
+    assert out["continue"] == ["lead", "close"] and out["halved"] == ["keeps-old"]

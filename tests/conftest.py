@@ -59,3 +59,36 @@ def data_dir(tmp_path_factory, tokenizer_dir):
     out = root / "shards"
     prepare({"tokenizer": str(tokenizer_dir), "out": str(out), "domains": domains, "val_docs": 10}, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def job_checkpoint(tmp_path_factory, data_dir, tokenizer_dir):
+    """A 4-block llama-tiny trained 8 steps on `data_dir` (code, prose): the checkpoint the jobs start from."""
+    from train_helpers import tiny_recipe
+
+    from warmstart.train.loop import train
+
+    out = tmp_path_factory.mktemp("job-ckpt")
+    recipe = tiny_recipe(data_dir, tokenizer_dir, out, "base", model={"sizes": {"layers": 4}},
+                         train={"cpu_threads": 1})
+    return train(recipe).final_dir
+
+
+@pytest.fixture(scope="session")
+def job_texts(tmp_path_factory):
+    """Text files for the jobs: `new` (library source the checkpoint has not seen) and `old` (the prose it was
+    trained on), 40 documents each."""
+    import json
+    import sysconfig
+    from pathlib import Path
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("job-text")
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    new = [p.read_text(encoding="utf-8")[:3000] for p in sorted(lib.glob("[d-h]*.py"))[:40]]
+    old = [topics[k] for k in sorted(topics)[:40]]
+    paths = {}
+    for name, texts in (("new", new), ("old", old)):
+        paths[name] = root / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return paths

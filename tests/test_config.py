@@ -64,7 +64,7 @@ def test_resolved_recipe_round_trips(recipe_file, tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(text)
     assert load_recipe(again) == r
-    assert yaml.safe_load(text)["init"] == {"from": None, "keep_optimizer": False}
+    assert yaml.safe_load(text)["init"] == {"from": None, "keep_optimizer": False, "charged_flops": 0.0}
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -185,6 +185,35 @@ def cmd_grow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_job(args: argparse.Namespace, kind: str) -> int:
+    from warmstart.recipes.jobs.flags import job_config, write_recipe
+
+    cfg = job_config(args, kind)
+    if args.write_recipe:
+        write_recipe(cfg, args.write_recipe)
+        print(f"wrote {args.write_recipe} (run it: warmstart {kind} --recipe {args.write_recipe})")
+        return 0
+    from warmstart.report.jobs import finish
+
+    if kind == "adapt":
+        from warmstart.recipes.jobs.adapt import adapt
+
+        finish(adapt(cfg))
+    else:
+        from warmstart.recipes.jobs.derive import derive
+
+        derive(cfg, on_round=finish)  # every round's report (the last one's summary ends the output)
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    return _cmd_job(args, "adapt")
+
+
+def cmd_derive(args: argparse.Namespace) -> int:
+    return _cmd_job(args, "derive")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "--out")
     from warmstart.demo.quickstart import run_quickstart
@@ -446,6 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="quickstart", help="working directory (default: ./quickstart)")
     q.add_argument("--fresh", action="store_true", help="delete the quickstart's previous runs first")
     q.set_defaults(func=cmd_quickstart)
+
+    from warmstart.recipes.jobs.flags import add_flags
+
+    ad = sub.add_parser("adapt", help="continued pre-training on your text: the max LR and the replay share measured "
+                        "on it by charged probes, the run, and a report that opens with the decision")
+    add_flags(ad, "adapt")
+    ad.set_defaults(func=cmd_adapt)
+    dv = sub.add_parser("derive", help="a smaller model of N of a checkpoint's blocks: the blocks and the LR measured "
+                        "on your text by charged searches, the run, and a report against the checkpoint")
+    add_flags(dv, "derive")
+    dv.set_defaults(func=cmd_derive)
 
     pp = sub.add_parser("prepare", help="text -> tokenized train/val token shards per domain")
     pp.add_argument("recipe", help="a prepare recipe (YAML: tokenizer, out, domains)")

@@ -180,6 +180,10 @@ class InitConfig(Section):
         None, alias="from", description="weights only: a HF checkpoint dir, hub name, or a warmstart run dir"
     )
     keep_optimizer: bool = Field(False, description="re-warming from a warmstart run: keep its AdamW moments")
+    charged_flops: float = Field(
+        0.0, ge=0.0, description="one-off compute spent deciding this run's settings (a job's probes: `warmstart "
+        "adapt`/`derive`), charged from step 0 like an inherited cut's block search",
+    )
 
 
 class OptimConfig(Section):
@@ -435,6 +439,98 @@ class GrowRecipe(Section):
     @property
     def grow_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+class JobConfig(Section):
+    """What `warmstart adapt` and `warmstart derive` share: a checkpoint, the user's text, a token budget, and how
+    the settings are measured on that text (recipes/jobs). Every key is also a flag of the command."""
+
+    checkpoint: str = Field(..., description="a HF checkpoint dir, hub name, or a warmstart run dir")
+    text: dict[str, list[str]] = Field(..., description="new domains: name -> text files or directories")
+    tokens: int = Field(..., gt=0, description="the training budget in tokens (probes included)")
+    out: str = Field(..., description="the job's directory (re-run the same command to resume)")
+    probe_share: float = Field(0.1, gt=0.0, le=0.5, description="at most this share of the budget's FLOPs decides")
+    seed: int = 0
+    lrs: list[float] = Field([1e-4, 3e-4, 1e-3], description="candidate max LRs (at least 3, spanning >= 10x)")
+    seq_len: int = Field(256, gt=1)
+    batch_tokens: int = Field(4096, gt=0, description="tokens per optimizer step (a multiple of seq_len)")
+    micro_batch_size: int = Field(8, gt=0)
+    warmup_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="re-warming: share of the run's steps")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="re-decay: the final LR / max LR")
+    val_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of each domain's documents held out")
+    eval_tokens: int = Field(16384, gt=0, description="validation tokens per domain (the same windows throughout)")
+    alpha: float = Field(0.05, ge=0.0, lt=0.5, description="level of the paired t-test that drops a probe")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | Literal["auto"] | None = Field("auto", description="as train.cpu_threads")
+
+    @model_validator(mode="after")
+    def _check_job(self) -> JobConfig:
+        if not self.text:
+            raise ValueError("give at least one --text NAME=PATH")
+        for name, paths in self.text.items():
+            _check_domain(name, paths, "--text")
+        lrs = sorted(self.lrs)
+        if len(set(lrs)) < 3 or any(v <= 0 for v in lrs) or lrs[-1] < 10 * lrs[0] * (1 - 1e-9):
+            raise ValueError(f"--lrs: give at least 3 distinct LRs > 0 spanning at least 10x (got {self.lrs})")
+        if self.batch_tokens % self.seq_len:
+            raise ValueError(f"--batch-tokens {self.batch_tokens} is not a multiple of --seq-len {self.seq_len}")
+        if isinstance(self.cpu_threads, int) and self.cpu_threads <= 0:
+            raise ValueError("cpu_threads: must be > 0, auto or null")
+        return self
+
+
+def _check_domain(name: str, paths: list[str], flag: str) -> None:
+    if not name or "/" in name or name.startswith(".") or "=" in name:
+        raise ValueError(f"{flag} {name}=...: bad domain name (a plain directory name is needed)")
+    if not paths or any(not p for p in paths):
+        raise ValueError(f"{flag} {name}=: no path given (NAME=PATH[,PATH...])")
+
+
+class AdaptConfig(JobConfig):
+    """`warmstart adapt`: continued pre-training of a checkpoint on new text, its max LR and replay share chosen
+    by probes on that text (recipes/jobs/adapt.py)."""
+
+    old: dict[str, list[str]] = Field(default_factory=dict, description="text the model must not forget")
+    replay: list[float] = Field([0.0, 0.05, 0.25], description="candidate replay shares of old text (with --old)")
+    max_forgetting: float | None = Field(
+        None, ge=0.0, description="the most the old text's loss may rise, nats (default 0.05 with --old)"
+    )
+
+    @model_validator(mode="after")
+    def _check_adapt(self) -> AdaptConfig:
+        for name, paths in self.old.items():
+            _check_domain(name, paths, "--old")
+        both = sorted(set(self.text) & set(self.old))
+        if both:
+            raise ValueError(f"domain {both[0]!r} is both --text and --old; name them apart")
+        if self.max_forgetting is not None and not self.old:
+            raise ValueError("--max-forgetting needs --old NAME=PATH: forgetting is measured on the old text")
+        if not self.replay or any(not 0.0 <= r < 1.0 for r in self.replay) or len(set(self.replay)) != len(self.replay):
+            raise ValueError(f"--replay: distinct shares in [0, 1) needed (got {self.replay})")
+        return self
+
+    @property
+    def forgetting_bound(self) -> float | None:
+        """The bound the choice keeps (None without --old: forgetting cannot be measured)."""
+        if not self.old:
+            return None
+        return DEFAULT_MAX_FORGETTING if self.max_forgetting is None else self.max_forgetting
+
+
+# the old text's loss may rise this much by default: a bound, not a measurement (bench/adapt.py measures it)
+DEFAULT_MAX_FORGETTING = 0.05
+
+
+class DeriveConfig(JobConfig):
+    """`warmstart derive`: a smaller model of N of the checkpoint's blocks (the block search on a sample of the
+    text), its LR chosen by probes, trained and compared with the checkpoint (recipes/jobs/derive.py)."""
+
+    layers: int = Field(..., gt=0, description="blocks of the smaller model")
+    lrs: list[float] = Field([3e-4, 1e-3, 3e-3], description="candidate max LRs (at least 3, spanning >= 10x)")
+    distill: bool = Field(False, description="train against the checkpoint's next-token distribution")
+    until_reference: bool = Field(False, description="Inheritune v2: +2 blocks per round until the checkpoint's loss")
+    sample_tokens: int = Field(16384, gt=0, description="train tokens the block search measures on (charged)")
 
 
 # ----------------------------------------------------------------------------------------------- mixture (DDO)

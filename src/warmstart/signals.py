@@ -10,7 +10,9 @@ dies of the signal as it would without it.
 process says so on stderr and waits there (up to 10 minutes, or until a deferred signal arrives), so a test can
 signal or kill it in that exact phase. Unset, it does nothing. Points: `startup` (config.yaml written, before
 step 1), `checkpoint_write:STEP` (a checkpoint half-written), `before_final` (the last checkpoint written,
-final/ not begun), `final_save` (final/ written to its temp folder, not yet renamed).
+final/ not begun), `final_save` (final/ written to its temp folder, not yet renamed); a job's stages
+(recipes/jobs): `job:format`, `job:prepared`, `job:shift`, `job:searched`, `job:rung` (a probe's rung measured),
+`job:decision`, each with its result written and the next stage not begun.
 """
 
 from __future__ import annotations

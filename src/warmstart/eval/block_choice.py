@@ -163,6 +163,18 @@ def angular_scores(
     return {s: float(sums[j] / count) for j, s in enumerate(starts)}, positions
 
 
+def shown_worse(diffs: np.ndarray, alpha: float) -> bool:
+    """A one-sided paired t-test over windows: is the mean of `diffs` (a candidate's per-window loss minus the
+    leader's, the same windows) above 0 at level `alpha`? Never on fewer than `MIN_WINDOWS` windows, nor at
+    alpha <= 0 (no test: nothing is dropped)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    w = len(d)
+    if alpha <= 0 or w < MIN_WINDOWS:
+        return False
+    crit = float(student_t.ppf(1.0 - alpha, w - 1))
+    return bool(d.mean() - crit * d.std(ddof=1) / math.sqrt(w) > 0)
+
+
 @dataclass
 class Race:
     """What `race` measured: per candidate, the mean token loss over the windows it was evaluated on (all
@@ -218,12 +230,11 @@ def race(
             used = c > 0
             w = int(used.sum())
             if w >= MIN_WINDOWS:
-                crit = float(student_t.ppf(1.0 - alpha, w - 1))
                 for n in active:
                     if n == leader:
                         continue
                     d = (np.asarray(sums[n])[used] - np.asarray(sums[leader])[used]) / c[used]
-                    if d.mean() - crit * d.std(ddof=1) / math.sqrt(w) > 0:
+                    if shown_worse(d, alpha):
                         dropped.append(n)
         rounds.append({"windows": hi, "leader": leader, "dropped": dropped})
         beaten.update({n: (leader, mean(leader)) for n in dropped})

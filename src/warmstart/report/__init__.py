@@ -187,6 +187,8 @@ def make_report(
     upstream_tokens: dict[str, float] | None = None,
     upstream_flops: dict[str, float] | None = None,
     extra_tables: dict[str, dict] | None = None,
+    lead_tables: dict[str, dict] | None = None,
+    title: str = "warmstart report",
 ) -> dict:
     """Write the report for `paths` into `out`; returns summary.json's content (plus the written paths).
 
@@ -194,7 +196,8 @@ def make_report(
     as the first run, would compare a lone run with itself). `upstream_tokens` / `upstream_flops`: the compute
     of the checkpoint a run started from, by run name/path or init.from value, where the report cannot read it
     (compute saved: `warmstart.report.saved`). `extra_tables`: tables the caller computed (`warmstart.tables`
-    layout; the quickstart's Inheritune and AutoScale results), shown after the report's own, by key."""
+    layout; the quickstart's Inheritune and AutoScale results), shown after the report's own, by key;
+    `lead_tables` the same, shown before them (a job's decision table opens its report); `title` heads the pages."""
     if not paths:
         raise UserError("report: give at least one run directory")
     out = check_report_out(out, paths)
@@ -255,6 +258,10 @@ def make_report(
         if key in tables:
             raise ValueError(f"extra_tables: {key!r} is one of the report's own tables")
         tables[key] = table
+    for key in lead_tables or {}:
+        if key in tables:
+            raise ValueError(f"lead_tables: {key!r} is one of the report's own tables")
+    tables = {**(lead_tables or {}), **tables}
 
     out.mkdir(parents=True, exist_ok=True)  # only once every number is computed: a refused report writes nothing
     images = [
@@ -270,7 +277,6 @@ def make_report(
     summary["tables"] = tables
     summary["images"] = [p.name for p in images]
 
-    title = "warmstart report"
     intro = [f"runs: {', '.join(r.name for r in runs) or 'none'}"]
     if "baseline" in summary:
         intro.append(f"baseline: {summary['baseline']} (final {metric} {summary['target']:.4f})")

@@ -228,9 +228,11 @@ def comparison(run: Run, base: Run, metric: str) -> tuple[str, str | None]:
             notes.append(f"{'' if who == 'run' else 'baseline '}distilled from {Path(teacher).name} (its forward "
                          "FLOPs counted)")
         search = float(side.summary.get("init_flops") or 0.0)
+        probes = float(((side.config or {}).get("init") or {}).get("charged_flops") or 0.0)
         if search and (who == "run" or side is not run):
-            notes.append(f"{'' if who == 'run' else 'baseline '}cut chosen by a block search ({search:.3g} FLOPs "
-                         "counted from its step 0)")
+            what = "cut chosen by a block search" if not probes else (
+                "settings chosen by probes" if probes >= search else "cut and settings chosen by measurement")
+            notes.append(f"{'' if who == 'run' else 'baseline '}{what} ({search:.3g} FLOPs counted from its step 0)")
     wr, wb = run.summary.get("weights"), base.summary.get("weights")
     if isinstance(wr, dict) and isinstance(wb, dict):
         same = {d for d, v in wr.items() if float(v) > 0} == {d for d, v in wb.items() if float(v) > 0} and all(

@@ -242,6 +242,7 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len, tok)
     fpt += teacher_fpt
     init_fl = search_flops(resolve_checkpoint(recipe.init.from_, "init.from")) if recipe.init.from_ else 0.0
+    init_fl += recipe.init.charged_flops  # what a job spent choosing this run's settings (recipes/jobs)
     objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob,
                           packing=data_cfg.packing)
     if objective.kind == "masked" and recipe.eval.windows == "documents":

@@ -1,0 +1,213 @@
+"""`warmstart adapt` against the choices it replaces: is the setting it measures on a small share of the budget
+as good as the best one found by training every candidate at the full budget?
+
+    python bench/adapt.py --checkpoint smollm2-hf --text debian=a.jsonl,b.jsonl --text python=c.jsonl \
+        --old web=proxy.jsonl --budgets 16k,65k --seeds 0,1 --large-seeds 0 --work /tmp/adapt-bench
+    # writes bench/results/adapt.{md,json} (--results elsewhere); a re-run skips every finished run
+
+Per cell (a budget and a seed), side by side, on the same prepared data and validation windows:
+  (a) the grid: every candidate (max LR x replay share) trained at the full budget with the run's own schedule
+      (re-warming + re-decay); the pick is the lowest new-text loss whose old-text loss rose by at most the bound;
+      what a user with unlimited compute would choose (its compute: every candidate's run);
+  (b) `adapt`: its choice, trained at the full budget, its probes, format probe and before-training evaluation
+      charged (the run's init_flops);
+  (c) the fixed recipe: the packaged re-warm + replay settings (--fixed-lr, --fixed-replay).
+The goal (issue: adapt within 0.02 nats of (a)'s new-text loss under the same bound, not worse than (c), probes at
+most 10% of the FLOPs) is checked per cell and said plainly. The horizon bias: how well the probes' ranking (each
+candidate's new-text loss at the last rung it reached) predicts the full-budget ranking (Kendall's tau over the
+candidates the probes carried to their last rung, and the rank (a) gives adapt's choice).
+Grid runs evaluate sparsely (--grid-evals points) to keep a slow model's wall time down; adapt's run is the job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+from harness import run_main
+
+from warmstart import atomic
+from warmstart.config import DEFAULT_MAX_FORGETTING, AdaptConfig, Recipe, validate
+from warmstart.recipes.jobs import pipeline
+from warmstart.recipes.jobs.adapt import adapt
+from warmstart.recipes.jobs.flags import parse_domains, parse_list, parse_tokens
+from warmstart.recipes.jobs.probes import candidates
+from warmstart.report.jobs import finish
+from warmstart.train.runs import run_to_end
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_NATS = 0.02
+
+
+def job_config(args, budget: int, seed: int, out: Path) -> AdaptConfig:
+    tree = {"checkpoint": args.checkpoint, "text": parse_domains(args.text, "--text"), "tokens": budget,
+            "out": str(out), "seed": seed, "probe_share": args.probe_share, "seq_len": args.seq_len,
+            "batch_tokens": args.batch_tokens, "micro_batch_size": args.micro_batch_size,
+            "eval_tokens": args.eval_tokens, "val_fraction": args.val_fraction, "device": args.device,
+            "cpu_threads": args.cpu_threads if args.cpu_threads == "auto" else int(args.cpu_threads)}
+    if args.old:
+        tree["old"] = parse_domains(args.old, "--old")
+        tree["max_forgetting"] = args.max_forgetting
+    if args.lrs:
+        tree["lrs"] = parse_list(args.lrs, "--lrs")
+    if args.replay:
+        tree["replay"] = parse_list(args.replay, "--replay")
+    return validate(AdaptConfig, tree, "bench")
+
+
+def full_run(cfg: AdaptConfig, job: Path, work: Path, name: str, lr: float, replay: float, evals: int) -> dict:
+    """One candidate at the full budget: the job's own full-run recipe (same data, start, schedule shape and eval
+    windows), in WORK/NAME, evaluated at `evals` points."""
+    from warmstart.data.shards import open_data_dir
+
+    data = job / "data"
+    domains = open_data_dir(data)
+    weights = {n: float(domains[n].n_tokens("train")) for n in cfg.text}
+    rep = {"fraction": replay, "domains": dict.fromkeys(cfg.old, 1.0)} if replay > 0 else None
+    from warmstart.models.locate import resolve_checkpoint
+
+    base = pipeline.base_tree(cfg, data, str(resolve_checkpoint(cfg.checkpoint)), weights, rep)
+    recipe = pipeline.full_recipe(cfg.model_copy(update={"out": str(work)}), base, lr, 0.0)
+    steps = pipeline.total_steps(cfg)
+    tree = recipe.model_dump(mode="json", by_alias=True)
+    tree["name"] = name
+    tree["eval"].update({"every": max(1, steps // max(1, evals)), "dense_steps": 0})
+    return run_to_end(validate(Recipe, tree, name)).summary
+
+
+def losses(summary: dict, shift: dict, new: list[str], old: list[str]) -> tuple[float, float | None]:
+    ev = summary["final_eval"]
+    n = sum(ev[f"val/{d}/loss"] for d in new) / len(new)
+    if not old:
+        return n, None
+    f = sum(ev[f"val/{d}/loss"] - shift["losses"][d]["loss"] for d in old) / len(old)
+    return n, f
+
+
+def pick(rows: dict[str, dict], bound: float | None) -> str:
+    ok = [k for k, r in rows.items() if bound is None or r["forgetting"] <= bound]
+    if ok:
+        return min(ok, key=lambda k: rows[k]["new"])
+    return min(rows, key=lambda k: rows[k]["forgetting"])
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float | None:
+    n = len(a)
+    if n < 2:
+        return None
+    s = sum((1 if (a[i] - a[j]) * (b[i] - b[j]) > 0 else -1 if (a[i] - a[j]) * (b[i] - b[j]) < 0 else 0)
+            for i in range(n) for j in range(i + 1, n))
+    return s / (n * (n - 1) / 2)
+
+
+def cell(args, budget: int, seed: int) -> dict:
+    work = Path(args.work) / f"tokens-{budget}" / f"seed-{seed}"
+    job = work / "adapt"
+    cfg = job_config(args, budget, seed, job)
+    t0 = time.perf_counter()
+    res = adapt(cfg)
+    adapt_s = time.perf_counter() - t0
+    finish(res)
+    dec, shift = res.decision, res.shift
+    new, old = list(cfg.text), list(cfg.old)
+    bound = cfg.forgetting_bound
+    grid = {}
+    for c in candidates(cfg.lrs, cfg.replay if old else None):
+        s = full_run(cfg, job, work / "grid", c.name, c.lr, c.replay, args.grid_evals)
+        n, f = losses(s, shift, new, old)
+        grid[c.name] = {"lr": c.lr, "replay": c.replay, "new": n, "forgetting": f, "flops": s["flops"]}
+    best = pick(grid, bound)
+    fixed_s = full_run(cfg, job, work / "fixed", "fixed", args.fixed_lr, args.fixed_replay if old else 0.0,
+                       args.grid_evals)
+    fn, ff = losses(fixed_s, shift, new, old)
+    an, af = losses(res.run_summary, shift, new, old)
+    # the horizon bias: probe ranking (last rung reached) against the full-budget ranking
+    finalists = [c for c in dec["candidates"] if c["steps"] == dec["rungs"][-1]]
+    probe = [c["new_loss"][str(len(dec["rungs"]) - 1)] for c in finalists]
+    full = [grid[c["name"]]["new"] for c in finalists]
+    ok_grid = [k for k in grid if bound is None or grid[k]["forgetting"] <= bound]
+    rank = sorted(ok_grid, key=lambda k: grid[k]["new"]).index(dec["chosen"]) + 1 if dec["chosen"] in ok_grid else None
+    return {
+        "budget": budget, "seed": seed, "bound": bound,
+        "grid": grid, "grid_pick": best, "grid_flops": sum(g["flops"] for g in grid.values()),
+        "adapt": {"chosen": dec["chosen"], "new": an, "forgetting": af, "flops": res.run_summary["flops"],
+                  "deciding_flops": dec["deciding_flops"], "deciding_share": dec["deciding_share"],
+                  "wall_s": round(adapt_s, 1), "rank_in_grid": rank},
+        "fixed": {"lr": args.fixed_lr, "replay": args.fixed_replay if old else 0.0, "new": fn, "forgetting": ff,
+                  "flops": fixed_s["flops"]},
+        "probe_rank_tau": kendall_tau(probe, full), "finalists": [c["name"] for c in finalists],
+        "within_goal": an <= grid[best]["new"] + GOAL_NATS and (bound is None or af <= bound),
+        "not_worse_than_fixed": an <= fn + 1e-9 or (bound is not None and ff > bound),
+        "probes_within_10pct": dec["deciding_share"] <= 0.10,
+    }
+
+
+def markdown(cells: list[dict], command: str) -> str:
+    lines = ["# `warmstart adapt` against the full-budget grid and the fixed recipe", "",
+             f"Written by: `{command}`", "",
+             "| tokens | seed | (a) grid pick | (a) new loss | (b) adapt choice | (b) new loss | (b) forgetting | "
+             "(c) fixed new loss | (c) forgetting | deciding share | probe-rank tau | adapt's rank in (a) | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        a, b, f = c["grid"][c["grid_pick"]], c["adapt"], c["fixed"]
+        fg = "—" if b["forgetting"] is None else f"{b['forgetting']:+.4f}"
+        ff = "—" if f["forgetting"] is None else f"{f['forgetting']:+.4f}"
+        tau = "—" if c["probe_rank_tau"] is None else f"{c['probe_rank_tau']:+.2f}"
+        goal = "met" if c["within_goal"] and c["not_worse_than_fixed"] and c["probes_within_10pct"] else "MISSED"
+        lines.append(f"| {c['budget']:,} | {c['seed']} | {c['grid_pick']} | {a['new']:.4f} | {b['chosen']} | "
+                     f"{b['new']:.4f} | {fg} | {f['new']:.4f} | {ff} | {b['deciding_share']:.1%} | {tau} | "
+                     f"{b['rank_in_grid'] or '—'} | {goal} |")
+    met = sum(c["within_goal"] and c["not_worse_than_fixed"] and c["probes_within_10pct"] for c in cells)
+    lines += ["", f"Goal (within {GOAL_NATS} nats of (a) under the same bound, not worse than (c), probes at most "
+              f"10% of the FLOPs): met in {met} of {len(cells)} cells.", ""]
+    for c in cells:
+        for what, ok in (("within 0.02 nats of the grid's pick", c["within_goal"]),
+                         ("not worse than the fixed recipe", c["not_worse_than_fixed"]),
+                         ("probes within 10% of the FLOPs", c["probes_within_10pct"])):
+            if not ok:
+                lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: NOT {what}.")
+    lines += ["", f"Machine: {platform.platform()}, Python {platform.python_version()}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--text", action="append", required=True)
+    p.add_argument("--old", action="append")
+    p.add_argument("--budgets", default="16k,65k", help="comma-separated token budgets; the first is the smaller")
+    p.add_argument("--seeds", default="0,1", help="seeds at the smaller budget")
+    p.add_argument("--large-seeds", dest="large_seeds", default="0", help="seeds at the other budgets")
+    p.add_argument("--work", required=True)
+    p.add_argument("--results", default=str(RESULTS / "adapt"), help="path stem of the .md and .json written")
+    p.add_argument("--probe-share", dest="probe_share", type=float, default=0.1)
+    p.add_argument("--max-forgetting", dest="max_forgetting", type=float, default=DEFAULT_MAX_FORGETTING)
+    p.add_argument("--lrs")
+    p.add_argument("--replay")
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=4096)
+    p.add_argument("--micro-batch-size", dest="micro_batch_size", type=int, default=8)
+    p.add_argument("--eval-tokens", dest="eval_tokens", type=int, default=16384)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.05)
+    p.add_argument("--grid-evals", dest="grid_evals", type=int, default=4, help="evaluations per grid run")
+    p.add_argument("--fixed-lr", dest="fixed_lr", type=float, default=3e-4)
+    p.add_argument("--fixed-replay", dest="fixed_replay", type=float, default=0.25)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cpu-threads", dest="cpu_threads", default="auto")
+    args = p.parse_args()
+    budgets = [parse_tokens(b) for b in args.budgets.split(",")]
+    plan = [(b, int(s)) for i, b in enumerate(budgets)
+            for s in (args.seeds if i == 0 else args.large_seeds).split(",")]
+    cells = [cell(args, b, s) for b, s in plan]
+    command = "python bench/adapt.py " + " ".join(sys.argv[1:])
+    stem = Path(args.results)
+    atomic.write_json(stem.with_suffix(".json"), {"command": command, "cells": cells})
+    atomic.write_text(stem.with_suffix(".md"), markdown(cells, command))
+    print(markdown(cells, command))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,164 @@
+"""Probes: short runs of the one training loop over candidate settings, raced, and the rule that chooses.
+
+Plan (`plan_rungs`): successive halving (Jamieson & Talwalkar 2016; Li et al. 2018) with eta = 2. Every candidate
+trains s steps (rung 0); after each rung the losers stop and the best half (rounded up) continue, each rung
+doubling the steps (s, 2s, 4s). A survivor continues its own run from its checkpoint (the run is resumed with a
+longer step count), so no step is trained twice. s is the largest whole number of steps whose total cost, the
+training steps plus each rung's evaluation (forward passes over the validation windows), fits `probe_share` of
+the budget's FLOPs; up to 3 rungs, fewer when the budget is small; none at all (one line, nothing written) when
+not every candidate can train one step.
+
+Probes re-warm like the full run (the same warmup steps, where they fit in the first rung) and then hold the
+candidate's max LR (a constant schedule: its LR at a step does not depend on how long the probe runs, so a probe
+continued to the next rung is the run a longer probe would have been). Each probe is an ordinary run directory
+under OUT/probes/.
+
+Race (`race_rung`): at the end of every rung each surviving probe's per-window validation losses are measured on
+every domain (new and old). The leader is the best by the rule below; a probe is dropped early when a one-sided
+paired t-test over the new domains' windows (`block_choice.shown_worse`, level `alpha`) shows it worse than a
+leader that keeps the forgetting bound and it does not forget less than that leader; then halving keeps the best
+half of the rest. Every rung's numbers are written (probes/NAME/rung-R.json) before a probe continues, so a
+re-run reads them instead of measuring a model that has since trained further.
+
+Rule (`choose`): the lowest new-domain loss among the candidates whose old-domain loss rose by at most the bound
+(mean over the old domains of the loss after the probe minus the checkpoint's); when none keeps it, the one that
+forgot least. Without old text, the lowest new-domain loss.
+
+Correction for the probes' horizon: the best LR falls as the horizon grows (a short run rewards the fast early
+drop of a large LR, a long one pays for its noise floor), so a probe ranking is biased toward large LRs. Among the
+candidates that keep the bound and that the paired test cannot tell from the lowest-loss one at the last rung, the
+smallest LR is chosen (ties: the lower loss). A clearly better large LR still wins; a tie goes to the safer
+setting. bench/adapt.py measures how well the probe ranking predicts the full-budget ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from warmstart.errors import UserError
+from warmstart.eval.block_choice import shown_worse
+
+ETA = 2
+MAX_RUNGS = 3
+
+
+@dataclass
+class Candidate:
+    name: str
+    lr: float
+    replay: float = 0.0
+
+
+def candidates(lrs: list[float], replays: list[float] | None) -> list[Candidate]:
+    """LR x replay share (replay only with old text), smallest LR first, no replay first."""
+    out = []
+    for lr in sorted(lrs):
+        if replays is None:
+            out.append(Candidate(f"lr={lr:g}", lr))
+        else:
+            out.extend(Candidate(f"lr={lr:g},replay={r:g}", lr, r) for r in sorted(replays))
+    return out
+
+
+def survivors_after(n: int) -> int:
+    return max(1, math.ceil(n / ETA))
+
+
+def rung_cost(n: int, first: int, rungs: int, step_tokens: int, eval_tokens: float) -> float:
+    """Training-token equivalents of a plan: every rung's new steps for its probes, plus one evaluation per probe
+    per rung (`eval_tokens`: forward passes, a third of a training token each)."""
+    cost, alive, done = 0.0, n, 0
+    for r in range(rungs):
+        steps = first * ETA**r
+        cost += alive * ((steps - done) * step_tokens + eval_tokens / 3.0)
+        done, alive = steps, survivors_after(alive)
+    return cost
+
+
+def plan_rungs(n: int, total_steps: int, step_tokens: int, probe_share: float, eval_tokens: float,
+               spent: float = 0.0, max_rungs: int = MAX_RUNGS) -> list[int]:
+    """Each rung's step count (cumulative): the most rungs whose first rung gets at least 2 steps, else one rung
+    of the most steps that fit in `probe_share` of the budget less `spent` (what deciding cost before the probes:
+    the format probe, the before-training evaluation, a block search; in training tokens); UserError (naming the
+    budget) when not every candidate gets one step."""
+    cap = probe_share * total_steps * step_tokens - spent
+    for rungs in range(max_rungs, 0, -1):
+        first = 0
+        while rung_cost(n, first + 1, rungs, step_tokens, eval_tokens) <= cap:
+            first += 1
+        if first >= 2 or (rungs == 1 and first >= 1):
+            return [first * ETA**r for r in range(rungs)]
+    need = (rung_cost(n, 1, 1, step_tokens, eval_tokens) + spent) / probe_share
+    before = f" besides the {spent:,.0f} training tokens' worth spent before them" if spent else ""
+    raise UserError(f"--tokens {total_steps * step_tokens:,}: too small for the probes ({n} candidates of at least "
+                    f"one {step_tokens:,}-token step each and their evaluation must fit in --probe-share "
+                    f"{probe_share:g} of the budget{before}: at least {math.ceil(need):,} tokens); raise --tokens or "
+                    "--probe-share, or give fewer candidates")
+
+
+def per_window(losses: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(summed loss, scored tokens) of every window of `names`, concatenated in order."""
+    s = np.concatenate([np.asarray(losses[n]["sums"], dtype=np.float64) for n in names])
+    c = np.concatenate([np.asarray(losses[n]["counts"], dtype=np.float64) for n in names])
+    return s, c
+
+
+# ----------------------------------------------------------------------------------------------- the rule
+def forgetting(rung: dict, old: list[str], shift: dict) -> float | None:
+    if not old:
+        return None
+    return float(np.mean([rung["losses"][d]["loss"] - shift[d]["loss"] for d in old]))
+
+
+def key(row: dict, bound: float | None) -> tuple:
+    """Order by the rule: bound kept first, by new-domain loss; then the rest by how little they forgot."""
+    f = row.get("forgetting")
+    if bound is None or f is None or f <= bound:
+        return (0, row["new_loss"], row["lr"])
+    return (1, f, row["new_loss"])
+
+
+def race_rung(rows: dict[str, dict], bound: float | None, new: list[str], alpha: float, last: bool) -> dict:
+    """One rung's outcome from its rows (name -> {lr, replay, new_loss, old_loss, forgetting, losses}): the leader,
+    who the paired test dropped (and against whom), who halving stopped, who goes on."""
+    names = sorted(rows, key=lambda n: key(rows[n], bound))
+    leader = names[0]
+    lead = rows[leader]
+    lead_ok = key(lead, bound)[0] == 0
+    dropped = {}
+    ls, lc = per_window(lead["losses"], new)
+    for n in names[1:]:
+        s, c = per_window(rows[n]["losses"], new)
+        used = lc > 0
+        worse = shown_worse((s[used] - ls[used]) / lc[used], alpha)
+        forgets_less = (rows[n].get("old_loss") is not None and rows[n]["old_loss"] < lead["old_loss"])
+        if lead_ok and worse and not forgets_less and not last:
+            dropped[n] = leader
+    rest = [n for n in names if n not in dropped]
+    keep = rest if last else rest[: survivors_after(len(names))]
+    halved = [n for n in rest if n not in keep]
+    return {"leader": leader, "dropped": dropped, "halved": halved, "continue": keep}
+
+
+def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: float) -> tuple[str, str]:
+    """(the chosen candidate, why) among the last rung's rows: the rule, then the horizon correction."""
+    ok = [n for n in rows if key(rows[n], bound)[0] == 0]
+    if not ok:
+        best = min(rows, key=lambda n: key(rows[n], bound))
+        return best, (f"no candidate kept the old text's loss within +{bound:g} nats; chose the one that forgot "
+                      f"least (+{rows[best]['forgetting']:.4f})")
+    best = min(ok, key=lambda n: (rows[n]["new_loss"], rows[n]["lr"]))
+    bs, bc = per_window(rows[best]["losses"], new)
+    used = bc > 0
+    ties = [n for n in ok if n == best or not shown_worse(
+        (per_window(rows[n]["losses"], new)[0][used] - bs[used]) / bc[used], alpha)]
+    chosen = min(ties, key=lambda n: (rows[n]["lr"], rows[n]["new_loss"]))
+    within = "" if bound is None else f" among those whose old-text loss rose by at most {bound:g} nats"
+    why = f"lowest new-text loss{within}: {best} ({rows[best]['new_loss']:.4f})"
+    if chosen != best:
+        why += (f"; {chosen} ({rows[chosen]['new_loss']:.4f}) is not shown worse by the paired test (alpha "
+                f"{alpha:g}) and has the smaller LR: short probes favour large LRs, so the tie goes to the smaller")
+    return chosen, why

@@ -1,0 +1,221 @@
+"""`warmstart adapt`: the probes, the recorded decision, the FLOPs charged, resume after SIGKILL in every stage,
+and bad input (one line, exit 2, nothing written). Real tiny models and real prepared text throughout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from job_helpers import assert_same_job, decision, kill_at, run, tree_digest
+
+from warmstart.cli import main
+from warmstart.config import AdaptConfig
+from warmstart.recipes.jobs.probes import plan_rungs, rung_cost
+
+# 6 candidates (3 LRs x 2 replay shares), 64 steps of 256 tokens; probes may take half the run's FLOPs
+SETTINGS = ["--tokens", "16384", "--probe-share", "0.5", "--lrs", "1e-3,3e-3,1e-2", "--replay", "0,0.25",
+            "--seq-len", "32", "--batch-tokens", "256", "--micro-batch-size", "8", "--eval-tokens", "128",
+            "--val-fraction", "0.2", "--cpu-threads", "1", "--device", "cpu", "--alpha", "0.05"]
+
+
+def args(ckpt, texts, out, old=True, extra=()):
+    a = ["adapt", str(ckpt), "--text", f"lib={texts['new']}", "--out", str(out), *SETTINGS, *extra]
+    return a + (["--old", f"prose={texts['old']}", "--max-forgetting", "0.5"] if old else [])
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, job_checkpoint, job_texts):
+    """The uninterrupted job, in this process; its stdout."""
+    out = tmp_path_factory.mktemp("adapt") / "job"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(args(job_checkpoint, job_texts, out)) == 0
+    return out, buf.getvalue()
+
+
+def test_decision_recorded_and_charged(job):
+    out, stdout = job
+    dec = decision(out)
+    # every candidate, with its probe losses at each rung it reached, and what became of it
+    names = [c["name"] for c in dec["candidates"]]
+    assert names == [f"lr={lr},replay={r}" for lr in ("0.001", "0.003", "0.01") for r in ("0", "0.25")]
+    assert len(dec["rungs"]) >= 2 and dec["rungs"] == [dec["rungs"][0] * 2**i for i in range(len(dec["rungs"]))]
+    assert [c["status"] for c in dec["candidates"]].count("chosen") == 1
+    assert dec["chosen"] in names and dec["rule"].startswith("the lowest new-text") and dec["why"]
+    for c in dec["candidates"]:
+        assert set(c["new_loss"]) == set(c["forgetting"]) and "0" in c["new_loss"]
+        assert c["steps"] == dec["rungs"][max(int(k) for k in c["new_loss"])]
+        for r in c["new_loss"]:
+            rung = json.loads((out / "probes" / c["name"] / f"rung-{r}.json").read_text())
+            assert rung["steps"] == dec["rungs"][int(r)] and rung["tokens"] == rung["steps"] * 256
+    stopped = [c for c in dec["candidates"] if c["status"].startswith(("dropped", "stopped"))]
+    assert stopped  # successive halving stopped some probes early
+    # the chosen candidate keeps the bound (or none does and the note says so)
+    chosen = next(c for c in dec["candidates"] if c["name"] == dec["chosen"])
+    last = str(max(int(k) for k in chosen["new_loss"]))
+    assert chosen["forgetting"][last] <= 0.5 or "forgot least" in dec["why"]
+    # the FLOPs spent deciding: every probe's training and evaluation, the format probe and the before-training
+    # losses, within the probe share, and charged to the run from step 0
+    probe = sum(c["train_flops"] + c["eval_flops"] for c in dec["candidates"])
+    assert dec["probe_flops"] == pytest.approx(probe, rel=1e-12)
+    assert dec["deciding_flops"] == pytest.approx(probe + dec["format_flops"] + dec["shift_flops"], rel=1e-12)
+    assert dec["format_flops"] > 0 and dec["shift_flops"] > 0
+    assert dec["deciding_flops"] <= 0.5 * dec["run_train_flops"] * (1 + 1e-9)  # the probe share holds it all
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["init_flops"] == pytest.approx(dec["deciding_flops"], rel=1e-12)
+    events = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = next(e for e in events if e.get("event") == "eval")
+    assert first["step"] == 0 and first["flops"] == pytest.approx(dec["deciding_flops"], rel=1e-12)
+    # the run trains at the chosen settings: re-warming + re-decay, the replay share, dense evaluation early
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    assert cfg["schedule"]["max_lr"] == dec["max_lr"] and cfg["schedule"]["kind"] == "cosine"
+    assert (cfg["data"].get("replay") or {}).get("fraction", 0.0) == dec["replay"]
+    assert cfg["eval"]["dense_steps"] >= 4 and cfg["train"]["steps"] == 64
+    # the report opens with the decision table; the terminal ends with at most 12 lines of summary
+    report = (out / "report" / "report.md").read_text()
+    assert report.index("## Decision") < report.index("## Runs") and "Stability gap" in report
+    assert "Loss per domain" in report and "Compute" in report
+    tail = stdout.strip().splitlines()
+    start = max(i for i, line in enumerate(tail) if line.startswith("adapt: "))
+    assert len(tail) - start <= 12 and tail[-1].startswith("report: ")
+    assert any(line.startswith("old text (prose)") for line in tail[start:])
+
+
+def test_rerun_skips_every_stage(job, job_checkpoint, job_texts, capsys):
+    out, _ = job
+    before = tree_digest(out / "data")
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "decision.json", out / "run" / "summary.json")}
+    assert main(args(job_checkpoint, job_texts, out)) == 0
+    said = capsys.readouterr().out
+    assert "up to date (nothing re-tokenized)" in said and "complete; skipping" in said
+    assert tree_digest(out / "data") == before
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_sigkill_in_every_stage_resumes_to_the_same_model(job, job_checkpoint, job_texts, tmp_path):
+    out = tmp_path / "job"
+    a = args(job_checkpoint, job_texts, out)
+    # killed after the format probe, the data and the before-training losses; then in a probe's training; then in
+    # the full run, a checkpoint half-written (the decision made): each re-run continues where the last stopped
+    for pause in ("job:shift", "startup", "checkpoint_write:12"):
+        kill_at(a, pause)
+    run(a)
+    assert_same_job(job[0], out)
+
+
+def test_without_old_decides_the_lr_alone(job_checkpoint, job_texts, tmp_path, capsys):
+    out = tmp_path / "job"
+    a = args(job_checkpoint, job_texts, out, old=False)
+    a[a.index("--tokens") + 1] = "8192"  # 3 candidates need less
+    assert main(a) == 0
+    said = capsys.readouterr().out
+    assert said.count("forgetting cannot be measured") == 1
+    dec = decision(out)
+    assert [c["name"] for c in dec["candidates"]] == ["lr=0.001", "lr=0.003", "lr=0.01"]
+    assert dec["max_forgetting"] is None and "no --old" in dec["note"]
+    assert yaml.safe_load((out / "run" / "config.yaml").read_text())["data"].get("replay") is None
+
+
+def test_write_recipe_saves_what_the_flags_meant(job_checkpoint, job_texts, tmp_path):
+    recipe = tmp_path / "adapt.yaml"
+    assert main([*args(job_checkpoint, job_texts, tmp_path / "job"), "--write-recipe", str(recipe)]) == 0
+    cfg = AdaptConfig.model_validate(yaml.safe_load(recipe.read_text()))
+    assert cfg.tokens == 16384 and cfg.lrs == [1e-3, 3e-3, 1e-2] and cfg.replay == [0.0, 0.25]
+    assert cfg.old == {"prose": [str(job_texts["old"])]} and cfg.max_forgetting == 0.5
+    assert not (tmp_path / "job").exists()
+    # the recipe runs as the flags did: --recipe, a flag over it, written again
+    again = tmp_path / "again.yaml"
+    assert main(["adapt", "--recipe", str(recipe), "--probe-share", "0.3", "--write-recipe", str(again)]) == 0
+    assert AdaptConfig.model_validate(yaml.safe_load(again.read_text())) == cfg.model_copy(update={"probe_share": 0.3})
+
+
+def test_probe_plan_fits_the_share():
+    for n, steps, share in ((6, 64, 0.5), (9, 2000, 0.1), (3, 32, 0.5)):
+        rungs = plan_rungs(n, steps, 256, share, 256)
+        assert rung_cost(n, rungs[0], len(rungs), 256, 256) <= share * steps * 256
+
+
+def _bad(argv, capsys) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_bad_input_one_line_nothing_written(job_checkpoint, job_texts, tmp_path, capsys):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": "b"}) + "\n")
+    cases = [
+        (["adapt", str(tmp_path / "no-such-ckpt"), "--text", f"lib={job_texts['new']}", "--out", str(out),
+          *SETTINGS], "checkpoint: "),
+        (args(job_checkpoint, {"new": empty, "old": job_texts["old"]}, out), "empty (no text)"),
+        (args(job_checkpoint, {"new": tiny, "old": job_texts["old"]}, out), "no document tokenizes to 2 or more"),
+        ([*args(job_checkpoint, job_texts, out, old=False), "--max-forgetting", "0.1"], "--max-forgetting needs --old"),
+    ]
+    small = args(job_checkpoint, job_texts, out)
+    small[small.index("--tokens") + 1] = "2048"
+    cases.append((small, "too small for the probes"))
+    for argv, said in cases:
+        line = _bad(argv, capsys)
+        assert said in line, line
+        assert not out.exists()
+    # an output directory holding something else: refused, its file untouched
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = tree_digest(out)
+    line = _bad(args(job_checkpoint, job_texts, out), capsys)
+    assert "holds something else" in line and tree_digest(out) == before
+    assert Path(out / "notes.txt").read_text() == "mine"
+
+
+def test_a_job_directory_of_other_settings_is_refused(job, job_checkpoint, job_texts, capsys):
+    out, _ = job
+    before = tree_digest(out)
+    other = args(job_checkpoint, job_texts, out)
+    other[other.index("--probe-share") + 1] = "0.3"
+    line = _bad(other, capsys)
+    assert "holds an adapt job with other settings (probe_share)" in line
+    assert tree_digest(out) == before
+
+
+def _row(lr, new_windows, forgetting=None, old_loss=None):
+    sums = [float(v) * 10 for v in new_windows]  # 10 scored tokens per window
+    return {"lr": lr, "new_loss": sum(new_windows) / len(new_windows), "forgetting": forgetting,
+            "old_loss": old_loss, "losses": {"lib": {"sums": sums, "counts": [10] * len(sums)}}}
+
+
+def test_the_rule_and_the_horizon_correction():
+    from warmstart.recipes.jobs.probes import choose, race_rung
+
+    noise = [0.02, -0.03, 0.01, -0.02, 0.03, -0.01, 0.02, -0.02]
+    base = [3.0 + e for e in noise]
+    # a larger LR whose loss is lower by less than the windows' noise: the tie goes to the smaller LR
+    tie = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.015 + 0.02 * (i % 2) for i, b in enumerate(base)])}
+    assert tie["large"]["new_loss"] < tie["small"]["new_loss"]
+    chosen, why = choose(tie, None, ["lib"], 0.05)
+    assert chosen == "small" and "favour large LRs" in why
+    # clearly better on every window: the larger LR wins
+    clear = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.2 for b in base])}
+    assert choose(clear, None, ["lib"], 0.05)[0] == "large"
+    # the bound: the lowest loss forgets too much, so the best that keeps it is chosen; none keeps it: least forgot
+    bound = {"a": _row(1e-3, [b - 0.2 for b in base], forgetting=0.3), "b": _row(1e-4, base, forgetting=0.01)}
+    assert choose(bound, 0.05, ["lib"], 0.05)[0] == "b"
+    worse = {"a": _row(1e-3, base, forgetting=0.3), "b": _row(1e-4, base, forgetting=0.2)}
+    chosen, why = choose(worse, 0.05, ["lib"], 0.05)
+    assert chosen == "b" and "forgot least" in why
+    # a rung: a probe shown worse on every window than a leader that keeps the bound is dropped early (unless it
+    # forgets less); halving keeps the best half of the rest
+    rows = {"lead": _row(3e-4, base, 0.0, 2.0), "bad": _row(1e-4, [b + 0.3 for b in base], 0.0, 2.0),
+            "keeps-old": _row(1e-5, [b + 0.3 for b in base], -0.1, 1.9), "close": _row(1e-3, base, 0.0, 2.0)}
+    out = race_rung(rows, 0.05, ["lib"], 0.05, last=False)
+    assert out["leader"] == "lead" and out["dropped"] == {"bad": "lead"}
+    assert out["continue"] == ["lead", "close"] and out["halved"] == ["keeps-old"]

@@ -206,9 +206,6 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     total_steps = rundir.planned_steps(recipe)
     data_cfg = resolve_weights(recipe.data)
     gseqs, micro, accum = batch_shape(recipe, d)
-    if d.is_main and "micro_batch_size" in recipe.train.model_fields_set and micro < recipe.train.micro_batch_size:
-        warn(f"train.micro_batch_size: {recipe.train.micro_batch_size} is more than the {micro} sequences each "
-             f"process gets per step; micro-batches of {micro}")
     lr_at(recipe.schedule, 0, total_steps)  # schedule errors (phases that do not fit) before any heavy work
     domains, eval_names, sampler = _open_data(recipe, data_cfg, d)
     used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
@@ -295,6 +292,9 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         # a share or a fraction asked for that rounds away on this run: said, not silently dropped
         for line in vanished_phases(recipe.schedule, total_steps) + sampler.vanishing_shares(total_steps * gseqs):
             warn(line)
+        if "micro_batch_size" in recipe.train.model_fields_set and micro < recipe.train.micro_batch_size:
+            warn(f"train.micro_batch_size: {recipe.train.micro_batch_size} is more than the {micro} sequences each "
+                 f"process gets per step; micro-batches of {micro}")
     return run
 
 

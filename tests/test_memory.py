@@ -160,6 +160,18 @@ def test_forecast_terms_follow_the_settings():
     assert fsdp.processes == 4 and "train.micro_batch_size" in fsdp.lower
 
 
+def test_inherit_forecast_is_the_cut_once_unless_the_reference_loads_whole():
+    config = _llama_config(vocab=512, hidden=64, layers=8)
+    model = memory.meta_model(config)
+    blocks = sum(p.numel() for p in model.model.layers.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    cut = memory.check_cut(config, 8, 2, say=False)
+    assert cut.parts["the cut's weights"] == pytest.approx(4 * (total - blocks * 6 / 8))
+    assert "the cut, serialised" not in cut.parts
+    whole = memory.check_cut(config, 8, 2, say=False, whole=True)
+    assert whole.parts["the reference, loaded whole"] == 4 * total
+
+
 def test_verdict_refuses_over_the_room_and_the_override_runs_anyway(monkeypatch):
     fc = memory.Forecast("train", {"weights": 3e9}, lower=["train.micro_batch_size"])
     line = memory.verdict(fc, available=2e9)

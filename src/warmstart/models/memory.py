@@ -110,12 +110,15 @@ def _meta_attention():
 
 
 def meta_model(config, objective: str = "causal", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The model of `config` on the meta device: its parameters have shapes and dtypes but no memory."""
+    """The model of `config` on the meta device: its parameters have shapes and dtypes but no memory. Built from a
+    copy: `from_config` records its dtype in the config it is given, which the caller may load with later."""
+    import copy
+
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     cls = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     with torch.device("meta"):
-        return cls.from_config(config, dtype=dtype)
+        return cls.from_config(copy.deepcopy(config), dtype=dtype)
 
 
 @dataclass
@@ -396,11 +399,13 @@ def _block_list(model: torch.nn.Module, k: int) -> torch.nn.ModuleList | None:
     return None
 
 
-def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, int] | None = None) -> Forecast:
-    """Forecast and check `inherit`: the reference is memory-mapped at its own dtype (`from_pretrained` maps the
-    safetensors file), so only the kept tensors' pages are read, and writing the cut serialises a copy of each of
-    them: twice the cut (`kept` of `k` blocks). `search`: (batch, seq_len) of the block search's forward passes
-    in float32 (angular, auto), which read the whole reference. UserError when it does not fit."""
+def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, int] | None = None,
+              whole: bool = False) -> Forecast:
+    """Forecast and check `inherit`: only the kept tensors are read from the reference's safetensors files, at the
+    checkpoint's dtype (`surgery.read_cut`), and the written cut is reloaded to verify it after the in-memory copy
+    is dropped, so the peak is the cut (`kept` of `k` blocks) once. `whole`: a reference without safetensors
+    files (a hub name, pytorch_model.bin) is loaded whole first. `search`: (batch, seq_len) of the block search's
+    forward passes in float32 (angular, auto), which read the whole reference. UserError when it does not fit."""
     model = meta_model(config)
     per = _dtype_bytes(config) if search is None else 4
     ref = _param_bytes(model, per)[0]
@@ -409,7 +414,7 @@ def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, in
     cut = ref - block_bytes * (k - kept) / max(k, 1)
     parts = {"runtime": float(rss_now())}
     if search is None:
-        parts.update({"the cut's weights": float(cut), "the cut, serialised": float(cut)})
+        parts.update({"the reference, loaded whole": float(ref)} if whole else {"the cut's weights": float(cut)})
     else:
         parts.update({"reference": float(ref),
                       f"block search forward ({search[0]} x {search[1]})": eval_bytes(model, *search)})

@@ -4,7 +4,8 @@ A user should learn that a run does not fit from one line at its start, not from
 in. The forecast adds, per process (bytes):
 - runtime: this process's resident memory when the forecast is made (Python, torch, transformers, the data index);
 - weights: every parameter at the dtype it is held in (float32 master weights; a bf16 teacher on CUDA: 2 B);
-  under FSDP a process holds 1/N of them once sharded, but builds the whole model first (`from_pretrained`);
+  under FSDP a process holds 1/N of them: it starts on the meta device and reads only its shards from the
+  checkpoint's safetensors files (a checkpoint without them is built whole first, `from_pretrained`);
 - gradients (4 B per trainable parameter, 1/N under FSDP) and AdamW's two float32 moments (8 B, 1/N under FSDP);
 - activations: the live tensors of one micro-batch's forward and backward through the backbone, found by running
   the model's own forward and backward on the meta device (no memory, no arithmetic) under a dispatch mode that
@@ -313,8 +314,11 @@ def forecast_forward(what: str, model: torch.nn.Module, batch: int, seq_len: int
 
 def forecast_train(model: torch.nn.Module, *, micro: int, seq_len: int, accum: int, checkpointing: bool,
                    parallel: str, world: int, local_world: int, eval_batch: int, eval_seq: int, cuda: bool,
-                   bf16: bool, teacher: torch.nn.Module | None = None, what: str = "train") -> Forecast:
-    """The training run's peak per process (see the module docstring). `model`, `teacher`: meta models."""
+                   bf16: bool, teacher: torch.nn.Module | None = None, what: str = "train",
+                   whole_first: bool = False) -> Forecast:
+    """The training run's peak per process (see the module docstring). `model`, `teacher`: meta models.
+    `whole_first`: under FSDP, each process builds the whole model before sharding it (a checkpoint without
+    safetensors files); otherwise a sharded start holds only its shards (models/sharded_load.py)."""
     weights, n = _param_bytes(model)
     shard = world if parallel == "fsdp" else 1
     act_dtype = torch.bfloat16 if (cuda and bf16) else None
@@ -340,7 +344,8 @@ def forecast_train(model: torch.nn.Module, *, micro: int, seq_len: int, accum: i
             end_of_forward, backward)
     else:
         parts[f"evaluation ({eval_batch} x {eval_seq})"] = evaluation
-    if parallel == "fsdp" and world > 1 and weights > sum(v for k, v in parts.items() if k != "runtime"):
+    if (whole_first and parallel == "fsdp" and world > 1
+            and weights > sum(v for k, v in parts.items() if k != "runtime")):
         # every process builds the whole model before sharding it (`from_pretrained` on each rank)
         parts = {"runtime": parts["runtime"], "whole model before sharding": float(weights)}
     if cuda:

@@ -388,10 +388,8 @@ def inherit(
     memory.check_cut(config, k, len(chosen), say=(choice or {}).get("rule", "first") in ("first", "blocks"),
                      whole=WeightFiles.find(src) is None)
     auto = auto_class(config)
-    loaded = read_cut(src, config, auto, k, chosen)
-    if loaded is not None:
-        model, ref_params = loaded
-    else:  # no safetensors to read tensor by tensor (a hub name, pytorch_model.bin): the whole reference
+    model, ref_params = read_cut(src, config, auto, k, chosen) or (None, 0)
+    if model is None:  # no safetensors to read tensor by tensor (a hub name, pytorch_model.bin): the whole reference
         try:
             model = auto.from_pretrained(str(src), dtype="auto")
         except Exception as e:  # OSError/ValueError/KeyError, pickle.UnpicklingError for a weights file torch refuses

@@ -4,6 +4,7 @@ and a checkpoint of any layout resumes on any number of processes, in either lay
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -337,3 +338,23 @@ def test_bad_input_under_torchrun_is_one_line_and_torchruns_root_cause(tmp_path)
     assert len(lines) == 1 and "nodata" in lines[0], res.stderr[-3000:]
     assert f"traceback : {lines[0]}" in res.stderr  # torchrun's Root Cause section
     assert "To enable traceback see" not in res.stderr
+
+
+def test_sharded_final_is_read_by_eval_and_inherit(runs, data_dir, tmp_path):
+    """An FSDP run's final/ in several safetensors files (an index) is what `eval` and `inherit --from RUN` read:
+    eval gives the run's own final validation losses, inherit the final's own embedding and first block."""
+    from warmstart.cli import main
+    from warmstart.models.surgery import inherit
+
+    tmp, _ = runs
+    fsdp = tmp / "runs" / "fsdp"
+    assert (fsdp / "final" / "model.safetensors.index.json").is_file()
+    cut = inherit(fsdp, tmp_path / "cut", layers=1).out
+    final, small = _final_tensors(fsdp), load_file(str(cut / "model.safetensors"))
+    for k in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight"):
+        assert torch.equal(small[k], final[k]), k
+    assert main(["eval", str(fsdp), "--data", str(data_dir), "--out", str(tmp_path / "ev")]) == 0
+    got = json.loads(next((tmp_path / "ev").glob("*.json")).read_text())
+    logged = [r for r in read_metrics(fsdp) if r["event"] == "eval"][-1]
+    for domain in ("code", "prose"):  # eval repeats the run's own settings: the same number
+        assert got["val"][domain]["loss"] == pytest.approx(logged[f"val/{domain}/loss"], rel=1e-4), domain

@@ -298,10 +298,11 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
 
 
 def _streams(init_from: str | None) -> bool:
-    """Whether a sharded start reads its shards from safetensors files (a from-scratch model needs none)."""
+    """Whether a sharded start reads its shards from safetensors files; a from-scratch model is initialised whole
+    on every process (its seeded init is then the one-process run's), as is a checkpoint without them."""
     from warmstart.models.weight_files import WeightFiles
 
-    return init_from is None or WeightFiles.find(resolve_checkpoint(init_from, "init.from")) is not None
+    return init_from is not None and WeightFiles.find(resolve_checkpoint(init_from, "init.from")) is not None
 
 
 def _sharded(recipe: Recipe, d: Dist) -> bool:

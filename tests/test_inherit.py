@@ -389,3 +389,76 @@ def test_inherit_refuses_what_would_not_reload_exactly(tmp_path, tokenizer_dir):
     model.save_pretrained(str(out))
     with pytest.raises(UserError, match=r"blocks \[0, 2\] would reload with weights (missing|unexpected)"):
         verify_written(out, model, AutoModelForCausalLM, [0, 2])
+
+
+def _whole_load_cut(ref_dir, auto, blocks: list[int], out):
+    """What inherit wrote before it read tensor by tensor: the whole reference loaded, cut, saved."""
+    from warmstart.models.surgery import cut
+
+    model = auto.from_pretrained(str(ref_dir), dtype="auto")
+    cut(model, K, blocks)
+    model.save_pretrained(str(out))
+    return out
+
+
+def _tensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def _same_files(got, want) -> None:
+    a, b = _tensors(got), _tensors(want)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    for name in ("config.json", "generation_config.json"):
+        assert (got / name).is_file() == (want / name).is_file(), name
+        if (want / name).is_file():
+            assert json.loads((got / name).read_text()) == json.loads((want / name).read_text()), name
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_cut_read_tensor_by_tensor_equals_the_whole_load(tmp_path, refs, name):
+    """Every family reads the kept tensors from the safetensors file (no fallback to the whole load), and writes
+    the same tensors, dtypes and config as loading the whole reference and cutting it did."""
+    from transformers import AutoConfig
+
+    from warmstart.models.surgery import read_cut
+
+    ref_dir, auto, _ = refs[name]
+    assert read_cut(ref_dir, AutoConfig.from_pretrained(str(ref_dir)), auto, K, [3, 1]) is not None
+    res = inherit(ref_dir, tmp_path / "new", blocks="3,1")
+    _same_files(res.out, _whole_load_cut(ref_dir, auto, [3, 1], tmp_path / "old"))
+
+
+def test_cut_of_a_sharded_bf16_reference_reads_only_the_kept_blocks(tmp_path, tokenizer_dir):
+    """A bf16 reference in many safetensors shards: the cut keeps bf16, ties its head to its embedding as the
+    reference does, and never opens a shard holding only dropped blocks (deleted here: loading the whole
+    reference would fail on them)."""
+    from transformers import AutoModelForCausalLM
+
+    ref_dir, auto, _ = _make_ref(tmp_path, "llama-tied-gqa", tokenizer_dir)
+    model = auto.from_pretrained(str(ref_dir), dtype=torch.bfloat16)
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(str(sharded), max_shard_size="4KB")  # about a tensor per file
+    for f in tokenizer_dir.iterdir():
+        shutil.copy2(f, sharded / f.name)
+    want = _whole_load_cut(sharded, auto, [0, 2], tmp_path / "old")
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    files: dict[str, set[str]] = {}
+    for key, file in index.items():
+        files.setdefault(file, set()).add(key)
+    dropped = [f for f, keys in files.items() if all(k.startswith(("model.layers.1.", "model.layers.3.")) for k in keys)]
+    assert dropped  # the shard size puts some dropped block's tensors in files of their own
+    for f in dropped:
+        (sharded / f).unlink()
+    res = inherit(sharded, tmp_path / "new", blocks="0,2")
+    _same_files(res.out, want)
+    small = AutoModelForCausalLM.from_pretrained(str(res.out), dtype="auto")
+    assert small.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert small.lm_head.weight.data_ptr() == small.model.embed_tokens.weight.data_ptr()
+    assert "lm_head.weight" not in _tensors(res.out)  # stored once, as the reference stores it

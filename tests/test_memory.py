@@ -160,6 +160,32 @@ def test_forecast_terms_follow_the_settings():
     assert fsdp.processes == 4 and "train.micro_batch_size" in fsdp.lower
 
 
+def test_fsdp_forecast_holds_a_shard_unless_the_model_is_built_whole_first():
+    """Under FSDP a start from safetensors files holds 1/N of the weights (models/sharded_load.py); only a start
+    that builds the whole model first (a checkpoint without them) is forecast at the whole model."""
+    kw = dict(micro=1, accum=1, seq_len=16, checkpointing=False, parallel="fsdp", world=4, local_world=4,
+              eval_batch=1, eval_seq=16, cuda=False, bf16=False)
+    model = memory.meta_model(_llama_config(vocab=65536, hidden=256, layers=4, ffn=1024))
+    n = sum(p.numel() for p in model.parameters())
+    sharded = memory.forecast_train(model, **kw)
+    assert sharded.parts["weights"] == 4 * n / 4 and "whole model before sharding" not in sharded.parts
+    whole = memory.forecast_train(memory.meta_model(_llama_config(vocab=65536, hidden=256, layers=4, ffn=1024)),
+                                  **kw, whole_first=True)
+    assert whole.total - whole.parts["runtime"] >= 4 * n  # never below the whole model it builds first
+
+
+def test_inherit_forecast_is_the_cut_once_unless_the_reference_loads_whole():
+    config = _llama_config(vocab=512, hidden=64, layers=8)
+    model = memory.meta_model(config)
+    blocks = sum(p.numel() for p in model.model.layers.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    cut = memory.check_cut(config, 8, 2, say=False)
+    assert cut.parts["the cut's weights"] == pytest.approx(4 * (total - blocks * 6 / 8))
+    assert "the cut, serialised" not in cut.parts
+    whole = memory.check_cut(config, 8, 2, say=False, whole=True)
+    assert whole.parts["the reference, loaded whole"] == 4 * total
+
+
 def test_verdict_refuses_over_the_room_and_the_override_runs_anyway(monkeypatch):
     fc = memory.Forecast("train", {"weights": 3e9}, lower=["train.micro_batch_size"])
     assert memory.verdict(fc, available=4e9) is None

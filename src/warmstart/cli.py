@@ -42,15 +42,16 @@ def _flag_overrides(args: argparse.Namespace, names: list[str]) -> list[str]:
     return out
 
 
-def _say_error(line: str) -> None:
+def _say_error(line: str, every_rank: bool = False) -> None:
     """The one error line on stderr. Under torchrun every worker meets the same bad input: rank 0 alone prints it,
     and every worker writes it into torchrun's error file (TORCHELASTIC_ERROR_FILE), so torchrun's own report of
-    the failed workers shows this line as the root cause instead of a pointer to its docs."""
+    the failed workers shows this line as the root cause instead of a pointer to its docs. `every_rank`: an error
+    a process meets alone (another process of the run gone), said by each that meets it."""
     import contextlib
     import json
     import time
 
-    if os.environ.get("RANK", "0") == "0":
+    if every_rank or os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
@@ -727,6 +728,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _say_error(f"warmstart: error: {line}")
         return 2
+    except RuntimeError as e:  # a collective whose peer process is gone (a node killed mid-run)
+        from warmstart.runtime.distributed import lost_peer
+
+        line = lost_peer(e)
+        if line is None or debug:
+            raise
+        _say_error(f"warmstart: error: {line}", every_rank=True)
+        return 1
     except signals.Interrupted as e:
         print(f"warmstart: stopped by {e.name}" + (f"; {e.note}" if e.note else ""), file=sys.stderr)
         return e.exit_code

@@ -238,6 +238,10 @@ class TrainConfig(Section):
     )
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     keep_checkpoints: int = Field(2, ge=1)
+    save_shard_mb: float = Field(
+        1024, gt=0, description="final/ is written in safetensors files of at most this many MB (Hugging Face's "
+        "sharded layout above it); rank 0 holds one file's worth of gathered weights at a time",
+    )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False

@@ -22,6 +22,8 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     source: str  # what the weights came from ("scratch:llama-tiny", a path, a hub name)
+    # a model still on the meta device (build_model's `sharded`): shard it, then `start.materialise` it
+    start: object | None = None
 
 
 def _special_ids(tok) -> dict:
@@ -171,10 +173,13 @@ def model_config(cfg: ModelConfig, init_from: str | None):
     return build_config(cfg, vocab_size=len(tok), special_ids=_special_ids(tok), say=False)
 
 
-def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int | None = None) -> LoadedModel:
+def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int | None = None,
+                sharded: bool = False) -> LoadedModel:
     """From scratch (seeded init) or from a checkpoint (weights loaded, fp32 master copy).
 
     With `seq_len`, a model whose positions are fewer is refused before its weights are built or loaded.
+    `sharded` (FSDP over several processes): a checkpoint with safetensors files comes back on the meta device
+    with `start` set, to be filled shard by shard once sharded (models/sharded_load.py); no process reads it whole.
     """
     cls = auto_class(cfg.objective)
     kind = "masked LM" if cfg.objective == "masked" else "causal LM"
@@ -185,6 +190,13 @@ def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int
             check_seq_len(config, seq_len, "data.seq_len", "lower data.seq_len, or extend the context with "
                           f"--set model.sizes.{POSITION_SIZE}=N (rotary-position models only)")
         tok = load_tokenizer(cfg.tokenizer or str(src))
+        if sharded:
+            from warmstart.models.sharded_load import MetaStart
+
+            start = MetaStart.plan(cls, config, src, torch.float32)
+            if start is not None:
+                _check_objective(start.model, cfg, tok)
+                return LoadedModel(start.model, tok, str(src), start=start)
         try:
             model = cls.from_pretrained(str(src), config=config, dtype=torch.float32)
         except Exception as e:  # transformers raises OSError/ValueError/KeyError/UnpicklingError for bad files
@@ -207,10 +219,14 @@ def build_model(cfg: ModelConfig, init_from: str | None, seed: int, seq_len: int
             ) from None
         except (TypeError, RuntimeError) as e:  # sizes the config accepted but the modules cannot be built with
             raise UserError(f"model.sizes: cannot build this {config.model_type} model ({_innermost(e)})") from None
-    if cfg.objective == "masked" and tok.mask_token_id is None:
-        raise UserError("model.objective: masked needs a tokenizer with a mask token (mask_token)")
+    _check_objective(model, cfg, tok)
     source = str(src) if init_from else f"scratch:{cfg.preset or cfg.family or cfg.config}"
     return LoadedModel(model, tok, source)
+
+
+def _check_objective(model: torch.nn.Module, cfg: ModelConfig, tok) -> None:
+    if cfg.objective == "masked" and tok.mask_token_id is None:
+        raise UserError("model.objective: masked needs a tokenizer with a mask token (mask_token)")
 
 
 def check_data_compatible(

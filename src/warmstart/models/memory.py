@@ -4,7 +4,8 @@ A user should learn that a run does not fit from one line at its start, not from
 in. The forecast adds, per process (bytes):
 - runtime: this process's resident memory when the forecast is made (Python, torch, transformers, the data index);
 - weights: every parameter at the dtype it is held in (float32 master weights; a bf16 teacher on CUDA: 2 B);
-  under FSDP a process holds 1/N of them once sharded, but builds the whole model first (`from_pretrained`);
+  under FSDP a process holds 1/N of them: it starts on the meta device and reads only its shards from the
+  checkpoint's safetensors files (a checkpoint without them is built whole first, `from_pretrained`);
 - gradients (4 B per trainable parameter, 1/N under FSDP) and AdamW's two float32 moments (8 B, 1/N under FSDP);
 - activations: the live tensors of one micro-batch's forward and backward through the backbone, found by running
   the model's own forward and backward on the meta device (no memory, no arithmetic) under a dispatch mode that
@@ -112,12 +113,15 @@ def _meta_attention():
 
 
 def meta_model(config, objective: str = "causal", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The model of `config` on the meta device: its parameters have shapes and dtypes but no memory."""
+    """The model of `config` on the meta device: its parameters have shapes and dtypes but no memory. Built from a
+    copy: `from_config` records its dtype in the config it is given, which the caller may load with later."""
+    import copy
+
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     cls = AutoModelForMaskedLM if objective == "masked" else AutoModelForCausalLM
     with torch.device("meta"):
-        return cls.from_config(config, dtype=dtype)
+        return cls.from_config(copy.deepcopy(config), dtype=dtype)
 
 
 @dataclass
@@ -324,8 +328,11 @@ def forecast_forward(what: str, model: torch.nn.Module, batch: int, seq_len: int
 
 def forecast_train(model: torch.nn.Module, *, micro: int, seq_len: int, accum: int, checkpointing: bool,
                    parallel: str, world: int, local_world: int, eval_batch: int, eval_seq: int, cuda: bool,
-                   bf16: bool, teacher: torch.nn.Module | None = None, what: str = "train") -> Forecast:
-    """The training run's peak per process (see the module docstring). `model`, `teacher`: meta models."""
+                   bf16: bool, teacher: torch.nn.Module | None = None, what: str = "train",
+                   whole_first: bool = False) -> Forecast:
+    """The training run's peak per process (see the module docstring). `model`, `teacher`: meta models.
+    `whole_first`: under FSDP, each process builds the whole model before sharding it (a checkpoint without
+    safetensors files); otherwise a sharded start holds only its shards (models/sharded_load.py)."""
     weights, n = _param_bytes(model)
     shard = world if parallel == "fsdp" else 1
     act_dtype = torch.bfloat16 if (cuda and bf16) else None
@@ -351,7 +358,8 @@ def forecast_train(model: torch.nn.Module, *, micro: int, seq_len: int, accum: i
             end_of_forward, backward)
     else:
         parts[f"evaluation ({eval_batch} x {eval_seq})"] = evaluation
-    if parallel == "fsdp" and world > 1 and weights > sum(v for k, v in parts.items() if k != "runtime"):
+    if (whole_first and parallel == "fsdp" and world > 1
+            and weights > sum(v for k, v in parts.items() if k != "runtime")):
         # every process builds the whole model before sharding it (`from_pretrained` on each rank)
         parts = {"runtime": parts["runtime"], "whole model before sharding": float(weights)}
     if cuda:
@@ -410,11 +418,13 @@ def _block_list(model: torch.nn.Module, k: int) -> torch.nn.ModuleList | None:
     return None
 
 
-def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, int] | None = None) -> Forecast:
-    """Forecast and check `inherit`: the reference is memory-mapped at its own dtype (`from_pretrained` maps the
-    safetensors file), so only the kept tensors' pages are read, and writing the cut serialises a copy of each of
-    them: twice the cut (`kept` of `k` blocks). `search`: (batch, seq_len) of the block search's forward passes
-    in float32 (angular, auto), which read the whole reference. UserError when it does not fit."""
+def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, int] | None = None,
+              whole: bool = False) -> Forecast:
+    """Forecast and check `inherit`: only the kept tensors are read from the reference's safetensors files, at the
+    checkpoint's dtype (`surgery.read_cut`), and the written cut is reloaded to verify it after the in-memory copy
+    is dropped, so the peak is the cut (`kept` of `k` blocks) once. `whole`: a reference without safetensors
+    files (a hub name, pytorch_model.bin) is loaded whole first. `search`: (batch, seq_len) of the block search's
+    forward passes in float32 (angular, auto), which read the whole reference. UserError when it does not fit."""
     model = meta_model(config)
     per = _dtype_bytes(config) if search is None else 4
     ref = _param_bytes(model, per)[0]
@@ -423,7 +433,7 @@ def check_cut(config, k: int, kept: int, say: bool = True, search: tuple[int, in
     cut = ref - block_bytes * (k - kept) / max(k, 1)
     parts = {"runtime": float(rss_now())}
     if search is None:
-        parts.update({"the cut's weights": float(cut), "the cut, serialised": float(cut)})
+        parts.update({"the reference, loaded whole": float(ref)} if whole else {"the cut's weights": float(cut)})
     else:
         parts.update({"reference": float(ref),
                       f"block search forward ({search[0]} x {search[1]})": eval_bytes(model, *search)})

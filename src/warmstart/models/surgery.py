@@ -173,9 +173,10 @@ def _remap_check(config, blocks: list[int]) -> None:
         )
 
 
-def verify_written(path: Path, model: torch.nn.Module, auto, blocks: list[int]) -> None:
+def verify_written(path: Path, model: torch.nn.Module | None, auto, blocks: list[int]) -> None:
     """Reload the written checkpoint and require exactly the weights that were saved: none missing, none
-    unexpected, none re-initialised or resized (every tensor equal to the in-memory one)."""
+    unexpected, none re-initialised or resized (every tensor equal to the in-memory one; with `model` None, to
+    the one in the written files, read one at a time, so the cut is held once, not twice)."""
     try:
         reloaded, info = auto.from_pretrained(str(path), dtype="auto", output_loading_info=True)
     except Exception as e:  # a config that no longer builds this model
@@ -186,9 +187,17 @@ def verify_written(path: Path, model: torch.nn.Module, auto, blocks: list[int]) 
                            ("resized", [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys") or []]))
         if keys
     ]
-    want, got = model.state_dict(), reloaded.state_dict()
+    got = reloaded.state_dict()
+    if model is not None:
+        want = model.state_dict()
+    else:
+        from warmstart.models.weight_files import WeightFiles, stored_names, tied_aliases
+
+        files, tied = WeightFiles.find(path), tied_aliases(reloaded)
+        names = stored_names(reloaded, {k: v for k, v in got.items() if k not in tied}) or {}
+        want = _Lazy({k: lambda key, n=n: files.get(n) for k, n in names.items()})  # tied names stored once
     if not problems:
-        differ = [k for k in want if k not in got or got[k].shape != want[k].shape or not torch.equal(got[k], want[k])]
+        differ = [k for k in want if k not in got or not _same(got[k], want[k])]
         if differ:
             problems.append(f"re-initialised {', '.join(differ[:3])}")
     if problems:
@@ -196,6 +205,25 @@ def verify_written(path: Path, model: torch.nn.Module, auto, blocks: list[int]) 
             f"inherit: blocks {blocks} would reload with weights {'; '.join(problems)} (a per-layer setting of "
             "this architecture does not follow the kept blocks); nothing written"
         )
+
+
+def _named_one_to_one(model: torch.nn.Module) -> bool:
+    """Whether each of the model's tensors is stored as one tensor of its own (no fused or split weights)."""
+    from warmstart.models.weight_files import stored_names, tied_aliases
+
+    tied = tied_aliases(model)
+    return stored_names(model, {k: v for k, v in model.state_dict().items() if k not in tied}) is not None
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+class _Lazy(dict):
+    """{name: reader}: each value read when looked up (one tensor held at a time)."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(key)(key)
 
 
 def _renumber(blocks: torch.nn.ModuleList) -> None:
@@ -233,6 +261,72 @@ def cut_view(model: torch.nn.Module, k: int, blocks: list[int]):
         _renumber(old)
         model.config.__dict__.clear()
         model.config.__dict__.update(saved)
+
+
+SAVE_SHARD = "1GB"  # the cut is written in safetensors files of at most this size (one file below it)
+
+
+def _block_list_name(model: torch.nn.Module, k: int) -> str:
+    """The qualified name of the model's list of k blocks (`model.layers`, `transformer.h`, ...)."""
+    _, _, blocks = find_blocks(model, k)
+    return next(name for name, mod in model.named_modules() if mod is blocks)
+
+
+def read_cut(src, config, auto, k: int, blocks: list[int]) -> tuple[torch.nn.Module, int] | None:
+    """The cut model (and the reference's parameter count) read from REF's safetensors files: only the kept
+    blocks' tensors, the embeddings, the final norm and the head are read, at the checkpoint's dtype, so the peak
+    follows the cut, not the reference. The model is built on the meta device, cut there (`cut`), and each of its
+    tensors read from the reference under its block's old index. None where REF has no safetensors files or names
+    a tensor otherwise than the model does (a checkpoint transformers converts while loading): the caller then
+    loads the whole reference (`from_pretrained`), as before."""
+    from warmstart.models.weight_files import (
+        WeightFiles,
+        generation_config_from,
+        retie,
+        stored_names,
+        tied_aliases,
+    )
+
+    files = WeightFiles.find(src)
+    if files is None:
+        return None
+    raw = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    dtype = getattr(torch, raw, None) if isinstance(raw, str) else raw
+    if not isinstance(dtype, torch.dtype):
+        dtype = files.first_float_dtype() or torch.float32
+    with torch.device("meta"):
+        try:
+            model = auto.from_config(copy.deepcopy(config), dtype=dtype)
+        except Exception:  # noqa: BLE001 - a model only its own loader builds: load it the whole way
+            return None
+    ref_params = count_params(model)
+    name = _block_list_name(model, k)
+    ref_tied = tied_aliases(model)
+    stored = stored_names(model, {k: v for k, v in model.state_dict().items() if k not in ref_tied})
+    if stored is None:
+        return None
+    cut(model, k, blocks)
+    model.config.dtype = dtype  # what `from_pretrained(dtype="auto")` records in the saved config
+    aliases = tied_aliases(model)
+    prefix = f"{name}."
+    state: dict[str, torch.Tensor] = {}
+    for key, meta in model.state_dict(keep_vars=True).items():
+        if key in aliases:
+            continue
+        ref_key = key
+        if key.startswith(prefix):
+            pos, _, rest = key[len(prefix):].partition(".")
+            ref_key = f"{prefix}{blocks[int(pos)]}.{rest}"
+        src_key = stored.get(ref_key)
+        if src_key not in files or files.shape(src_key) != list(meta.shape):
+            return None
+        state[key] = files.get(src_key, meta.dtype)
+    for key, target in aliases.items():
+        state[key] = state[target]
+    model.load_state_dict(state, strict=True, assign=True)
+    retie(model, aliases)
+    generation_config_from(model, src)
+    return model, ref_params
 
 
 def _copy_tokenizer(ref_dir: Path | str, out: Path) -> bool:
@@ -289,20 +383,27 @@ def inherit(
         chosen = parse_blocks(blocks, k)
     _remap_check(config, chosen)
     from warmstart.models import memory
+    from warmstart.models.weight_files import WeightFiles
 
-    memory.check_cut(config, k, len(chosen), say=(choice or {}).get("rule", "first") in ("first", "blocks"))
+    memory.check_cut(config, k, len(chosen), say=(choice or {}).get("rule", "first") in ("first", "blocks"),
+                     whole=WeightFiles.find(src) is None)
     auto = auto_class(config)
-    try:
-        model = auto.from_pretrained(str(src), dtype="auto")
-    except Exception as e:  # OSError/ValueError/KeyError, pickle.UnpicklingError for a weights file torch refuses
-        raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
-    ref_params = count_params(model)
-    cut(model, k, chosen)
+    model, ref_params = read_cut(src, config, auto, k, chosen) or (None, 0)
+    if model is None:  # no safetensors to read tensor by tensor (a hub name, pytorch_model.bin): the whole reference
+        try:
+            model = auto.from_pretrained(str(src), dtype="auto")
+        except Exception as e:  # OSError/ValueError/KeyError, pickle.UnpicklingError for a weights file torch refuses
+            raise UserError(f"--from: cannot load {ref} with {auto.__name__} ({load_failure(e)})") from None
+        ref_params = count_params(model)
+        cut(model, k, chosen)
 
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty directory the user made for it
     with atomic.build_dir(out, replace=overwrite) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=SAVE_SHARD)
+        params, class_name = count_params(model), type(model).__name__
+        if _named_one_to_one(model):
+            model = None  # the reload is checked against the written files: the cut is held once at a time
         _copy_tokenizer(src if isinstance(src, Path) else str(src), tmp)
         verify_written(tmp, model, auto, chosen)
         # provenance: what it was cut from (a report charges the reference's compute to runs started here)
@@ -311,4 +412,4 @@ def inherit(
         if choice is not None:
             provenance["choice"] = choice
         atomic.write_text(tmp / INHERITED_FILE, json.dumps(provenance, indent=2) + "\n")
-    return InheritResult(out, chosen, k, count_params(model), ref_params, type(model).__name__, parent)
+    return InheritResult(out, chosen, k, params, ref_params, class_name, parent)

@@ -86,3 +86,24 @@ def broadcast_object(obj, d: Dist):
 def teardown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# what a collective says when a process it waits on is gone (killed, its node lost): gloo, NCCL, the TCP store
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "remote process exited", "failed to recv", "Socket Timeout")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The one line for a collective that failed because another process of the run stopped (a node killed or
+    lost); None for any other error, or outside a distributed run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    if not (isinstance(e, getattr(dist, "DistError", ())) or any(p in text for p in _PEER_LOST)):
+        return None
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    first = first.split("] ", 1)[1] if first.startswith("[") and "] " in first else first  # gloo's source prefix
+    first = first.split(". ", 1)[0].rstrip(".")  # gloo goes on with advice to its own developers
+    return (f"another process of this distributed run stopped (rank {os.environ.get('RANK', '?')} of "
+            f"{os.environ.get('WORLD_SIZE')} saw: {first}); the run directory keeps its newest checkpoint: "
+            "start the job again with --resume, on any number of processes")

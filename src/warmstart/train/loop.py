@@ -11,6 +11,7 @@ temp files (warmstart.signals).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,14 @@ import torch
 from warmstart import atomic, signals
 from warmstart.config import Recipe, with_absolute_paths
 from warmstart.eval.perplexity import evaluate, perplexity, scored_targets
-from warmstart.models.build import save_hf
 from warmstart.progress import bar as progress_bar
 from warmstart.runtime import rundir
 from warmstart.runtime.distributed import Dist, all_gather_objects, all_reduce_sum, barrier, setup, teardown
 from warmstart.runtime.metrics import logged_eval
 from warmstart.train import checkpoint as ckpt
-from warmstart.train.parallelize import full_state_dict, full_value, gradient_sync
+from warmstart.train.parallelize import full_value, gradient_sync
 from warmstart.train.run_plan import decide
+from warmstart.train.save_final import save_final
 from warmstart.train.schedules import lr_at
 from warmstart.train.setup_run import Run, setup_run
 
@@ -251,15 +252,18 @@ def save_checkpoint(run: Run, win_loss: torch.Tensor) -> None:
 
 
 def finish(run: Run, last_eval: dict) -> RunResult:
-    """final/ (one plain Hugging Face checkpoint, gathered onto rank 0 when sharded), then summary.json."""
+    """final/ (a plain Hugging Face checkpoint in safetensors files of at most train.save_shard_mb, gathered one
+    file at a time when sharded: train/save_final.py), then summary.json."""
     recipe, d, step = run.recipe, run.d, run.step
     final_dir = rundir.final_dir(run.run_dir)
-    whole = full_state_dict(run.model)  # a sharded model is gathered onto rank 0 (every rank takes part)
     if d.is_main:
         signals.pause_point("before_final")
-        with atomic.build_dir(final_dir, replace=True) as tmp:
-            save_hf(run.model, run.tokenizer, tmp, state_dict=whole)
+    # every process takes part (a sharded model is gathered one file at a time); rank 0 writes
+    with atomic.build_dir(final_dir, replace=True) if d.is_main else contextlib.nullcontext() as tmp:
+        save_final(run.model, run.tokenizer, tmp, d, recipe.train.save_shard_mb)
+        if d.is_main:
             signals.pause_point("final_save")
+    if d.is_main:
         tokens = step * recipe.train.batch_tokens
         rundir.write_summary(run.run_dir, {
             "run_dir": str(run.run_dir),

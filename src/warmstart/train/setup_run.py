@@ -211,7 +211,8 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     used = [n for n, w in sampler.weights.items() if w > 0] + list(eval_names)
 
     forecast_memory(recipe, d, micro, accum)
-    loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed, seq_len=data_cfg.seq_len)
+    loaded = build_model(recipe.model, recipe.init.from_, seed=recipe.seed, seq_len=data_cfg.seq_len,
+                         sharded=_sharded(recipe, d))
     model, tok = loaded.model, loaded.tokenizer
     vocab = model.get_input_embeddings().weight.shape[0]
     _check_data_meets_model(tok, vocab, domains, used, data_cfg, d)
@@ -230,6 +231,8 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     disk = ckpt.disk_estimate(model, total_steps, recipe.train.checkpoint_every, recipe.train.keep_checkpoints)
     ddp_model = parallelize(model, d, recipe.train.parallel, bf16=wants_bf16(recipe, d.device))
     model = unwrap(ddp_model)  # FSDP shards in place: the optimizer is built on the sharded parameters
+    if loaded.start is not None:  # built on the meta device: each process reads its own shards now
+        loaded.start.materialise(model, d.device)
     optimizer = build_optimizer(model, recipe.optim, lr=lr_at(recipe.schedule, 0, total_steps), device=d.device)
     # forward passes return the loss, never the full logits (models/loss.py); after the optimizer is built, since
     # its one check forward is the first forward, where FSDP2 settles its sharded parameters
@@ -298,6 +301,19 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     return run
 
 
+def _streams(init_from: str | None) -> bool:
+    """Whether a sharded start reads its shards from safetensors files; a from-scratch model is initialised whole
+    on every process (its seeded init is then the one-process run's), as is a checkpoint without them."""
+    from warmstart.models.weight_files import WeightFiles
+
+    return init_from is not None and WeightFiles.find(resolve_checkpoint(init_from, "init.from")) is not None
+
+
+def _sharded(recipe: Recipe, d: Dist) -> bool:
+    """Whether the run shards its model over several processes (FSDP): it then starts on the meta device."""
+    return recipe.train.parallel == "fsdp" and d.enabled
+
+
 def forecast_memory(recipe: Recipe, d: Dist, micro: int, accum: int) -> None:
     """Say the run's expected peak memory per process before any weights load; refuse (UserError, on every rank
     alike) when it exceeds what the host or the GPU has (models/memory.py)."""
@@ -322,7 +338,8 @@ def forecast_memory(recipe: Recipe, d: Dist, micro: int, accum: int) -> None:
         model, micro=micro, seq_len=recipe.data.seq_len, accum=accum,
         checkpointing=recipe.train.activation_checkpointing, parallel=recipe.train.parallel, world=d.world,
         local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")), eval_batch=recipe.eval.batch_size,
-        eval_seq=recipe.data.seq_len, cuda=cuda, bf16=wants_bf16(recipe, d.device), teacher=teacher)
+        eval_seq=recipe.data.seq_len, cuda=cuda, bf16=wants_bf16(recipe, d.device), teacher=teacher,
+        whole_first=_sharded(recipe, d) and not _streams(recipe.init.from_))
     if d.is_main:
         print(forecast.line(), flush=True)
     line = memory.verdict(forecast, torch.cuda.mem_get_info(d.device)[0] if cuda else None)
@@ -403,8 +420,10 @@ def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int, student_
     src = resolve_checkpoint(recipe.distill.teacher, "distill.teacher")
     _check_teacher_tokenizer(src, student_tok)
     bf16 = wants_bf16(recipe, d.device) and d.device.type == "cuda"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    start = _teacher_start(src, dtype) if _sharded(recipe, d) else None
     try:
-        teacher = auto_class("causal").from_pretrained(str(src), dtype=torch.bfloat16 if bf16 else torch.float32)
+        teacher = start.model if start is not None else auto_class("causal").from_pretrained(str(src), dtype=dtype)
     except Exception as e:  # OSError/ValueError/KeyError/UnpicklingError for bad files, as build_model
         raise UserError(f"distill.teacher: cannot load {recipe.distill.teacher} as a causal LM ({load_failure(e)})") from None
     if hasattr(teacher.config, "use_cache"):
@@ -412,6 +431,8 @@ def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int, student_
     teacher.eval().requires_grad_(False)
     fwd_fpt = forward_flops_per_token(teacher, seq_len)
     runner = parallelize(teacher, d, "fsdp", bf16=bf16) if recipe.train.parallel == "fsdp" else teacher.to(d.device)
+    if start is not None:  # sharded on the meta device: each process reads its own shards of the teacher
+        start.materialise(teacher, d.device)
     packing = None
     if recipe.data.packing == "documents" and recipe.model.objective == "causal":
         try:  # the teacher must see each document alone too, or it teaches attention across documents
@@ -424,6 +445,21 @@ def _teacher(recipe: Recipe, student: LossModel, d: Dist, seq_len: int, student_
         print(f"distilling from {src} (T={recipe.distill.temperature}, alpha={recipe.distill.alpha}; "
               f"{fwd_fpt / 1e6:.1f} MFLOPs per token charged for its forward)")
     return loss, fwd_fpt
+
+
+def _teacher_start(src, dtype: torch.dtype):
+    """The teacher on the meta device, to be filled shard by shard (models/sharded_load.py); None where its
+    checkpoint must load the whole way."""
+    from transformers import AutoConfig
+
+    from warmstart.models.build import auto_class
+    from warmstart.models.sharded_load import MetaStart
+
+    try:
+        config = AutoConfig.from_pretrained(str(src))
+    except Exception:  # noqa: BLE001 - from_pretrained says what is wrong with it, in _teacher
+        return None
+    return MetaStart.plan(auto_class("causal"), config, src, dtype)
 
 
 def _restore(run: Run, plan: Plan, allow_config_change: bool) -> None:

@@ -135,3 +135,14 @@ def test_weight_files_read_rows_and_name_a_missing_shard(tmp_path):
     with pytest.raises(UserError, match=rf"{victim.name} is missing \({INDEX} names it\); copy the checkpoint"):
         WeightFiles.find(src).get("model.layers.2.mlp.up_proj.weight")
     assert hashlib.sha256((tmp_path / "elsewhere").read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("header", [b"garbage\n", (3).to_bytes(8, "little") + b"[1]"])
+def test_a_safetensors_file_whose_header_does_not_read_is_one_line(tmp_path, header):
+    """A header length the file cannot hold (garbage read as 7e18 bytes) or a header that is not an object: the
+    one-line refusal, not a MemoryError or a TypeError."""
+    _model().save_pretrained(str(tmp_path / "ckpt"))
+    path = tmp_path / "ckpt" / SINGLE
+    path.write_bytes(header)
+    with pytest.raises(UserError, match=r"not a safetensors file \(its header does not read\); copy the checkpoint"):
+        WeightFiles.find(tmp_path / "ckpt")

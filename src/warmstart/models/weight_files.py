@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -56,16 +57,20 @@ class WeightFiles:
         """(where the data starts, {name: {dtype, shape, data_offsets}}) of one safetensors file."""
         cached = self._headers.get(path)
         if cached is None:
+            bad = UserError(f"{path}: not a safetensors file (its header does not read); copy the checkpoint again")
             try:
                 with open(path, "rb") as f:
                     n = int.from_bytes(f.read(8), "little")
+                    if not 2 <= n <= os.fstat(f.fileno()).st_size - 8:  # a length the file cannot hold: garbage
+                        raise bad
                     header = json.loads(f.read(n))
+                if not isinstance(header, dict):
+                    raise bad
             except FileNotFoundError:
                 raise UserError(f"{self.directory}: {path.name} is missing ({INDEX} names it); copy the "
                                 "checkpoint again") from None
             except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-                raise UserError(f"{path}: not a safetensors file (its header does not read); copy the "
-                                "checkpoint again") from None
+                raise bad from None
             header.pop("__metadata__", None)
             cached = self._headers[path] = (8 + n, header)
         return cached

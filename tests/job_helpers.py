@@ -56,6 +56,19 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return res
 
 
+def run_in_process(args: list[str]) -> str:
+    """`warmstart ARGS` in this process (the uninterrupted job a killed one must equal); its stdout. Exit 0."""
+    import contextlib
+    import io
+
+    from warmstart.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(args) == 0
+    return buf.getvalue()
+
+
 def decision(out: Path) -> dict:
     return json.loads((out / "decision.json").read_text())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from job_helpers import assert_same_job, decision, kill_at, run, tree_digest
+from job_helpers import assert_same_job, decision, kill_at, run, run_in_process, tree_digest
 
 from warmstart.cli import main
 from warmstart.config import AdaptConfig
@@ -29,13 +29,7 @@ def args(ckpt, texts, out, old=True, extra=()):
 def job(tmp_path_factory, job_checkpoint, job_texts):
     """The uninterrupted job, in this process; its stdout."""
     out = tmp_path_factory.mktemp("adapt") / "job"
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(args(job_checkpoint, job_texts, out)) == 0
-    return out, buf.getvalue()
+    return out, run_in_process(args(job_checkpoint, job_texts, out))
 
 
 def test_decision_recorded_and_charged(job):

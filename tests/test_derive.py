@@ -3,13 +3,11 @@ the same windows, resume after SIGKILL in each stage, and bad input. Real tiny m
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 import yaml
-from job_helpers import assert_same_job, decision, kill_at, run, tree_digest
+from job_helpers import assert_same_job, decision, kill_at, run, run_in_process, tree_digest
 
 from warmstart.cli import main
 
@@ -26,10 +24,7 @@ def args(ckpt, texts, out, extra=()):
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, job_checkpoint, job_texts):
     out = tmp_path_factory.mktemp("derive") / "job"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(args(job_checkpoint, job_texts, out)) == 0
-    return out, buf.getvalue()
+    return out, run_in_process(args(job_checkpoint, job_texts, out))
 
 
 def test_search_and_probes_charged_reference_on_the_same_windows(job):

@@ -115,14 +115,24 @@ def cell(args, budget: int, seed: int) -> dict:
     new, old = list(cfg.text), list(cfg.old)
     bound = cfg.forgetting_bound
     grid = {}
+    train_fpt = res.run_summary["flops_per_token"]
     for c in candidates(cfg.lrs, cfg.replay if old else None):
-        s = full_run(cfg, job, work / "grid", c.name, c.lr, c.replay, args.grid_evals)
+        if c.name == dec["chosen"]:  # adapt's own full run is this candidate's full-budget run
+            s, source = res.run_summary, "adapt's run"
+        else:
+            s, source = full_run(cfg, job, work / "grid", c.name, c.lr, c.replay, args.grid_evals), "grid"
         n, f = losses(s, shift, new, old)
-        grid[c.name] = {"lr": c.lr, "replay": c.replay, "new": n, "forgetting": f, "flops": s["flops"]}
+        grid[c.name] = {"lr": c.lr, "replay": c.replay, "new": n, "forgetting": f,
+                        "flops": train_fpt * s["tokens"], "source": source}
     best = pick(grid, bound)
-    fixed_s = full_run(cfg, job, work / "fixed", "fixed", args.fixed_lr, args.fixed_replay if old else 0.0,
-                       args.grid_evals)
-    fn, ff = losses(fixed_s, shift, new, old)
+    fixed_replay = args.fixed_replay if old else 0.0
+    same = [k for k, g in grid.items() if g["lr"] == args.fixed_lr and g["replay"] == fixed_replay]
+    if same:  # the packaged recipe is one of the candidates: its grid run is (c)
+        fn, ff, fixed_flops = grid[same[0]]["new"], grid[same[0]]["forgetting"], grid[same[0]]["flops"]
+    else:
+        fixed_s = full_run(cfg, job, work / "fixed", "fixed", args.fixed_lr, fixed_replay, args.grid_evals)
+        fn, ff = losses(fixed_s, shift, new, old)
+        fixed_flops = train_fpt * fixed_s["tokens"]
     an, af = losses(res.run_summary, shift, new, old)
     # the horizon bias: probe ranking (last rung reached) against the full-budget ranking
     finalists = [c for c in dec["candidates"] if c["steps"] == dec["rungs"][-1]]
@@ -136,8 +146,8 @@ def cell(args, budget: int, seed: int) -> dict:
         "adapt": {"chosen": dec["chosen"], "new": an, "forgetting": af, "flops": res.run_summary["flops"],
                   "deciding_flops": dec["deciding_flops"], "deciding_share": dec["deciding_share"],
                   "wall_s": round(adapt_s, 1), "rank_in_grid": rank},
-        "fixed": {"lr": args.fixed_lr, "replay": args.fixed_replay if old else 0.0, "new": fn, "forgetting": ff,
-                  "flops": fixed_s["flops"]},
+        "fixed": {"lr": args.fixed_lr, "replay": fixed_replay, "new": fn, "forgetting": ff, "flops": fixed_flops,
+                  "source": f"grid run {same[0]}" if same else "its own run"},
         "probe_rank_tau": kendall_tau(probe, full), "finalists": [c["name"] for c in finalists],
         "within_goal": an <= grid[best]["new"] + GOAL_NATS and (bound is None or af <= bound),
         "not_worse_than_fixed": an <= fn + 1e-9 or (bound is not None and ff > bound),
@@ -201,11 +211,13 @@ def main() -> None:
     budgets = [parse_tokens(b) for b in args.budgets.split(",")]
     plan = [(b, int(s)) for i, b in enumerate(budgets)
             for s in (args.seeds if i == 0 else args.large_seeds).split(",")]
-    cells = [cell(args, b, s) for b, s in plan]
     command = "python bench/adapt.py " + " ".join(sys.argv[1:])
     stem = Path(args.results)
-    atomic.write_json(stem.with_suffix(".json"), {"command": command, "cells": cells})
-    atomic.write_text(stem.with_suffix(".md"), markdown(cells, command))
+    cells = []
+    for b, s in plan:  # written after every cell: a long bench stopped part-way keeps what it finished
+        cells.append(cell(args, b, s))
+        atomic.write_json(stem.with_suffix(".json"), {"command": command, "cells": cells})
+        atomic.write_text(stem.with_suffix(".md"), markdown(cells, command))
     print(markdown(cells, command))
 
 

@@ -49,6 +49,11 @@ def test_decision_recorded_and_charged(job):
             assert rung["steps"] == dec["rungs"][int(r)] and rung["tokens"] == rung["steps"] * 256
     stopped = [c for c in dec["candidates"] if c["status"].startswith(("dropped", "stopped"))]
     assert stopped  # successive halving stopped some probes early
+    # once decided, no probe keeps weights or optimizer state on disk (its numbers stay in its rung files)
+    for c in dec["candidates"]:
+        probe = out / "probes" / c["name"]
+        assert (probe / "summary.json").is_file() and not (probe / "checkpoints").exists()
+        assert not (probe / "final").exists()
     # the chosen candidate keeps the bound (or none does and the note says so)
     chosen = next(c for c in dec["candidates"] if c["name"] == dec["chosen"])
     last = str(max(int(k) for k in chosen["new_loss"]))
@@ -213,3 +218,38 @@ def test_the_rule_and_the_horizon_correction():
     out = race_rung(rows, 0.05, ["lib"], 0.05, last=False)
     assert out["leader"] == "lead" and out["dropped"] == {"bad": "lead"}
     assert out["continue"] == ["lead", "close"] and out["halved"] == ["keeps-old"]
+
+
+def test_baseline_gives_the_report_its_compute_saved(job, job_checkpoint, job_texts, tmp_path, capsys):
+    """--baseline RUN (here the same shape from a random init on the job's data, the same steps and evaluation):
+    the report measures the job's run, deciding FLOPs included, against it; the job's own files are untouched; a
+    directory that is not a finished run is one line before anything is read."""
+    out, _ = job
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    cfg.update({"name": "scratch", "out_dir": str(tmp_path), "init": {},
+                "model": {"config": str(Path(job_checkpoint) / "config.json"), "tokenizer": str(job_checkpoint)}})
+    cfg["data"].pop("replay", None)
+    cfg["schedule"]["max_lr"] = 3e-3
+    (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "scratch.yaml")]) == 0
+    capsys.readouterr()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "decision.json", out / "run" / "summary.json")}
+    assert main([*args(job_checkpoint, job_texts, out), "--baseline", str(tmp_path / "scratch")]) == 0
+    tail = capsys.readouterr().out.strip().splitlines()
+    start = max(i for i, line in enumerate(tail) if line.startswith("adapt: "))
+    assert len(tail) - start <= 12 and tail[-1].startswith("report: ")
+    rep = json.loads((out / "report" / "summary.json").read_text())
+    assert rep["baseline"] == "scratch"
+    saved = next(r for r in rep["runs"] if r["name"] == "run")["compute_saved"]
+    run_summary = json.loads((out / "run" / "summary.json").read_text())
+    # the run's FLOPs to the baseline's final loss count what deciding cost: at least the charge at step 0
+    assert saved["flops_to_target"] >= run_summary["init_flops"]
+    line = next(x for x in tail[start:] if x.startswith("compute saved: "))
+    assert (f"{1 - saved['flop_fraction']:.1%} of the FLOPs" in line) if saved["flop_fraction"] is not None \
+        else "did not reach" in line
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    # not a run: one line, exit 2, the report as it was
+    before = tree_digest(out / "report")
+    line = _bad([*args(job_checkpoint, job_texts, out), "--baseline", str(out / "data")], capsys)
+    assert line.startswith("warmstart: error: --baseline") and "not a finished warmstart run" in line
+    assert tree_digest(out / "report") == before

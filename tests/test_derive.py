@@ -106,3 +106,33 @@ def test_until_reference_grows_until_the_checkpoint_is_matched(job_checkpoint, j
         assert len(json.loads((d / "inherited" / "inherited.json").read_text())["blocks"]) == r["layers"]
     assert record["total_flops"] == sum(r["flops"] for r in rounds)
     assert "rounds: 1 blocks" in capsys.readouterr().out
+
+
+def test_distill_trains_probes_and_run_against_the_checkpoint_teacher_charged(job, job_checkpoint, job_texts,
+                                                                               tmp_path):
+    """--distill: every probe and the full run train against the checkpoint's next-token distribution, and each
+    token's FLOPs count the teacher's forward pass: a probe's training FLOPs are the student's plus the teacher's
+    forward per token (so per token more than the same probe without --distill, by exactly that forward)."""
+    from warmstart.recipes.jobs.common import flops_per_token
+
+    out = tmp_path / "job"
+    a = args(job_checkpoint, job_texts, out, ["--distill"])
+    a[a.index("--tokens") + 1] = "32768"  # the probes carry the teacher's forward too: a larger budget fits them
+    assert main(a) == 0
+    dec, plain = decision(out), decision(job[0])
+    teacher_fwd = flops_per_token(job_checkpoint, 32)[1]
+    for r in dec["candidates"]:
+        rcfg = yaml.safe_load((out / "probes" / r["name"] / "config.yaml").read_text())
+        assert rcfg["distill"]["teacher"] == str(job_checkpoint)
+        summary = json.loads((out / "probes" / r["name"] / "summary.json").read_text())
+        student = next(c for c in plain["candidates"] if c["name"] == r["name"])
+        student_fpt = student["train_flops"] / (student["steps"] * 256)
+        assert summary["flops_per_token"] == pytest.approx(student_fpt + teacher_fwd, rel=1e-9)
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    assert cfg["distill"]["teacher"] == str(job_checkpoint) and cfg["schedule"]["max_lr"] == dec["max_lr"]
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["init_flops"] == pytest.approx(dec["deciding_flops"], rel=1e-12)
+    # the same cut as without --distill (the search does not depend on the loss), and its loss measured on the same
+    # windows as the reference
+    same = [json.loads((d / "inherited" / "inherited.json").read_text())["blocks"] for d in (out, job[0])]
+    assert same[0] == same[1]

@@ -187,7 +187,9 @@ def cmd_grow(args: argparse.Namespace) -> int:
 
 
 def _cmd_job(args: argparse.Namespace, kind: str) -> int:
-    from warmstart.recipes.jobs.flags import job_config, write_recipe
+    from functools import partial
+
+    from warmstart.recipes.jobs.flags import check_baseline, job_config, write_recipe
 
     cfg = job_config(args, kind)
     if args.write_recipe:
@@ -196,14 +198,15 @@ def _cmd_job(args: argparse.Namespace, kind: str) -> int:
         return 0
     from warmstart.report.jobs import finish
 
+    report = partial(finish, baseline=check_baseline(args.baseline))
     if kind == "adapt":
         from warmstart.recipes.jobs.adapt import adapt
 
-        finish(adapt(cfg))
+        report(adapt(cfg))
     else:
         from warmstart.recipes.jobs.derive import derive
 
-        derive(cfg, on_round=finish)  # every round's report (the last one's summary ends the output)
+        derive(cfg, on_round=report)  # every round's report (the last one's summary ends the output)
     return 0
 
 

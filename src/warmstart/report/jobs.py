@@ -5,6 +5,8 @@ summary), so a re-run writes the same report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from warmstart.recipes.jobs.common import JobResult
 from warmstart.tables import fmt
 
@@ -58,42 +60,61 @@ def search_table(choice: dict) -> dict:
             "formats": ["str", "loss", "int", "sci", "str"], "rows": rows, "note": note}
 
 
-def compute_table(dec: dict, run_summary: dict) -> dict:
+def compute_table(dec: dict, run_summary: dict, baseline: Path | None = None) -> dict:
     train = run_summary["flops_per_token"] * run_summary["tokens"]
     rows = [["deciding (charged at step 0)", dec["deciding_flops"]], ["training the run", train],
             ["total", run_summary["flops"]]]
-    return {"title": "Compute", "columns": ["what", "FLOPs"], "formats": ["str", "sci"], "rows": rows,
-            "note": "no baseline run given: compute saved needs one (`warmstart report RUN --baseline BASE`)"}
+    note = (f"compute saved against the baseline {baseline}: the compute-saved table (the run's FLOPs include "
+            "everything spent deciding)" if baseline else
+            "no baseline run given: compute saved needs one (the job's --baseline RUN)")
+    return {"title": "Compute", "columns": ["what", "FLOPs"], "formats": ["str", "sci"], "rows": rows, "note": note}
 
 
-def write(r: JobResult) -> dict:
+def write(r: JobResult, baseline: Path | None = None) -> dict:
+    """The report of the job's run, beside `baseline` (a run directory it replaces) when given: then the report's
+    compute-saved table measures the run, deciding FLOPs included, against it on val/avg/loss."""
     from warmstart.report import make_report
 
     lead = {"decision": decision_table(r.decision, bool(r.old))}
     if r.search is not None:
         lead["block_search"] = search_table(r.search)
     after = r.run_summary["final_eval"]
+    runs = [r.out / "run"] + ([baseline] if baseline else [])
     return make_report(
-        [r.out / "run"], r.out / "report", title=f"warmstart {r.kind}: {r.out.name}", lead_tables=lead,
+        runs, r.out / "report", baseline=baseline, title=f"warmstart {r.kind}: {r.out.name}", lead_tables=lead,
         extra_tables={"before_after": before_after_table(r.shift["losses"], after, r.new, r.old, r.before_label),
-                      "compute": compute_table(r.decision, r.run_summary)},
+                      "compute": compute_table(r.decision, r.run_summary, baseline)},
     )
 
 
-def finish(r: JobResult, say=print) -> dict:
+def saved_line(rep: dict) -> str | None:
+    """One summary line: the run's compute saved against the baseline (None without one)."""
+    if not rep.get("baseline"):
+        return None
+    run = next(x for x in rep["runs"] if x["name"] == "run")
+    s = run.get("compute_saved") or {}
+    target = f"the baseline {rep['baseline']}'s final {rep['metric']} {rep['target']:.4f}"
+    if s.get("flop_fraction") is None:
+        return f"compute saved: the run did not reach {target}"
+    return (f"compute saved: {1 - s['flop_fraction']:.1%} of the FLOPs (deciding included), "
+            f"{1 - s['token_fraction']:.1%} of the tokens to reach {target}")
+
+
+def finish(r: JobResult, say=print, baseline: Path | None = None) -> dict:
     """The gap, the report and the terminal summary (recomputed on every call: they read only the job's files);
-    returns the report's summary with the summary lines ("lines")."""
+    returns the report's summary with the summary lines ("lines"). `baseline`: a run directory the job's run
+    replaces (compute saved)."""
     from warmstart.eval.gap import run_gap
 
     gap = run_gap(r.out / "run")
-    rep = write(r)
-    lines = summary_lines(r, gap)
+    rep = write(r, baseline)
+    lines = summary_lines(r, gap, saved_line(rep))
     for line in lines:
         say(line)
     return {**rep, "lines": lines}
 
 
-def summary_lines(r: JobResult, gap: dict) -> list[str]:
+def summary_lines(r: JobResult, gap: dict, saved: str | None = None) -> list[str]:
     """At most 12 lines: what was decided, what it cost, what the run gave, where the report is."""
     kind, out, dec, shift, run_summary = r.kind, r.out, r.decision, r.shift, r.run_summary
     new, old, bound, before_label = r.new, r.old, r.bound, r.before_label
@@ -137,5 +158,8 @@ def summary_lines(r: JobResult, gap: dict) -> list[str]:
         done = "matched" if r.rounds[-1]["matched"] else "not matched by k - 1 blocks"
         lines.append("rounds: " + ", ".join(f"{x['layers']} blocks {x['loss']:.4f}" for x in r.rounds)
                      + f" (the checkpoint {ref:.4f}): {done}; all rounds' FLOPs {sum(x['flops'] for x in r.rounds):.3g}")
+    if saved:
+        lines.append(saved)
+    lines = lines[:11]
     lines.append(f"report: {out / 'report' / 'report.html'}")
-    return lines[:12]
+    return lines

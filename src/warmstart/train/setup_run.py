@@ -241,8 +241,8 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
     if recipe.distill is not None:
         train_loss, teacher_fpt = _teacher(recipe, loss_model, d, data_cfg.seq_len, tok)
     fpt += teacher_fpt
-    init_fl = search_flops(resolve_checkpoint(recipe.init.from_, "init.from")) if recipe.init.from_ else 0.0
-    init_fl += recipe.init.charged_flops  # what a job spent choosing this run's settings (recipes/jobs)
+    search_fl = search_flops(resolve_checkpoint(recipe.init.from_, "init.from")) if recipe.init.from_ else 0.0
+    init_fl = search_fl + recipe.init.charged_flops  # + what a job spent choosing this run's settings (recipes/jobs)
     objective = Objective(recipe.model.objective, tok, recipe.seed, recipe.model.mask_prob,
                           packing=data_cfg.packing)
     if objective.kind == "masked" and recipe.eval.windows == "documents":
@@ -289,8 +289,10 @@ def setup_run(recipe: Recipe, d: Dist, plan: Plan, allow_config_change: bool) ->
         if threads_line:
             print(threads_line)
         if init_fl:
-            print(f"flops: {init_fl:.3g} FLOPs of the block search(es) behind this cut (inherited.json) charged "
-                  "from step 0")
+            parts = ([f"{search_fl:.3g} of the block search(es) behind this cut (inherited.json)"] if search_fl else [])
+            parts += [f"{recipe.init.charged_flops:.3g} spent deciding this run's settings (init.charged_flops)"] \
+                if recipe.init.charged_flops else []
+            print(f"flops: {init_fl:.3g} FLOPs charged from step 0: {' + '.join(parts)}")
         print(eval_line(recipe, {n: scored_targets(v) for n, v in val_sets.items()}))
         # a share or a fraction asked for that rounds away on this run: said, not silently dropped
         for line in vanished_phases(recipe.schedule, total_steps) + sampler.vanishing_shares(total_steps * gseqs):

@@ -52,6 +52,9 @@ def add_flags(p: argparse.ArgumentParser, kind: str) -> None:
                        help="text the model must not forget: its general data, or a proxy of it (repeatable)")
     for key, (flag, kw) in {**COMMON, **(ADAPT if kind == "adapt" else DERIVE)}.items():
         p.add_argument(flag, dest=key, **kw)
+    p.add_argument("--baseline", metavar="RUN",
+                   help="a finished run directory the job's run replaces (the same text from scratch, or with a fixed "
+                        "recipe): the report measures compute saved against it (not part of the job's settings)")
     p.add_argument("--write-recipe", dest="write_recipe", metavar="FILE.yaml",
                    help="write the settings the flags mean into this recipe and stop (run it with --recipe)")
 
@@ -125,6 +128,23 @@ def _int(text: str, flag: str) -> int:
         return int(text)
     except ValueError:
         raise UserError(f"{flag}: expected a number or auto (got {text!r})") from None
+
+
+def check_baseline(path: str | None) -> Path | None:
+    """The --baseline run directory, checked before the job writes anything: a finished warmstart run (its
+    summary.json and evaluations), else one line."""
+    if path is None:
+        return None
+    from warmstart.runtime import rundir
+
+    run = Path(path).expanduser()
+    if not run.is_dir():
+        raise UserError(f"--baseline {path}: not a directory; give the run directory the job's run replaces")
+    summary = rundir.read_summary(run)
+    if not summary or not summary.get("final_eval"):
+        raise UserError(f"--baseline {path}: not a finished warmstart run with evaluations (no summary.json with a "
+                        "final evaluation); finish it, or give another run directory")
+    return run.resolve()
 
 
 def write_recipe(cfg, path: str | Path) -> None:

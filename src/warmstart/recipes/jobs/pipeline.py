@@ -103,6 +103,10 @@ def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, n
         outcome = P.race_rung(rows, bound, new, cfg.alpha, last=r == len(rungs) - 1)
         rounds.append({"rung": r, "steps": steps, **outcome})
         alive = outcome["continue"]
+        decided = len(alive) == 1 or r == len(rungs) - 1
+        for name in rows:  # a stopped probe's numbers are in its rung files: its weights are only disk
+            if decided or name not in alive:
+                free_weights(out / "probes" / name)
         if len(alive) == 1:  # the race is decided: no later rung to train
             break
     chosen, why = P.choose({n: rows[n] for n in alive}, bound, new, cfg.alpha)
@@ -119,6 +123,16 @@ def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, n
     return {"candidates": table, "rungs": rungs, "rounds": rounds, "chosen": chosen,
             "max_lr": by_name[chosen].lr, "replay": by_name[chosen].replay, "why": why,
             "probe_flops": sum(t["train_flops"] + t["eval_flops"] for t in table)}
+
+
+def free_weights(run_dir: Path) -> None:
+    """Delete a probe's checkpoints and final weights once no rung will continue it (its rung-R.json files, config
+    and summary stay: a re-run reads those). Without this a job's disk grows with candidates x (weights + AdamW
+    state): 9 probes of an 8B model would leave about 1.2 TB behind."""
+    import shutil
+
+    for sub in (rundir.CHECKPOINTS, rundir.FINAL):
+        shutil.rmtree(Path(run_dir) / sub, ignore_errors=True)
 
 
 def _fate(name: str, rounds: list[dict]) -> str:

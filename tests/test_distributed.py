@@ -261,8 +261,8 @@ def _kill_node(agent: int) -> None:
 
 
 def test_two_nodes_equal_one_process_and_resume_on_another_layout(runs):
-    """The README's multi-node command, as two nodes on one machine: the same losses and weights as one process,
-    and its checkpoint resumes on one process to the same result."""
+    """The multi-node command of docs/train.md, as two nodes on one machine: the same losses and weights as one
+    process, and its checkpoint resumes on one process to the same result."""
     tmp, tree = runs
     results = _wait(_two_nodes(_recipe(tmp, tree, "nodes", "fsdp")))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[1][1][-3000:]

@@ -1,5 +1,5 @@
-"""The example recipes ship with the package: usable by the README's paths from any directory, listed and copied
-out by `warmstart recipe`; a local file of the same path wins."""
+"""The example recipes ship with the package: usable by the paths docs/ uses from any directory, listed and
+copied out by `warmstart recipe`; a local file of the same path wins."""
 
 from __future__ import annotations
 
@@ -71,15 +71,16 @@ def test_walkthrough_outputs_are_ignored_by_git():
     assert {"/corpus/", "/runs/", "/mixtures/", "/report/", "/eval/", "/models/", "/quickstart/"} <= ignored
 
 
-def test_readme_prepare_example_is_a_valid_recipe():
-    """The README's prepare recipe for a user's own text validates (keys and types as `prepare` reads them)."""
+def test_documented_prepare_example_is_a_valid_recipe():
+    """The prepare recipe for a user's own text in docs/prepare.md validates (keys and types as `prepare` reads
+    them)."""
     import re
 
     from warmstart.config import PrepareConfig, load_yaml, validate
 
-    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "prepare.md").read_text(), re.S)
     prep = [b for b in blocks if b.startswith("tokenizer:")]
     assert prep
     for b in prep:
-        cfg = validate(PrepareConfig, load_yaml(b), "README")
+        cfg = validate(PrepareConfig, load_yaml(b), "docs/prepare.md")
         assert {s.format for srcs in cfg.domains.values() for s in srcs} >= {"text"}

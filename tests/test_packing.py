@@ -29,7 +29,8 @@ LLAMA_LIKE = {
     "intermediate_size": 64,
     **SMALL,
 }
-# every family the README names; sliding windows of 4 tokens, shorter than document 2, so they matter
+# every family docs/train.md names (data.packing); sliding windows of 4 tokens, shorter than document 2, so
+# they matter
 FAMILIES = {
     "gpt2": lambda: tf.GPT2Config(
         n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=64, bos_token_id=0, eos_token_id=0

@@ -743,8 +743,8 @@ def validate(model: type[M], tree: dict, source: str = "recipe", names: dict[str
 
 def recipe_path(path: str | Path) -> Path:
     """`path` when it exists; otherwise, when it names a recipe shipped with warmstart (`recipes/NAME`, the
-    README's paths, or a bare NAME; `warmstart.examples`), that packaged copy, said in one line on stderr, so the
-    walkthrough runs from any directory. Anything else is returned as given (read_yaml then says 'not found')."""
+    paths docs/ uses, or a bare NAME; `warmstart.examples`), that packaged copy, said in one line on stderr, so
+    the walkthrough runs from any directory. Anything else is returned as given (read_yaml then says 'not found')."""
     p = Path(path)
     if p.exists():
         return p

@@ -1,7 +1,8 @@
-"""The example recipes, shipped with the package (package data), so the README's walkthrough runs from any
-directory: `recipes/NAME` (the README's paths) or a bare NAME that is not a file here means the packaged copy
-(`warmstart.config.recipe_path`); `warmstart recipe list` shows them, `warmstart recipe copy` writes them out to
-edit. Their relative paths (`corpus/shards`, `runs/upstream`) are the walkthrough's, relative to where it runs.
+"""The example recipes, shipped with the package (package data), so the walkthrough (docs/toolkit.md) runs
+from any directory: `recipes/NAME` (the paths docs/ uses) or a bare NAME that is not a file here means the
+packaged copy (`warmstart.config.recipe_path`); `warmstart recipe list` shows them, `warmstart recipe copy` writes
+them out to edit. Their relative paths (`corpus/shards`, `runs/upstream`) are the walkthrough's, relative to where
+it runs.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-PREFIX = "recipes"  # the README's paths: recipes/pretrain.yaml, recipes/continual/rewarm-sweep.yaml
+PREFIX = "recipes"  # the paths docs/ uses: recipes/pretrain.yaml, recipes/continual/rewarm-sweep.yaml
 
 
 def names() -> list[str]:

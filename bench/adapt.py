@@ -22,6 +22,7 @@ Grid runs evaluate sparsely (--grid-evals points) to keep a slow model's wall ti
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -155,7 +156,65 @@ def cell(args, budget: int, seed: int) -> dict:
     }
 
 
-def markdown(cells: list[dict], command: str) -> str:
+BOUNDS = (0.0, 0.02, 0.05, 0.1, 0.2, None)
+
+
+def probe_rows(work: Path, c: dict) -> dict:
+    """Each candidate's probe numbers at the last rung it reached (the job's decision.json)."""
+    dec = json.loads((work / f"tokens-{c['budget']}" / f"seed-{c['seed']}" / "adapt" / "decision.json").read_text())
+    out = {}
+    for k in dec["candidates"]:
+        last = str(max(int(r) for r in k["new_loss"]))
+        out[k["name"]] = {"steps": k["steps"], "new": k["new_loss"][last], "forgetting": k["forgetting"][last],
+                          "status": k["status"]}
+    return out
+
+
+def candidates_table(c: dict, probes: dict) -> list[str]:
+    bound = c["bound"]
+    lines = [f"### {c['budget']:,} tokens, seed {c['seed']}", "",
+             "| candidate | probe steps | probe new loss | probe forgetting | full-budget new loss | full-budget "
+             f"forgetting | keeps +{bound:g} | run |", "|---|---|---|---|---|---|---|---|"]
+    for name, g in c["grid"].items():
+        pr = probes.get(name, {})
+        keeps = "yes" if g["forgetting"] is None or g["forgetting"] <= bound else "no"
+        mark = " (adapt's choice)" if name == c["adapt"]["chosen"] else ""
+        lines.append(f"| {name}{mark} | {pr.get('steps', '—')} | {pr.get('new', float('nan')):.4f} | "
+                     f"{pr.get('forgetting', float('nan')):+.4f} | {g['new']:.4f} | {g['forgetting']:+.4f} | {keeps} | "
+                     f"{g.get('source', 'grid')} |")
+    return lines + [""]
+
+
+def bound_analysis(cells: list[dict]) -> list[str]:
+    """What each forgetting bound would have picked at the full budget (the grid), and the seed-to-seed spread of
+    each candidate's measured forgetting: the noise a bound must stand above."""
+    lines = ["## The default `--max-forgetting`", "",
+             "The grid's pick (lowest full-budget new-text loss among the candidates that keep the bound) under each "
+             "bound, per cell: pick, new loss, forgetting.", "",
+             "| tokens | seed | " + " | ".join("no bound" if b is None else f"+{b:g}" for b in BOUNDS) + " |",
+             "|---|---|" + "---|" * len(BOUNDS)]
+    for c in cells:
+        row = []
+        for b in BOUNDS:
+            k = pick(c["grid"], b)
+            g = c["grid"][k]
+            row.append(f"{k}: {g['new']:.4f}, {g['forgetting']:+.4f}")
+        lines.append(f"| {c['budget']:,} | {c['seed']} | " + " | ".join(row) + " |")
+    by_budget: dict[int, list[dict]] = {}
+    for c in cells:
+        by_budget.setdefault(c["budget"], []).append(c)
+    for budget, cs in by_budget.items():
+        if len(cs) < 2:
+            continue
+        spread = {k: max(x["grid"][k]["forgetting"] for x in cs) - min(x["grid"][k]["forgetting"] for x in cs)
+                  for k in cs[0]["grid"]}
+        lines += ["", f"Seed-to-seed spread of the full-budget forgetting at {budget:,} tokens (max - min over seeds "
+                  f"{', '.join(str(x['seed']) for x in cs)}): " + ", ".join(f"{k} {v:.4f}" for k, v in spread.items())
+                  + f"; largest {max(spread.values()):.4f}."]
+    return lines + [""]
+
+
+def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
     lines = ["# `warmstart adapt` against the full-budget grid and the fixed recipe", "",
              f"Written by: `{command}`", "",
              "| tokens | seed | (a) grid pick | (a) new loss | (b) adapt choice | (b) new loss | (b) forgetting | "
@@ -179,6 +238,16 @@ def markdown(cells: list[dict], command: str) -> str:
                          ("probes within 10% of the FLOPs", c["probes_within_10pct"])):
             if not ok:
                 lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: NOT {what}.")
+    lines += ["", "Deciding share: the format probe, the before-training losses and the probes, over the run's training "
+              "FLOPs. Probe-rank tau: Kendall's tau between the probes' new-text ranking (last rung) and the full-budget "
+              "ranking, over the candidates the probes carried to their last rung. (a)'s entry for adapt's choice is "
+              "adapt's own run; (c) is the grid's run of the packaged recipe's settings when they are a candidate.", ""]
+    if work is not None:
+        lines += ["## Every candidate: probes and the full budget", ""]
+        for c in cells:
+            lines += candidates_table(c, probe_rows(work, c))
+    if cells and cells[0]["bound"] is not None:
+        lines += bound_analysis(cells)
     lines += ["", f"Machine: {platform.platform()}, Python {platform.python_version()}.", ""]
     return "\n".join(lines)
 
@@ -207,7 +276,13 @@ def main() -> None:
     p.add_argument("--fixed-replay", dest="fixed_replay", type=float, default=0.25)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu-threads", dest="cpu_threads", default="auto")
+    p.add_argument("--rewrite", action="store_true", help="only write the .md again from the .json and WORK")
     args = p.parse_args()
+    if args.rewrite:
+        stem = Path(args.results)
+        held = json.loads(stem.with_suffix(".json").read_text())
+        atomic.write_text(stem.with_suffix(".md"), markdown(held["cells"], held["command"], Path(args.work)))
+        return
     budgets = [parse_tokens(b) for b in args.budgets.split(",")]
     plan = [(b, int(s)) for i, b in enumerate(budgets)
             for s in (args.seeds if i == 0 else args.large_seeds).split(",")]
@@ -217,8 +292,8 @@ def main() -> None:
     for b, s in plan:  # written after every cell: a long bench stopped part-way keeps what it finished
         cells.append(cell(args, b, s))
         atomic.write_json(stem.with_suffix(".json"), {"command": command, "cells": cells})
-        atomic.write_text(stem.with_suffix(".md"), markdown(cells, command))
-    print(markdown(cells, command))
+        atomic.write_text(stem.with_suffix(".md"), markdown(cells, command, Path(args.work)))
+    print(markdown(cells, command, Path(args.work)))
 
 
 if __name__ == "__main__":

@@ -106,14 +106,14 @@ def markdown(cells: list[dict], command: str, same: float) -> str:
              "(the same windows for every column). FLOPs: training plus everything charged (format probe, block "
              "search, probes).", "",
              "| n of k | seed | blocks kept | derive's LR (why) | derive loss | derive FLOPs (deciding share) | "
-             "fixed LR, equal tokens: loss (FLOPs) | fixed LR, equal FLOPs: tokens, loss | checkpoint's loss | "
+             "fixed LR, equal tokens: loss (FLOPs) | fixed LR, equal FLOPs: tokens, loss (FLOPs) | checkpoint's loss | "
              "goal |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         d, t, f = c["derive"], c["equal_tokens"], c["equal_flops"]
         ok = c["same_or_lower_equal_tokens"] and c["same_or_lower_equal_flops"]
         lines.append(f"| {c['layers']} of {c['of']} | {c['seed']} | {c['blocks']} | {d['chosen']} | {d['loss']:.4f} | "
                      f"{d['flops']:.3g} ({d['deciding_share']:.1%}) | {t['loss']:.4f} ({t['flops']:.3g}) | "
-                     f"{f['tokens']:,}, {f['loss']:.4f} | {c['reference_loss']:.4f} | {'met' if ok else 'MISSED'} |")
+                     f"{f['tokens']:,}, {f['loss']:.4f} ({f['flops']:.3g}) | {c['reference_loss']:.4f} | {'met' if ok else 'MISSED'} |")
     lines += ["", f"Goal: derive's loss the same (within {same} nats) or lower than the fixed-LR arm at equal tokens "
               "and at equal FLOPs, every search and probe FLOP charged.", ""]
     for c in cells:

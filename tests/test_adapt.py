@@ -4,6 +4,7 @@ and bad input (one line, exit 2, nothing written). Real tiny models and real pre
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -244,12 +245,36 @@ def test_baseline_gives_the_report_its_compute_saved(job, job_checkpoint, job_te
     run_summary = json.loads((out / "run" / "summary.json").read_text())
     # the run's FLOPs to the baseline's final loss count what deciding cost: at least the charge at step 0
     assert saved["flops_to_target"] >= run_summary["init_flops"]
-    line = next(x for x in tail[start:] if x.startswith("compute saved: "))
-    assert (f"{1 - saved['flop_fraction']:.1%} of the FLOPs" in line) if saved["flop_fraction"] is not None \
-        else "did not reach" in line
+    line = next(x for x in tail[start:] if x.startswith("compute saved (marginal): "))
+    frac = saved["flop_fraction"]
+    said = "did not reach" if frac is None else (f"{1 - frac:.1%} of the FLOPs saved" if frac <= 1 else
+                                                 f"{frac - 1:.1%} more FLOPs")
+    assert said in line, line
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
-    # not a run: one line, exit 2, the report as it was
-    before = tree_digest(out / "report")
-    line = _bad([*args(job_checkpoint, job_texts, out), "--baseline", str(out / "data")], capsys)
-    assert line.startswith("warmstart: error: --baseline") and "not a finished warmstart run" in line
-    assert tree_digest(out / "report") == before
+    # a baseline whose directory is named `run` like the job's (another job's run): told apart by path
+    shutil.copytree(tmp_path / "scratch", tmp_path / "other" / "run")
+    assert main([*args(job_checkpoint, job_texts, out), "--baseline", str(tmp_path / "other" / "run")]) == 0
+    rep = json.loads((out / "report" / "summary.json").read_text())
+    assert sorted(r["path"] for r in rep["runs"]) == sorted([str(out / "run"), str(tmp_path / "other" / "run")])
+    assert any(x.startswith("compute saved (marginal): ") for x in capsys.readouterr().out.splitlines())
+    # a baseline evaluated on other text (the checkpoint's own run: code and prose): not comparable, and said so
+    assert main([*args(job_checkpoint, job_texts, out), "--baseline", str(Path(job_checkpoint).parent)]) == 0
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("compute saved")]
+    assert len(said) == 1 and said[0].startswith("compute saved: not comparable with the baseline (evaluates lib"), said
+    # not a finished run the report can read, or the job's own run: one line, exit 2, the report as it was
+    stale = tmp_path / "stale"  # finished once, then resumed with more steps and stopped: summary.json is old
+    shutil.copytree(tmp_path / "scratch", stale)
+    sc = yaml.safe_load((stale / "config.yaml").read_text())
+    sc["train"]["steps"] = 640
+    (stale / "config.yaml").write_text(yaml.safe_dump(sc))
+    blind = tmp_path / "blind"  # its evaluations gone
+    shutil.copytree(tmp_path / "scratch", blind)
+    (blind / "metrics.jsonl").unlink()
+    before = tree_digest(out)
+    (tmp_path / "notes").mkdir()
+    for base, why in ((tmp_path / "notes", "not a finished warmstart run with evaluations (no config.yaml)"),
+                      (out / "run", "inside the job's own directory"), (out / "data", "inside the job's own directory"),
+                      (stale, "summary.json is at step 64, not 640"), (blind, "no metrics.jsonl")):
+        line = _bad([*args(job_checkpoint, job_texts, out), "--baseline", str(base)], capsys)
+        assert line.startswith("warmstart: error: --baseline") and why in line, line
+    assert tree_digest(out) == before

@@ -192,13 +192,17 @@ def _cmd_job(args: argparse.Namespace, kind: str) -> int:
     from warmstart.recipes.jobs.flags import check_baseline, job_config, write_recipe
 
     cfg = job_config(args, kind)
+    baseline = check_baseline(args.baseline, cfg.out)
     if args.write_recipe:
         write_recipe(cfg, args.write_recipe)
-        print(f"wrote {args.write_recipe} (run it: warmstart {kind} --recipe {args.write_recipe})")
+        again = f" --baseline {args.baseline}" if baseline else ""
+        print(f"wrote {args.write_recipe} (run it: warmstart {kind} --recipe {args.write_recipe}{again}; --baseline "
+              "is a report option, not a setting the recipe holds)" if baseline else
+              f"wrote {args.write_recipe} (run it: warmstart {kind} --recipe {args.write_recipe})")
         return 0
     from warmstart.report.jobs import finish
 
-    report = partial(finish, baseline=check_baseline(args.baseline))
+    report = partial(finish, baseline=baseline)
     if kind == "adapt":
         from warmstart.recipes.jobs.adapt import adapt
 

@@ -87,17 +87,24 @@ def write(r: JobResult, baseline: Path | None = None) -> dict:
     )
 
 
-def saved_line(rep: dict) -> str | None:
-    """One summary line: the run's compute saved against the baseline (None without one)."""
+def saved_line(rep: dict, run_dir: Path) -> str | None:
+    """One summary line: the run's compute saved against the baseline, marginal (the job's own FLOPs, deciding
+    included; None without a baseline). A run the report cannot compare with the baseline says why."""
     if not rep.get("baseline"):
         return None
-    run = next(x for x in rep["runs"] if x["name"] == "run")
+    run = next(x for x in rep["runs"] if Path(x["path"]).resolve() == Path(run_dir).resolve())
     s = run.get("compute_saved") or {}
     target = f"the baseline {rep['baseline']}'s final {rep['metric']} {rep['target']:.4f}"
+    if not s.get("comparable", True):
+        return f"compute saved: not comparable with the baseline ({s.get('not_comparable')})"[:300]
     if s.get("flop_fraction") is None:
         return f"compute saved: the run did not reach {target}"
-    return (f"compute saved: {1 - s['flop_fraction']:.1%} of the FLOPs (deciding included), "
-            f"{1 - s['token_fraction']:.1%} of the tokens to reach {target}")
+
+    def share(frac: float, what: str) -> str:
+        return f"{1 - frac:.1%} of the {what} saved" if frac <= 1 else f"{frac - 1:.1%} more {what}"
+
+    return (f"compute saved (marginal): {share(s['flop_fraction'], 'FLOPs')} (deciding included), "
+            f"{share(s['token_fraction'], 'tokens')} to reach {target}")
 
 
 def finish(r: JobResult, say=print, baseline: Path | None = None) -> dict:
@@ -108,10 +115,18 @@ def finish(r: JobResult, say=print, baseline: Path | None = None) -> dict:
 
     gap = run_gap(r.out / "run")
     rep = write(r, baseline)
-    lines = summary_lines(r, gap, saved_line(rep))
+    lines = summary_lines(r, gap, saved_line(rep, r.out / "run"))
     for line in lines:
         say(line)
     return {**rep, "lines": lines}
+
+
+def _clip(text: str, n: int) -> str:
+    """`text` cut to at most `n` characters at a word boundary, with an ellipsis when cut (the report has it
+    whole)."""
+    if len(text) <= n:
+        return text
+    return text[: n - 1].rsplit(" ", 1)[0] + " …"
 
 
 def summary_lines(r: JobResult, gap: dict, saved: str | None = None) -> list[str]:
@@ -131,7 +146,7 @@ def summary_lines(r: JobResult, gap: dict, saved: str | None = None) -> list[str
     setting = f"max LR {dec['max_lr']:g}" + (f", replay {dec['replay']:.0%} of old text" if old else "")
     lines = [
         f"{kind}: {out / 'run' / 'final'}",
-        f"decision: {setting} ({dec['chosen']}); {dec['why']}"[:300],
+        _clip(f"decision: {setting} ({dec['chosen']}); {dec['why']}", 300),
         f"probes: {len(dec['candidates'])} candidates, rungs of {'/'.join(map(str, dec['rungs']))} steps; "
         f"{dropped} dropped by the paired test, {halved} stopped by halving",
         *r.extra,

@@ -130,21 +130,37 @@ def _int(text: str, flag: str) -> int:
         raise UserError(f"{flag}: expected a number or auto (got {text!r})") from None
 
 
-def check_baseline(path: str | None) -> Path | None:
+def check_baseline(path: str | None, out: str) -> Path | None:
     """The --baseline run directory, checked before the job writes anything: a finished warmstart run (its
-    summary.json and evaluations), else one line."""
+    recipe's last step in summary.json with a final evaluation, final/ there, the evaluations in metrics.jsonl the
+    report reads), not the job's own run; else one line."""
     if path is None:
         return None
+    from warmstart.config import Recipe
     from warmstart.runtime import rundir
 
     run = Path(path).expanduser()
     if not run.is_dir():
         raise UserError(f"--baseline {path}: not a directory; give the run directory the job's run replaces")
-    summary = rundir.read_summary(run)
-    if not summary or not summary.get("final_eval"):
-        raise UserError(f"--baseline {path}: not a finished warmstart run with evaluations (no summary.json with a "
-                        "final evaluation); finish it, or give another run directory")
-    return run.resolve()
+    run = run.resolve()
+    if run == Path(out).expanduser().resolve() or Path(out).expanduser().resolve() in run.parents:
+        raise UserError(f"--baseline {path}: inside the job's own directory (--out); give a run the job's run "
+                        "replaces, such as the same text from scratch or with a fixed recipe")
+    cfg = rundir.read_config(run)
+    why = "no config.yaml" if cfg is None else None
+    if why is None:
+        try:
+            why = rundir.unfinished(run, Recipe.model_validate(cfg))
+        except ValueError:
+            why = "its config.yaml is not a train recipe"
+    if why is None and not rundir.metrics_path(run).is_file():
+        why = f"no {rundir.METRICS}"
+    if why is None and not (rundir.read_summary(run) or {}).get("final_eval"):
+        why = "no final evaluation"
+    if why is not None:
+        raise UserError(f"--baseline {path}: not a finished warmstart run with evaluations ({why}); finish it, or "
+                        "give another run directory")
+    return run
 
 
 def write_recipe(cfg, path: str | Path) -> None:

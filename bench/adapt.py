@@ -104,6 +104,24 @@ def kendall_tau(a: list[float], b: list[float]) -> float | None:
     return s / (n * (n - 1) / 2)
 
 
+def rechoose(job: Path, dec: dict, shift: dict, new: list[str], old: list[str], bound, alpha: float) -> str:
+    """What the current rule (`probes.choose`) picks from the job's stored probe numbers (its last rung's
+    finalists): a decision recorded under an earlier rule is re-made on the same probes, no training."""
+    from warmstart.recipes.jobs import probes as P
+    from warmstart.recipes.jobs.common import mean_loss
+
+    r = len(dec["rungs"]) - 1
+    rows = {}
+    for c in dec["candidates"]:
+        if str(r) not in c["new_loss"]:
+            continue
+        rung = json.loads((job / "probes" / c["name"] / f"rung-{r}.json").read_text())
+        rows[c["name"]] = {"lr": c["lr"], "replay": c["replay"], "new_loss": mean_loss(rung["losses"], new),
+                           "old_loss": mean_loss(rung["losses"], old) if old else None,
+                           "forgetting": P.forgetting(rung, old, shift["losses"]), **rung}
+    return P.choose(rows, bound, new, alpha)[0]
+
+
 def cell(args, budget: int, seed: int) -> dict:
     work = Path(args.work) / f"tokens-{budget}" / f"seed-{seed}"
     job = work / "adapt"
@@ -135,6 +153,7 @@ def cell(args, budget: int, seed: int) -> dict:
         fn, ff = losses(fixed_s, shift, new, old)
         fixed_flops = train_fpt * fixed_s["tokens"]
     an, af = losses(res.run_summary, shift, new, old)
+    now = rechoose(job, dec, shift, new, old, bound, cfg.alpha)
     # the horizon bias: probe ranking (last rung reached) against the full-budget ranking
     finalists = [c for c in dec["candidates"] if c["steps"] == dec["rungs"][-1]]
     probe = [c["new_loss"][str(len(dec["rungs"]) - 1)] for c in finalists]
@@ -149,6 +168,8 @@ def cell(args, budget: int, seed: int) -> dict:
                   "wall_s": round(adapt_s, 1), "rank_in_grid": rank},
         "fixed": {"lr": args.fixed_lr, "replay": fixed_replay, "new": fn, "forgetting": ff, "flops": fixed_flops,
                   "source": f"grid run {same[0]}" if same else "its own run"},
+        "current_rule": {"chosen": now, "new": grid[now]["new"], "forgetting": grid[now]["forgetting"],
+                         "source": "adapt's run" if now == dec["chosen"] else "the grid's run of that candidate"},
         "probe_rank_tau": kendall_tau(probe, full), "finalists": [c["name"] for c in finalists],
         "within_goal": an <= grid[best]["new"] + GOAL_NATS and (bound is None or af <= bound),
         "not_worse_than_fixed": an <= fn + 1e-9 or (bound is not None and ff > bound),
@@ -229,6 +250,13 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
         lines.append(f"| {c['budget']:,} | {c['seed']} | {c['grid_pick']} | {a['new']:.4f} | {b['chosen']} | "
                      f"{b['new']:.4f} | {fg} | {f['new']:.4f} | {ff} | {b['deciding_share']:.1%} | {tau} | "
                      f"{b['rank_in_grid'] or '—'} | {goal} |")
+    for c in cells:
+        cur = c.get("current_rule")
+        if cur and cur["chosen"] != c["adapt"]["chosen"]:
+            lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: adapt ran under an earlier rule (ties: smallest LR "
+                         f"only) and chose {c['adapt']['chosen']}; the current rule (then the largest replay share) "
+                         f"picks {cur['chosen']} from the same probe files: its full-budget run ({cur['source']}) "
+                         f"ends at new-text loss {cur['new']:.4f}, forgetting {cur['forgetting']:+.4f}.")
     met = sum(c["within_goal"] and c["not_worse_than_fixed"] and c["probes_within_10pct"] for c in cells)
     lines += ["", f"Goal (within {GOAL_NATS} nats of (a) under the same bound, not worse than (c), probes at most "
               f"10% of the FLOPs): met in {met} of {len(cells)} cells.", ""]

@@ -187,9 +187,9 @@ def test_a_job_directory_of_other_settings_is_refused(job, job_checkpoint, job_t
     assert tree_digest(out) == before
 
 
-def _row(lr, new_windows, forgetting=None, old_loss=None):
+def _row(lr, new_windows, forgetting=None, old_loss=None, replay=0.0):
     sums = [float(v) * 10 for v in new_windows]  # 10 scored tokens per window
-    return {"lr": lr, "new_loss": sum(new_windows) / len(new_windows), "forgetting": forgetting,
+    return {"lr": lr, "replay": replay, "new_loss": sum(new_windows) / len(new_windows), "forgetting": forgetting,
             "old_loss": old_loss, "losses": {"lib": {"sums": sums, "counts": [10] * len(sums)}}}
 
 
@@ -203,6 +203,18 @@ def test_the_rule_and_the_horizon_correction():
     assert tie["large"]["new_loss"] < tie["small"]["new_loss"]
     chosen, why = choose(tie, None, ["lib"], 0.05)
     assert chosen == "small" and "favour large LRs" in why
+    # the same LR, replay shares the test cannot tell apart: the tie goes to the larger share (a short probe sees
+    # little of the forgetting), the smaller LR still first; a share clearly worse on the new text does not win
+    wobble = [b + 0.015 - 0.02 * (i % 2) for i, b in enumerate(base)]  # differences -0.005, +0.015: no signal
+    shares = {"r0": _row(3e-4, base, forgetting=-0.05), "r25": _row(3e-4, wobble, forgetting=-0.06, replay=0.25),
+              "r5": _row(3e-4, [b + 0.01 - 0.02 * (i % 2) for i, b in enumerate(base)], forgetting=-0.05,
+                         replay=0.05)}
+    assert shares["r25"]["new_loss"] > shares["r0"]["new_loss"]
+    chosen, why = choose(shares, 0.05, ["lib"], 0.05)
+    assert chosen == "r25" and "larger replay share" in why
+    assert choose({**shares, "low": _row(1e-4, wobble, forgetting=0.0)}, 0.05, ["lib"], 0.05)[0] == "low"
+    far = {"r0": shares["r0"], "r25": _row(3e-4, [b + 0.3 for b in base], forgetting=-0.2, replay=0.25)}
+    assert choose(far, 0.05, ["lib"], 0.05)[0] == "r0"
     # clearly better on every window: the larger LR wins
     clear = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.2 for b in base])}
     assert choose(clear, None, ["lib"], 0.05)[0] == "large"

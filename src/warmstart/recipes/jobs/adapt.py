@@ -25,8 +25,8 @@ RULE = ("the lowest new-text validation loss (mean over the new domains) among t
         "(mean over the old domains, change from the checkpoint) rose by at most the bound; when none keeps it, the "
         "one that forgot least.")
 RULE_NO_OLD = "the lowest new-text validation loss (mean over the new domains); no old text, so no forgetting bound."
-CORRECTION = ("short probes favour large LRs, so among the candidates the paired test cannot tell from the best, "
-              "the smallest LR is taken.")
+CORRECTION = ("short probes favour large LRs and see little of a full run's forgetting, so among the candidates the "
+              "paired test cannot tell from the best, the smallest LR is taken, then the largest replay share.")
 
 
 def check(cfg: AdaptConfig):

@@ -25,10 +25,13 @@ Rule (`choose`): the lowest new-domain loss among the candidates whose old-domai
 forgot least. Without old text, the lowest new-domain loss.
 
 Correction for the probes' horizon: the best LR falls as the horizon grows (a short run rewards the fast early
-drop of a large LR, a long one pays for its noise floor), so a probe ranking is biased toward large LRs. Among the
-candidates that keep the bound and that the paired test cannot tell from the lowest-loss one at the last rung, the
-smallest LR is chosen (ties: the lower loss). A clearly better large LR still wins; a tie goes to the safer
-setting. bench/adapt.py measures how well the probe ranking predicts the full-budget ranking.
+drop of a large LR, a long one pays for its noise floor), so a probe ranking is biased toward large LRs; and a
+short probe sees little of the forgetting a full run accumulates (on SmolLM2, bench/results/adapt.md: a 1-step
+probe at max LR 3e-4 without replay lowered the old text's loss by 0.055 nats; the full 40-step run raised it by
+0.11), so it cannot tell replay shares apart by forgetting. Among the candidates that keep the bound and that the
+paired test cannot tell from the lowest-loss one at the last rung, the smallest LR is chosen, then the largest
+replay share (then the lower loss). A clearly better large LR, or a clearly better share, still wins; a tie goes to
+the safer setting. bench/adapt.py measures how well the probe ranking predicts the full-budget ranking.
 """
 
 from __future__ import annotations
@@ -155,10 +158,15 @@ def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: fl
     used = bc > 0
     ties = [n for n in ok if n == best or not shown_worse(
         (per_window(rows[n]["losses"], new)[0][used] - bs[used]) / bc[used], alpha)]
-    chosen = min(ties, key=lambda n: (rows[n]["lr"], rows[n]["new_loss"]))
+    chosen = min(ties, key=lambda n: (rows[n]["lr"], -rows[n].get("replay", 0.0), rows[n]["new_loss"]))
     within = "" if bound is None else f" among those whose old-text loss rose by at most {bound:g} nats"
     why = f"lowest new-text loss{within}: {best} ({rows[best]['new_loss']:.4f})"
     if chosen != best:
+        safer = []
+        if rows[chosen]["lr"] < rows[best]["lr"]:
+            safer.append("the smaller LR (short probes favour large LRs)")
+        if rows[chosen].get("replay", 0.0) > rows[best].get("replay", 0.0):
+            safer.append("the larger replay share (short probes see little of a full run's forgetting)")
         why += (f"; {chosen} ({rows[chosen]['new_loss']:.4f}) is not shown worse by the paired test (alpha "
-                f"{alpha:g}) and has the smaller LR: short probes favour large LRs, so the tie goes to the smaller")
+                f"{alpha:g}) and has {' and '.join(safer)}, so the tie goes to it")
     return chosen, why

@@ -83,8 +83,9 @@ def cell(args, layers: int, seed: int) -> dict:
     extra = dec["probe_flops"] + dec["format_flops"]
     steps = round((tokens * run["flops_per_token"] + extra) / (run["flops_per_token"] * cfg.batch_tokens))
     eq_fl = fixed_arm(cfg, job, work / "arms", f"auto-lr{args.fixed_lr:g}-equal-flops", steps * cfg.batch_tokens,
-                      args.fixed_lr)
-    d_loss, t_loss, f_loss = final_loss(run, new), final_loss(eq_tok, new), final_loss(eq_fl, new)
+                      args.fixed_lr) if args.equal_flops else None
+    d_loss, t_loss = final_loss(run, new), final_loss(eq_tok, new)
+    f_loss = final_loss(eq_fl, new) if eq_fl else None
     return {
         "layers": layers, "of": dec["of"], "seed": seed, "tokens": tokens, "reference_loss": ref,
         "blocks": json.loads((job / "inherited" / "inherited.json").read_text())["blocks"],
@@ -94,9 +95,10 @@ def cell(args, layers: int, seed: int) -> dict:
                    "rungs": dec["rungs"], "wall_s": round(wall, 1),
                    "probes": {c["name"]: c["new_loss"] for c in dec["candidates"]}},
         "equal_tokens": {"lr": args.fixed_lr, "tokens": eq_tok["tokens"], "loss": t_loss, "flops": eq_tok["flops"]},
-        "equal_flops": {"lr": args.fixed_lr, "tokens": eq_fl["tokens"], "loss": f_loss, "flops": eq_fl["flops"]},
+        "equal_flops": {"lr": args.fixed_lr, "tokens": eq_fl["tokens"], "loss": f_loss, "flops": eq_fl["flops"]}
+        if eq_fl else None,
         "same_or_lower_equal_tokens": d_loss <= t_loss + args.same_nats,
-        "same_or_lower_equal_flops": d_loss <= f_loss + args.same_nats,
+        "same_or_lower_equal_flops": d_loss <= f_loss + args.same_nats if eq_fl else None,
     }
 
 
@@ -110,10 +112,11 @@ def markdown(cells: list[dict], command: str, same: float) -> str:
              "goal |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         d, t, f = c["derive"], c["equal_tokens"], c["equal_flops"]
-        ok = c["same_or_lower_equal_tokens"] and c["same_or_lower_equal_flops"]
+        ok = c["same_or_lower_equal_tokens"] and c["same_or_lower_equal_flops"] is not False
+        eqf = "not run" if f is None else f"{f['tokens']:,}, {f['loss']:.4f} ({f['flops']:.3g})"
         lines.append(f"| {c['layers']} of {c['of']} | {c['seed']} | {c['blocks']} | {d['chosen']} | {d['loss']:.4f} | "
                      f"{d['flops']:.3g} ({d['deciding_share']:.1%}) | {t['loss']:.4f} ({t['flops']:.3g}) | "
-                     f"{f['tokens']:,}, {f['loss']:.4f} ({f['flops']:.3g}) | {c['reference_loss']:.4f} | {'met' if ok else 'MISSED'} |")
+                     f"{eqf} | {c['reference_loss']:.4f} | {'met' if ok else 'MISSED'} |")
     lines += ["", f"Goal: derive's loss the same (within {same} nats) or lower than the fixed-LR arm at equal tokens "
               "and at equal FLOPs, every search and probe FLOP charged.", ""]
     for c in cells:
@@ -138,6 +141,8 @@ def main() -> None:
     p.add_argument("--probe-share", dest="probe_share", type=float, default=0.25)
     p.add_argument("--lrs")
     p.add_argument("--fixed-lr", dest="fixed_lr", type=float, default=1e-3)
+    p.add_argument("--no-equal-flops", dest="equal_flops", action="store_false",
+                   help="leave out the equal-FLOPs arm (a re-run without this flag adds it; the rest is reused)")
     p.add_argument("--same-nats", dest="same_nats", type=float, default=0.02)
     p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
     p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=1024)

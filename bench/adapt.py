@@ -267,6 +267,11 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
                           c["probes_within_10pct"])):
             if not ok:
                 lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: {what}.")
+    for c in cells:
+        if c["adapt"].get("wall_s") is not None:
+            note = f" ({c['adapt']['wall_note']})" if c["adapt"].get("wall_note") else ""
+            lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: `adapt` wall time {c['adapt']['wall_s']:.0f} s"
+                         f"{note}.")
     lines += ["", "Deciding share: the format probe, the before-training losses and the probes, over the run's training "
               "FLOPs. Probe-rank tau: Kendall's tau between the probes' new-text ranking (last rung) and the full-budget "
               "ranking, over the candidates the probes carried to their last rung. (a)'s entry for adapt's choice is "

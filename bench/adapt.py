@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import run_main
+from harness import add_job_settings, job_settings, run_main
 
 from warmstart import atomic
 from warmstart.config import DEFAULT_MAX_FORGETTING, AdaptConfig, Recipe, validate
@@ -45,15 +45,10 @@ GOAL_NATS = 0.02
 
 def job_config(args, budget: int, seed: int, out: Path) -> AdaptConfig:
     tree = {"checkpoint": args.checkpoint, "text": parse_domains(args.text, "--text"), "tokens": budget,
-            "out": str(out), "seed": seed, "probe_share": args.probe_share, "seq_len": args.seq_len,
-            "batch_tokens": args.batch_tokens, "micro_batch_size": args.micro_batch_size,
-            "eval_tokens": args.eval_tokens, "val_fraction": args.val_fraction, "device": args.device,
-            "cpu_threads": args.cpu_threads if args.cpu_threads == "auto" else int(args.cpu_threads)}
+            "out": str(out), "seed": seed, "probe_share": args.probe_share, **job_settings(args)}
     if args.old:
         tree["old"] = parse_domains(args.old, "--old")
         tree["max_forgetting"] = args.max_forgetting
-    if args.lrs:
-        tree["lrs"] = parse_list(args.lrs, "--lrs")
     if args.replay:
         tree["replay"] = parse_list(args.replay, "--replay")
     return validate(AdaptConfig, tree, "bench")
@@ -298,18 +293,11 @@ def main() -> None:
     p.add_argument("--results", default=str(RESULTS / "adapt"), help="path stem of the .md and .json written")
     p.add_argument("--probe-share", dest="probe_share", type=float, default=0.1)
     p.add_argument("--max-forgetting", dest="max_forgetting", type=float, default=DEFAULT_MAX_FORGETTING)
-    p.add_argument("--lrs")
     p.add_argument("--replay")
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
-    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=4096)
-    p.add_argument("--micro-batch-size", dest="micro_batch_size", type=int, default=8)
-    p.add_argument("--eval-tokens", dest="eval_tokens", type=int, default=16384)
-    p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.05)
+    add_job_settings(p, batch_tokens=4096, micro_batch_size=8, eval_tokens=16384)
     p.add_argument("--grid-evals", dest="grid_evals", type=int, default=4, help="evaluations per grid run")
     p.add_argument("--fixed-lr", dest="fixed_lr", type=float, default=3e-4)
     p.add_argument("--fixed-replay", dest="fixed_replay", type=float, default=0.25)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cpu-threads", dest="cpu_threads", default="auto")
     p.add_argument("--rewrite", action="store_true", help="only write the .md again from the .json and WORK")
     args = p.parse_args()
     if args.rewrite:

@@ -25,14 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-from harness import run_main
+from harness import add_job_settings, job_settings, run_main
 
 from warmstart import atomic
 from warmstart.config import DeriveConfig, Recipe, validate
 from warmstart.recipes.jobs import common, pipeline
 from warmstart.recipes.jobs.adapt import text_weights
 from warmstart.recipes.jobs.derive import derive
-from warmstart.recipes.jobs.flags import parse_domains, parse_list
+from warmstart.recipes.jobs.flags import parse_domains
 from warmstart.report.jobs import finish
 from warmstart.train.runs import run_to_end
 
@@ -42,12 +42,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def job_config(args, layers: int, seed: int, out: Path) -> DeriveConfig:
     tree = {"checkpoint": args.checkpoint, "text": parse_domains(args.text, "--text"), "tokens": args.tokens,
             "out": str(out), "seed": seed, "layers": layers, "probe_share": args.probe_share,
-            "seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "micro_batch_size": args.micro_batch_size,
-            "eval_tokens": args.eval_tokens, "val_fraction": args.val_fraction, "sample_tokens": args.sample_tokens,
-            "device": args.device,
-            "cpu_threads": args.cpu_threads if args.cpu_threads == "auto" else int(args.cpu_threads)}
-    if args.lrs:
-        tree["lrs"] = parse_list(args.lrs, "--lrs")
+            "sample_tokens": args.sample_tokens, **job_settings(args)}
     return validate(DeriveConfig, tree, "bench")
 
 
@@ -139,19 +134,12 @@ def main() -> None:
     p.add_argument("--work", required=True)
     p.add_argument("--results", default=str(RESULTS / "derive"), help="path stem of the .md and .json written")
     p.add_argument("--probe-share", dest="probe_share", type=float, default=0.25)
-    p.add_argument("--lrs")
     p.add_argument("--fixed-lr", dest="fixed_lr", type=float, default=1e-3)
     p.add_argument("--no-equal-flops", dest="equal_flops", action="store_false",
                    help="leave out the equal-FLOPs arm (a re-run without this flag adds it; the rest is reused)")
     p.add_argument("--same-nats", dest="same_nats", type=float, default=0.02)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
-    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=1024)
-    p.add_argument("--micro-batch-size", dest="micro_batch_size", type=int, default=4)
-    p.add_argument("--eval-tokens", dest="eval_tokens", type=int, default=2048)
-    p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.05)
+    add_job_settings(p, batch_tokens=1024, micro_batch_size=4, eval_tokens=2048)
     p.add_argument("--sample-tokens", dest="sample_tokens", type=int, default=2048)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cpu-threads", dest="cpu_threads", default="auto")
     args = p.parse_args()
     command = "python bench/derive.py " + " ".join(sys.argv[1:])
     stem = Path(args.results)

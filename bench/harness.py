@@ -22,6 +22,33 @@ def edited(tree: dict, **edits) -> dict:
     return tree
 
 
+JOB_KEYS = ("seq_len", "batch_tokens", "micro_batch_size", "eval_tokens", "val_fraction", "device")
+
+
+def add_job_settings(p, *, batch_tokens: int, micro_batch_size: int, eval_tokens: int) -> None:
+    """The flags a job bench (bench/adapt.py, bench/derive.py) passes through to the job's config, with the
+    script's own defaults for the batch and the evaluation."""
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=256)
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, default=batch_tokens)
+    p.add_argument("--micro-batch-size", dest="micro_batch_size", type=int, default=micro_batch_size)
+    p.add_argument("--eval-tokens", dest="eval_tokens", type=int, default=eval_tokens)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.05)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cpu-threads", dest="cpu_threads", default="auto")
+    p.add_argument("--lrs")
+
+
+def job_settings(args) -> dict:
+    """The job-config keys `add_job_settings` gave (cpu_threads as the config takes it; lrs only when given)."""
+    from warmstart.recipes.jobs.flags import parse_list
+
+    tree = {k: getattr(args, k) for k in JOB_KEYS}
+    tree["cpu_threads"] = args.cpu_threads if args.cpu_threads == "auto" else int(args.cpu_threads)
+    if args.lrs:
+        tree["lrs"] = parse_list(args.lrs, "--lrs")
+    return tree
+
+
 def run_main(main: Callable[[], None]) -> None:
     """`main()`; a run stopped by a signal (checkpointed: re-running the script resumes it) ends the script with
     one line and the run's exit code (128 + signum)."""

@@ -103,7 +103,6 @@ def rechoose(job: Path, dec: dict, shift: dict, new: list[str], old: list[str], 
     """What the current rule (`probes.choose`) picks from the job's stored probe numbers (its last rung's
     finalists): a decision recorded under an earlier rule is re-made on the same probes, no training."""
     from warmstart.recipes.jobs import probes as P
-    from warmstart.recipes.jobs.common import mean_loss
 
     r = len(dec["rungs"]) - 1
     rows = {}
@@ -111,9 +110,7 @@ def rechoose(job: Path, dec: dict, shift: dict, new: list[str], old: list[str], 
         if str(r) not in c["new_loss"]:
             continue
         rung = json.loads((job / "probes" / c["name"] / f"rung-{r}.json").read_text())
-        rows[c["name"]] = {"lr": c["lr"], "replay": c["replay"], "new_loss": mean_loss(rung["losses"], new),
-                           "old_loss": mean_loss(rung["losses"], old) if old else None,
-                           "forgetting": P.forgetting(rung, old, shift["losses"]), **rung}
+        rows[c["name"]] = pipeline.probe_row(c["lr"], c["replay"], rung, new, old, shift["losses"])
     return P.choose(rows, bound, new, alpha)[0]
 
 

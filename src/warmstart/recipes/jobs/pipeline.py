@@ -70,6 +70,14 @@ def _train_to(recipe: Recipe) -> dict:
     return rundir.read_summary(recipe.run_dir)
 
 
+def probe_row(lr: float, replay: float, rung: dict, new: list[str], old: list[str], shift: dict) -> dict:
+    """A probe's numbers at one rung as the race and the rule read them (probes.race_rung, probes.choose): its
+    rung-R.json plus the new- and old-text means and the forgetting from `shift` (the checkpoint's losses)."""
+    return {"lr": lr, "replay": replay, "new_loss": mean_loss(rung["losses"], new),
+            "old_loss": mean_loss(rung["losses"], old) if old else None,
+            "forgetting": P.forgetting(rung, old, shift), **rung}
+
+
 def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, new: list[str], old: list[str],
                shift: dict, bound: float | None, fwd_fpt: float, rungs: list[int], say=print) -> dict:
     """Every rung of the race (probes/NAME/rung-R.json), then the choice; returns decision.json's body (without
@@ -93,9 +101,7 @@ def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, n
                 })
                 signals.pause_point("job:rung")
             rung = json.loads(path.read_text())
-            row = {"lr": cand.lr, "replay": cand.replay, "new_loss": mean_loss(rung["losses"], new),
-                   "old_loss": mean_loss(rung["losses"], old) if old else None,
-                   "forgetting": P.forgetting(rung, old, shift), **rung}
+            row = probe_row(cand.lr, cand.replay, rung, new, old, shift)
             rows[name] = row
             reached.setdefault(name, {})[r] = row
             say(f"[probe] {name}: {steps} steps, new-text loss {row['new_loss']:.4f}"

@@ -153,7 +153,7 @@ def cell(args, budget: int, seed: int) -> dict:
     ok_grid = [k for k in grid if bound is None or grid[k]["forgetting"] <= bound]
     rank = sorted(ok_grid, key=lambda k: grid[k]["new"]).index(dec["chosen"]) + 1 if dec["chosen"] in ok_grid else None
     return {
-        "budget": budget, "seed": seed, "bound": bound,
+        "budget": budget, "seed": seed, "bound": bound, "warmup_steps": pipeline.warmup_steps(cfg),
         "grid": grid, "grid_pick": best, "grid_flops": sum(g["flops"] for g in grid.values()),
         "adapt": {"chosen": dec["chosen"], "new": an, "forgetting": af, "flops": res.run_summary["flops"],
                   "deciding_flops": dec["deciding_flops"], "deciding_share": dec["deciding_share"],
@@ -228,8 +228,10 @@ def bound_analysis(cells: list[dict]) -> list[str]:
 
 
 def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
-    lines = ["# `warmstart adapt` against the full-budget grid and the fixed recipe", "",
-             f"Written by: `{command}`", "",
+    commands = list(dict.fromkeys(c.get("command", command) for c in cells))
+    written = [f"Written by: `{commands[0]}`"] if len(commands) == 1 else (
+        ["Written by (each cell names its command below):", ""] + [f"- `{c}`" for c in commands])
+    lines = ["# `warmstart adapt` against the full-budget grid and the fixed recipe", "", *written, "",
              "| tokens | seed | (a) grid pick | (a) new loss | (b) adapt choice | (b) new loss | (b) forgetting | "
              "(c) fixed new loss | (c) forgetting | deciding share | probe-rank tau | adapt's rank in (a) | goal |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -259,6 +261,12 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
                           c["probes_within_10pct"])):
             if not ok:
                 lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: {what}.")
+    for c in cells:
+        w = c.get("warmup_steps")
+        lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: every full-budget run re-warmed over "
+                     + (f"{w} steps" if w is not None else "0 steps (written before the job's 2-step warmup floor: "
+                        "1% of 40 steps rounded to none)")
+                     + (f"; command: `{c['command']}`" if len(commands) > 1 and c.get("command") else "") + ".")
     for c in cells:
         if c["adapt"].get("wall_s") is not None:
             note = f" ({c['adapt']['wall_note']})" if c["adapt"].get("wall_note") else ""
@@ -296,6 +304,8 @@ def main() -> None:
     p.add_argument("--fixed-lr", dest="fixed_lr", type=float, default=3e-4)
     p.add_argument("--fixed-replay", dest="fixed_replay", type=float, default=0.25)
     p.add_argument("--rewrite", action="store_true", help="only write the .md again from the .json and WORK")
+    p.add_argument("--fresh", action="store_true",
+                   help="drop the results file's cells of other budgets and seeds (kept by default)")
     args = p.parse_args()
     if args.rewrite:
         stem = Path(args.results)
@@ -308,8 +318,11 @@ def main() -> None:
     command = "python bench/adapt.py " + " ".join(sys.argv[1:])
     stem = Path(args.results)
     cells = []
+    if stem.with_suffix(".json").is_file() and not args.fresh:  # cells of other (budget, seed)s are kept
+        held = json.loads(stem.with_suffix(".json").read_text())
+        cells = [{"command": held["command"], **c} for c in held["cells"] if (c["budget"], c["seed"]) not in plan]
     for b, s in plan:  # written after every cell: a long bench stopped part-way keeps what it finished
-        cells.append(cell(args, b, s))
+        cells.append({"command": command, **cell(args, b, s)})
         atomic.write_json(stem.with_suffix(".json"), {"command": command, "cells": cells})
         atomic.write_text(stem.with_suffix(".md"), markdown(cells, command, Path(args.work)))
     print(markdown(cells, command, Path(args.work)))

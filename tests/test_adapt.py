@@ -231,6 +231,31 @@ def test_the_rule_and_the_horizon_correction():
     out = race_rung(rows, 0.05, ["lib"], 0.05, last=False)
     assert out["leader"] == "lead" and out["dropped"] == {"bad": "lead"}
     assert out["continue"] == ["lead", "close"] and out["halved"] == ["keeps-old"]
+    # still within its warmup transient: the test drops nothing, halving alone keeps the best half
+    early = race_rung(rows, 0.05, ["lib"], 0.05, last=False, settled=False)
+    assert early["dropped"] == {} and early["continue"] == ["lead", "close"]
+    assert sorted(early["halved"]) == ["bad", "keeps-old"]
+    # without the correction (derive) a tie goes to the lower loss
+    chosen, why = choose(tie, None, ["lib"], 0.05, correct=False)
+    assert chosen == "large" and "favour" not in why
+
+
+def test_the_job_re_warms_at_least_two_steps():
+    """warmup_fraction 1% of a 40-step run rounds to 0: the full run still re-warms over 2 steps (probes over as
+    many as fit their first rung); a long run gets its fraction; a run shorter than 2 steps warms over all of it."""
+    from warmstart.config import AdaptConfig
+    from warmstart.recipes.jobs import pipeline
+    from warmstart.train.schedules import lr_at
+
+    def cfg(tokens):
+        return AdaptConfig.model_validate({"checkpoint": "x", "text": {"a": ["a.jsonl"]}, "tokens": tokens,
+                                           "out": "o", "batch_tokens": 1024})
+
+    assert [pipeline.warmup_steps(cfg(t)) for t in (1024, 40 * 1024, 400 * 1024)] == [1, 2, 4]
+    recipe = pipeline.full_recipe(cfg(40 * 1024), pipeline.base_tree(cfg(40 * 1024), Path("d"), "x", {"a": 1.0},
+                                                                     None), 3e-4, 0.0)
+    assert recipe.schedule.warmup_steps == 2
+    assert [lr_at(recipe.schedule, s, 40) for s in (0, 1)] == pytest.approx([1.5e-4, 3e-4], rel=1e-12)
 
 
 def test_baseline_gives_the_report_its_compute_saved(job, job_checkpoint, job_texts, tmp_path, capsys):

@@ -460,7 +460,7 @@ class JobConfig(Section):
     seq_len: int = Field(256, gt=1)
     batch_tokens: int = Field(4096, gt=0, description="tokens per optimizer step (a multiple of seq_len)")
     micro_batch_size: int = Field(8, gt=0)
-    warmup_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="re-warming: share of the run's steps")
+    warmup_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="re-warming: share of the run's steps (at least 2)")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="re-decay: the final LR / max LR")
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of each domain's documents held out")
     eval_tokens: int = Field(16384, gt=0, description="validation tokens per domain (the same windows throughout)")

@@ -21,9 +21,15 @@ def total_steps(cfg: JobConfig) -> int:
     return cfg.tokens // cfg.batch_tokens
 
 
+MIN_WARMUP = 2  # a warmup of 0 or 1 steps puts the first update at max LR: no re-warming at all
+
+
 def warmup_steps(cfg: JobConfig) -> int:
-    """The full run's re-warming steps (the schedule's warmup_fraction rounds the same way)."""
-    return round(cfg.warmup_fraction * total_steps(cfg))
+    """The full run's re-warming steps: warmup_fraction of its steps (rounded as the schedule rounds), at least
+    MIN_WARMUP (at 40-100 steps 1% rounds to 0 or 1, which is no warmup: the first update would be at max LR on a
+    freshly re-started optimizer, Ibrahim et al. 2024's re-warming skipped), never more than the run."""
+    s = total_steps(cfg)
+    return min(s, max(MIN_WARMUP, round(cfg.warmup_fraction * s)))
 
 
 def base_tree(cfg: JobConfig, data_dir: Path, init_from: str, weights: dict[str, float], replay: dict | None,
@@ -79,9 +85,11 @@ def probe_row(lr: float, replay: float, rung: dict, new: list[str], old: list[st
 
 
 def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, new: list[str], old: list[str],
-               shift: dict, bound: float | None, fwd_fpt: float, rungs: list[int], say=print) -> dict:
+               shift: dict, bound: float | None, fwd_fpt: float, rungs: list[int], say=print,
+               correct: bool = True) -> dict:
     """Every rung of the race (probes/NAME/rung-R.json), then the choice; returns decision.json's body (without
-    the FLOPs outside the probes, which the caller adds). `base_for(candidate)`: the candidate's base recipe tree."""
+    the FLOPs outside the probes, which the caller adds). `base_for(candidate)`: the candidate's base recipe tree.
+    `correct`: apply the horizon correction to ties (probes.choose)."""
     out = Path(cfg.out)
     by_name = {c.name: c for c in cands}
     alive, rounds, rows = [c.name for c in cands], [], {}
@@ -106,7 +114,8 @@ def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, n
             reached.setdefault(name, {})[r] = row
             say(f"[probe] {name}: {steps} steps, new-text loss {row['new_loss']:.4f}"
                 + (f", old-text loss change {row['forgetting']:+.4f}" if old else ""))
-        outcome = P.race_rung(rows, bound, new, cfg.alpha, last=r == len(rungs) - 1)
+        outcome = P.race_rung(rows, bound, new, cfg.alpha, last=r == len(rungs) - 1,
+                              settled=steps > P.SETTLE * warmup_steps(cfg))
         rounds.append({"rung": r, "steps": steps, **outcome})
         alive = outcome["continue"]
         decided = len(alive) == 1 or r == len(rungs) - 1
@@ -115,7 +124,7 @@ def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, n
                 free_weights(out / "probes" / name)
         if len(alive) == 1:  # the race is decided: no later rung to train
             break
-    chosen, why = P.choose({n: rows[n] for n in alive}, bound, new, cfg.alpha)
+    chosen, why = P.choose({n: rows[n] for n in alive}, bound, new, cfg.alpha, correct=correct)
     table = []
     for c in cands:
         seen = reached.get(c.name, {})
@@ -155,13 +164,13 @@ def decision(cfg: JobConfig, make) -> dict:
 
 
 def full_recipe(cfg: JobConfig, base: dict, max_lr: float, charged: float) -> Recipe:
-    """The run at the chosen settings: re-warming (warmup_fraction) + re-decay (cosine to min_lr_ratio), dense
+    """The run at the chosen settings: re-warming (`warmup_steps`) + re-decay (cosine to min_lr_ratio), dense
     evaluation early (every step of the first 5%, at least 4), a checkpoint every 10%."""
     s = total_steps(cfg)
     tree = json.loads(json.dumps(base))
     tree.update({"name": "run", "out_dir": str(cfg.out)})
     tree["init"]["charged_flops"] = charged
-    tree["schedule"] = {"kind": "cosine", "max_lr": max_lr, "warmup_fraction": cfg.warmup_fraction,
+    tree["schedule"] = {"kind": "cosine", "max_lr": max_lr, "warmup_steps": warmup_steps(cfg),
                         "min_lr_ratio": cfg.min_lr_ratio}
     tree["train"].update({"steps": s, "checkpoint_every": max(1, s // 10), "keep_checkpoints": 2})
     tree["eval"] = {"every": max(1, s // 20), "dense_steps": min(s, max(4, s // 20)), "max_tokens": cfg.eval_tokens,

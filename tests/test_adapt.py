@@ -140,6 +140,37 @@ def test_probe_plan_fits_the_share():
         assert rung_cost(n, rungs[0], len(rungs), 256, 256) <= share * steps * 256
 
 
+def test_the_budget_check_counts_the_format_probe(job, job_checkpoint, job_texts, tmp_path, capsys):
+    """Before anything is written the check knows the format probe's cost exactly (format.json's FLOPs once run);
+    a budget the probes fit only without it is refused in one line then, not after the probe and the data."""
+    from warmstart.models.locate import resolve_checkpoint
+    from warmstart.recipes.jobs import common
+
+    out, _ = job
+    cfg = AdaptConfig.model_validate(json.loads((out / "job.json").read_text())["config"])
+    src = resolve_checkpoint(cfg.checkpoint)
+    fmt = json.loads((out / "format.json").read_text())["flops"]
+    assert fmt > 0 and common.format_flops(cfg, src) == pytest.approx(fmt, rel=1e-12)
+    spent = fmt / common.flops_per_token(src, cfg.seq_len)[0]
+    steps = next(s for s in range(1, 1000) if _fits(6, s, 0.0))  # the smallest budget without the format probe
+    assert not _fits(6, steps, spent)
+    small = args(job_checkpoint, job_texts, tmp_path / "small")
+    small[small.index("--tokens") + 1] = str(steps * 256)
+    line = _bad(small, capsys)
+    assert "too small for the probes" in line and "spent before them" in line
+    assert not (tmp_path / "small").exists()
+
+
+def _fits(n: int, steps: int, spent: float) -> bool:
+    from warmstart.errors import UserError
+
+    try:
+        plan_rungs(n, steps, 256, 0.5, 128 * 2, spent=spent)
+        return True
+    except UserError:
+        return False
+
+
 def _bad(argv, capsys) -> str:
     assert main(argv) == 2
     captured = capsys.readouterr()

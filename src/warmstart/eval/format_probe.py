@@ -139,6 +139,28 @@ def text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list
     return out
 
 
+def sample_text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list[int]]:
+    """The documents `run_probe --text` scores: the first of at most 20 x n_docs read from `texts` (the files in
+    order) with >= 2 tokens, each cut to `tokens` + 1 (`text_documents`)."""
+    from warmstart.config import SourceConfig
+    from warmstart.data.sources import iter_documents
+
+    docs_text: list[str] = []
+    for path in texts:
+        for t in iter_documents(SourceConfig(path=path)):
+            docs_text.append(t)
+            if len(docs_text) >= 20 * n_docs:
+                break
+    return text_documents(tok, docs_text, n_docs, tokens)
+
+
+def scored_positions(tok, docs: list[list[int]]) -> int:
+    """The positions `probe` scores over every candidate format: len(doc) - 1 per document per format (text token
+    1 onward; the format's context is not scored). Its cost is this times the forward FLOPs per token, known before
+    any model is loaded (a job's budget check counts it)."""
+    return len(candidates(tok)) * sum(len(d) - 1 for d in docs)
+
+
 @torch.no_grad()
 def probe(
     model, docs: list[list[int]], cands: list[Candidate], batch_size: int = 8, device="cpu", progress: bool = False
@@ -288,8 +310,6 @@ def run_probe(
     """`warmstart format probe`: load the checkpoint, sample documents, measure every candidate; returns
     {rows: [{bos, doc_end, loss, tokens}], winner, docs, table}. Raises `UserError` for bad arguments.
     `progress`: say what is measured up front, and a progress bar over the forward passes."""
-    from warmstart.config import SourceConfig
-    from warmstart.data.sources import iter_documents
     from warmstart.data.tokenizer import load_tokenizer
     from warmstart.eval.run_eval import _device
     from warmstart.models.build import auto_class, resolve_checkpoint
@@ -308,13 +328,7 @@ def run_probe(
     src = resolve_checkpoint(checkpoint, "checkpoint")
     tok = load_tokenizer(str(src))
     if texts is not None:
-        docs_text: list[str] = []
-        for path in texts:
-            for t in iter_documents(SourceConfig(path=path)):
-                docs_text.append(t)
-                if len(docs_text) >= 20 * n_docs:
-                    break
-        docs = text_documents(tok, docs_text, n_docs, tokens)
+        docs = sample_text_documents(tok, texts, n_docs, tokens)
     else:
         docs = domain_documents(tok, data_dir, domain, n_docs, tokens)
     dev = _device(device)

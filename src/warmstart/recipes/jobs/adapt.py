@@ -33,7 +33,7 @@ def check(cfg: AdaptConfig):
     """Every check that needs no writing (common.check_start, the budget); what the stages need."""
     cfg, existed, src, _ = common.check_start(cfg, "adapt")
     cands = P.candidates(cfg.lrs, cfg.replay if cfg.old else None)
-    common.check_budget(cfg, len(cands), len(cfg.text) + len(cfg.old))
+    common.check_budget(cfg, src, len(cands), len(cfg.text) + len(cfg.old))
     return cfg, existed, src, cands
 
 

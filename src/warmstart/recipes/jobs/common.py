@@ -19,6 +19,7 @@ from warmstart.config import JobConfig, SourceConfig
 from warmstart.errors import UserError
 
 JOB_FILE = "job.json"
+FORMAT_DOCS, FORMAT_TOKENS = 12, 200  # the format probe's sample: documents, tokens each (format_probe.run_probe)
 
 
 # ----------------------------------------------------------------------------------------------- the job directory
@@ -123,15 +124,31 @@ def check_start(cfg: JobConfig, kind: str):
     return cfg, existed, src, config
 
 
-def check_budget(cfg: JobConfig, n_candidates: int, n_domains: int) -> None:
-    """The budget holds at least one batch and room for the probes: planned with the fewest evaluation positions
-    the windows can have (one per scored token; the exact plan counts them once the data is prepared)."""
+def format_flops(cfg: JobConfig, src) -> float:
+    """What the job's format probe will cost, exactly, before any model is loaded: its documents tokenized
+    (`format_probe.sample_text_documents`, the sample `format_and_data` scores) x the positions each format scores
+    x the checkpoint's forward FLOPs per token (format.json's "flops" once it has run)."""
+    from warmstart.data.tokenizer import load_tokenizer
+    from warmstart.eval.format_probe import sample_text_documents, scored_positions
+
+    tok = load_tokenizer(str(src))
+    docs = sample_text_documents(tok, [p for paths in cfg.text.values() for p in paths], FORMAT_DOCS, FORMAT_TOKENS)
+    return scored_positions(tok, docs) * flops_per_token(src, cfg.seq_len)[1]
+
+
+def check_budget(cfg: JobConfig, src, n_candidates: int, n_domains: int) -> None:
+    """The budget holds at least one batch and room for the probes besides the format probe, before anything is
+    written: the format probe's cost exact (`format_flops`, in the checkpoint's training tokens: a lower bound for
+    a cut, whose tokens cost less), the evaluation the fewest positions the windows can have (one per scored
+    token). The exact plan (`first_stages`, and a derive round after its block search) counts the windows, the
+    before-training losses and the search once the data is prepared."""
     from warmstart.recipes.jobs.probes import plan_rungs
 
     steps = cfg.tokens // cfg.batch_tokens
     if steps < 1:
         raise UserError(f"--tokens {cfg.tokens:,} is less than one batch (--batch-tokens {cfg.batch_tokens:,})")
-    plan_rungs(n_candidates, steps, cfg.batch_tokens, cfg.probe_share, cfg.eval_tokens * n_domains)
+    spent = format_flops(cfg, src) / flops_per_token(src, cfg.seq_len)[0]
+    plan_rungs(n_candidates, steps, cfg.batch_tokens, cfg.probe_share, cfg.eval_tokens * n_domains, spent=spent)
 
 
 def checkpoint_shape(cfg: JobConfig):
@@ -175,7 +192,7 @@ def format_and_data(cfg: JobConfig, src, domains: dict[str, list[str]], fwd_fpt:
 
     def probe() -> dict:
         texts = [p for paths in cfg.text.values() for p in paths]
-        res = run_probe(str(src), texts=texts, device=cfg.device)
+        res = run_probe(str(src), texts=texts, device=cfg.device, n_docs=FORMAT_DOCS, tokens=FORMAT_TOKENS)
         w = res["winner"]
         scored = sum(r["tokens"] for r in res["rows"])
         return {"rows": res["rows"], "winner": w, "docs": res["docs"], "table": res["table"],

@@ -38,7 +38,7 @@ def check(cfg: DeriveConfig):
     if not 1 <= cfg.layers <= k - 1:
         raise UserError(f"--layers: {cfg.layers} is outside 1..{k - 1} (the checkpoint has {k} blocks)")
     cands = P.candidates(cfg.lrs, None)
-    common.check_budget(cfg, len(cands), len(cfg.text))
+    common.check_budget(cfg, src, len(cands), len(cfg.text))
     return cfg, existed, src, k, cands
 
 

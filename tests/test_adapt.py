@@ -161,6 +161,44 @@ def test_the_budget_check_counts_the_format_probe(job, job_checkpoint, job_texts
     assert not (tmp_path / "small").exists()
 
 
+def test_plan_is_arithmetic_and_names_a_budget_that_fits():
+    """The first rung is a division, not a search (1e15 tokens plans at once) and agrees with trying every step
+    count; no rung is longer than the run; a refusal names the budget as given and the smallest whole number of
+    batches that fits, and that budget does fit."""
+    from warmstart.errors import UserError
+    from warmstart.recipes.jobs.probes import most_first_steps
+
+    for n, rungs, cap, ev in ((9, 1, 20_000, 512), (6, 2, 8_192, 128), (3, 3, 5_000, 0), (9, 3, 1e6, 1536.0)):
+        brute = 0
+        while rung_cost(n, brute + 1, rungs, 256, ev) <= cap:
+            brute += 1
+        assert most_first_steps(n, rungs, 256, ev, cap) == brute
+    huge = plan_rungs(6, 10**15 // 256, 256, 0.1, 256)
+    assert len(huge) == 3 and rung_cost(6, huge[0], 3, 256, 256) <= 0.1 * (10**15 // 256) * 256
+    assert plan_rungs(2, 8, 256, 0.5, 0)[-1] <= 8
+    with pytest.raises(UserError) as e:
+        plan_rungs(6, 8832 // 256, 256, 0.5, 256, spent=3000.0, tokens=8832)
+    msg = str(e.value)
+    assert msg.startswith("--tokens 8,832 (34 whole batches): too small")
+    need = int(msg.split(": at least ")[1].split(" tokens")[0].replace(",", ""))
+    assert need % 256 == 0 and _fits(6, need // 256, 3000.0) and not _fits(6, need // 256 - 1, 3000.0)
+
+
+def test_skip_bad_records_reads_past_a_record_that_is_not_text(job_checkpoint, job_texts, tmp_path, capsys):
+    """A record that is not text stops the job in one line naming it (nothing written); with --skip-bad-records
+    every stage (the checks, the format probe, the data) skips and counts it, as `prepare` does."""
+    lines = Path(job_texts["new"]).read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    out = tmp_path / "job"
+    argv = args(job_checkpoint, {"new": bad, "old": job_texts["old"]}, out)
+    line = _bad(argv, capsys)
+    assert "bad.jsonl" in line and ":2" in line and "--skip-bad-records" in line and not out.exists()
+    assert main([*argv, "--skip-bad-records"]) == 0
+    index = json.loads((out / "data" / "lib" / "index.json").read_text())
+    assert index["bad_records"] == 1
+
+
 def _fits(n: int, steps: int, spent: float) -> bool:
     from warmstart.errors import UserError
 

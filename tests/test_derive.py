@@ -79,6 +79,13 @@ def test_bad_input(job_checkpoint, job_texts, tmp_path, capsys):
     small[small.index("--tokens") + 1] = "1024"  # not even the probes' evaluation fits
     assert main(small) == 2
     assert "too small for the probes" in capsys.readouterr().err and not out.exists()
+    # a budget the check before writing lets through (it cannot know the block search's cost) but the probes do not
+    # fit once the search is paid for: refused then, and the first call leaves nothing behind
+    floor = int(err_line(capsys, small).split(": at least ")[1].split(" tokens")[0].replace(",", ""))
+    after = args(job_checkpoint, job_texts, out)
+    after[after.index("--tokens") + 1] = str(floor)
+    line = err_line(capsys, after)
+    assert "too small for the probes" in line and "spent before them" in line and not out.exists()
     # another job's directory is not this one's
     out.mkdir()
     (out / "job.json").write_text(json.dumps({"job": "adapt", "config": {}}))
@@ -136,3 +143,13 @@ def test_distill_trains_probes_and_run_against_the_checkpoint_teacher_charged(jo
     # windows as the reference
     same = [json.loads((d / "inherited" / "inherited.json").read_text())["blocks"] for d in (out, job[0])]
     assert same[0] == same[1]
+
+
+def err_line(capsys, argv) -> str:
+    """The one error line of a refused command (a refusal after the models were loaded follows their progress
+    bars on stderr)."""
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [x for x in lines if x.startswith("warmstart:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]

@@ -467,6 +467,7 @@ class JobConfig(Section):
     alpha: float = Field(0.05, ge=0.0, lt=0.5, description="level of the paired t-test that drops a probe")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | Literal["auto"] | None = Field("auto", description="as train.cpu_threads")
+    skip_bad_records: bool = Field(False, description="skip (and count) records that are not text, as prepare does")
 
     @model_validator(mode="after")
     def _check_job(self) -> JobConfig:

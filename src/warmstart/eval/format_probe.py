@@ -139,15 +139,17 @@ def text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list
     return out
 
 
-def sample_text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list[int]]:
+def sample_text_documents(tok, texts: list[str], n_docs: int, tokens: int,
+                          skip_bad_records: bool = False) -> list[list[int]]:
     """The documents `run_probe --text` scores: the first of at most 20 x n_docs read from `texts` (the files in
-    order) with >= 2 tokens, each cut to `tokens` + 1 (`text_documents`)."""
+    order) with >= 2 tokens, each cut to `tokens` + 1 (`text_documents`). A bad record is a one-line error, or
+    skipped with `skip_bad_records` (as `prepare` reads it)."""
     from warmstart.config import SourceConfig
     from warmstart.data.sources import iter_documents
 
     docs_text: list[str] = []
     for path in texts:
-        for t in iter_documents(SourceConfig(path=path)):
+        for t in iter_documents(SourceConfig(path=path), skip_bad_records=skip_bad_records):
             docs_text.append(t)
             if len(docs_text) >= 20 * n_docs:
                 break
@@ -306,6 +308,7 @@ def run_probe(
     device: str = "auto",
     write_recipe: str | None = None,
     progress: bool = False,
+    skip_bad_records: bool = False,
 ) -> dict:
     """`warmstart format probe`: load the checkpoint, sample documents, measure every candidate; returns
     {rows: [{bos, doc_end, loss, tokens}], winner, docs, table}. Raises `UserError` for bad arguments.
@@ -328,7 +331,7 @@ def run_probe(
     src = resolve_checkpoint(checkpoint, "checkpoint")
     tok = load_tokenizer(str(src))
     if texts is not None:
-        docs = sample_text_documents(tok, texts, n_docs, tokens)
+        docs = sample_text_documents(tok, texts, n_docs, tokens, skip_bad_records)
     else:
         docs = domain_documents(tok, data_dir, domain, n_docs, tokens)
     dev = _device(device)

@@ -55,7 +55,10 @@ def check_job_dir(cfg: JobConfig, kind: str) -> bool:
     if held["job"] != kind:
         raise UserError(f"--out: {out} holds a warmstart {held['job']} job, not {kind}; choose a new directory")
     mine = cfg.model_dump(mode="json", by_alias=True)
-    theirs = held.get("config") or {}
+    # a setting added since the job was written counts as its default (the job ran with it)
+    defaults = {k: f.get_default(call_default_factory=True) for k, f in type(cfg).model_fields.items()
+                if not f.is_required()}
+    theirs = {**{k: v for k, v in defaults.items() if k in mine}, **(held.get("config") or {})}
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if diff:
         article = "an" if kind[0] in "aeiou" else "a"
@@ -81,7 +84,7 @@ def stage(out: Path, name: str, make) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- input checks
-def check_text(tok, domains: dict[str, list[str]], flag: str) -> None:
+def check_text(tok, domains: dict[str, list[str]], flag: str, skip_bad_records: bool = False) -> None:
     """Every domain's paths exist and hold a document of at least 2 tokens (read until the first one): an empty
     file or text that tokenizes to nothing is one line naming the flag, before anything is written."""
     from warmstart.data.doc_format import encode_texts
@@ -96,7 +99,7 @@ def check_text(tok, domains: dict[str, list[str]], flag: str) -> None:
             raise UserError(f"{flag} {name}={','.join(paths)}: empty (no text); give files that hold text")
         found = False
         for p in paths:
-            for text in iter_documents(SourceConfig(path=p)):
+            for text in iter_documents(SourceConfig(path=p), skip_bad_records=skip_bad_records):
                 if len(encode_texts(tok, [text])[0]) >= 2:
                     found = True
                     break
@@ -118,9 +121,9 @@ def check_start(cfg: JobConfig, kind: str):
     src, config, tok = checkpoint_shape(cfg)
     check_seq_len(config.get_text_config() if hasattr(config, "get_text_config") else config, cfg.seq_len,
                   "--seq-len", "lower --seq-len")
-    check_text(tok, cfg.text, "--text")
+    check_text(tok, cfg.text, "--text", cfg.skip_bad_records)
     for name, paths in getattr(cfg, "old", {}).items():
-        check_text(tok, {name: paths}, "--old")
+        check_text(tok, {name: paths}, "--old", cfg.skip_bad_records)
     return cfg, existed, src, config
 
 
@@ -132,7 +135,8 @@ def format_flops(cfg: JobConfig, src) -> float:
     from warmstart.eval.format_probe import sample_text_documents, scored_positions
 
     tok = load_tokenizer(str(src))
-    docs = sample_text_documents(tok, [p for paths in cfg.text.values() for p in paths], FORMAT_DOCS, FORMAT_TOKENS)
+    docs = sample_text_documents(tok, [p for paths in cfg.text.values() for p in paths], FORMAT_DOCS, FORMAT_TOKENS,
+                                 cfg.skip_bad_records)
     return scored_positions(tok, docs) * flops_per_token(src, cfg.seq_len)[1]
 
 
@@ -148,7 +152,8 @@ def check_budget(cfg: JobConfig, src, n_candidates: int, n_domains: int) -> None
     if steps < 1:
         raise UserError(f"--tokens {cfg.tokens:,} is less than one batch (--batch-tokens {cfg.batch_tokens:,})")
     spent = format_flops(cfg, src) / flops_per_token(src, cfg.seq_len)[0]
-    plan_rungs(n_candidates, steps, cfg.batch_tokens, cfg.probe_share, cfg.eval_tokens * n_domains, spent=spent)
+    plan_rungs(n_candidates, steps, cfg.batch_tokens, cfg.probe_share, cfg.eval_tokens * n_domains, spent=spent,
+               tokens=cfg.tokens)
 
 
 def checkpoint_shape(cfg: JobConfig):
@@ -192,7 +197,8 @@ def format_and_data(cfg: JobConfig, src, domains: dict[str, list[str]], fwd_fpt:
 
     def probe() -> dict:
         texts = [p for paths in cfg.text.values() for p in paths]
-        res = run_probe(str(src), texts=texts, device=cfg.device, n_docs=FORMAT_DOCS, tokens=FORMAT_TOKENS)
+        res = run_probe(str(src), texts=texts, device=cfg.device, n_docs=FORMAT_DOCS, tokens=FORMAT_TOKENS,
+                        skip_bad_records=cfg.skip_bad_records)
         w = res["winner"]
         scored = sum(r["tokens"] for r in res["rows"])
         return {"rows": res["rows"], "winner": w, "docs": res["docs"], "table": res["table"],
@@ -202,7 +208,7 @@ def format_and_data(cfg: JobConfig, src, domains: dict[str, list[str]], fwd_fpt:
     fmt = stage(out, "format", probe)
     data = out / "data"
     tree = {"tokenizer": str(src), "out": str(data), "seed": cfg.seed, "val_fraction": cfg.val_fraction,
-            "bos": fmt["bos"], "doc_end": fmt["doc_end"], "overwrite": True,
+            "bos": fmt["bos"], "doc_end": fmt["doc_end"], "overwrite": True, "skip_bad_records": cfg.skip_bad_records,
             "domains": {n: [{"path": p} for p in paths] for n, paths in domains.items()}}
     result = prepare(tree, progress=False)
     built = result.built
@@ -234,7 +240,7 @@ def first_stages(cfg: JobConfig, kind: str, existed: bool, src, domains: dict[st
         positions = eval_positions(sets)
         spent = fmt["flops"] + (positions * fwd_fpt if kind == "adapt" else 0.0)
         rungs = plan_rungs(n_candidates, cfg.tokens // cfg.batch_tokens, cfg.batch_tokens, cfg.probe_share,
-                           positions, spent=spent / train_fpt)
+                           positions, spent=spent / train_fpt, tokens=cfg.tokens)
 
         def shift() -> dict:
             losses, flops = window_losses(src, sets, fwd_fpt, cfg.device)

@@ -50,20 +50,21 @@ def derive(cfg: DeriveConfig, say=print, on_round=None) -> common.JobResult:
     common.set_threads(cfg)
     out = Path(cfg.out)
     new = list(cfg.text)
+    was = None if existed else common.state_of(out)  # a first call refused later leaves `out` as it found it
     # (the plan made there is a check: each round plans its probes once its block search is paid for)
     fmt, data, sets, _, ref = common.first_stages(cfg, "derive", existed, src, dict(cfg.text), len(cands))
     ref_loss = common.mean_loss(ref["losses"], new)
     say(f"[derive] the checkpoint ({k} blocks) on your text: " + ", ".join(
         f"{n} {ref['losses'][n]['loss']:.4f}" for n in new))
     if not cfg.until_reference:
-        res = _round(cfg, out, src, data, sets, ref, fmt, cfg.layers, k, cands, say, charge_format=True)
+        res = _round(cfg, out, src, data, sets, ref, fmt, cfg.layers, k, cands, say, charge_format=True, undo_to=was)
         if on_round:
             on_round(res)
         return res
     n, rounds = cfg.layers, []
     while True:
         res = _round(cfg, out / f"L{n:02d}", src, data, sets, ref, fmt, n, k, cands, say,
-                     charge_format=not rounds)
+                     charge_format=not rounds, undo_to=None if rounds else was)
         loss = common.mean_loss({d: {"loss": res.run_summary["final_eval"][f"val/{d}/loss"]} for d in new}, new)
         rounds.append({"layers": n, "dir": str(out / f"L{n:02d}"), "loss": loss, "flops": res.run_summary["flops"],
                        "matched": loss <= ref_loss})
@@ -80,8 +81,10 @@ def derive(cfg: DeriveConfig, say=print, on_round=None) -> common.JobResult:
 
 
 def _round(cfg: DeriveConfig, out: Path, src, data: Path, sets: dict, ref: dict, fmt: dict, n: int, k: int,
-           cands: list[P.Candidate], say, charge_format: bool) -> common.JobResult:
-    """One derived model of `n` blocks in `out`: search, probes, decision, run, report."""
+           cands: list[P.Candidate], say, charge_format: bool, undo_to: str | None = None) -> common.JobResult:
+    """One derived model of `n` blocks in `out`: search, probes, decision, run, report. `undo_to`: on the first
+    call's first round, what the job directory was before it (`common.state_of`): a budget the probes do not fit
+    once the search is paid for leaves it so, as every earlier refusal does."""
     from warmstart.models.inherit_record import search_flops
     from warmstart.recipes.inheritune import inherit_by_rule
 
@@ -99,8 +102,13 @@ def _round(cfg: DeriveConfig, out: Path, src, data: Path, sets: dict, ref: dict,
     # the probes' share less what the search (and, in the first round, the format probe) cost, in this cut's
     # training tokens
     format_flops = fmt["flops"] if charge_format else 0.0
-    rungs = P.plan_rungs(len(cands), pipeline.total_steps(cfg), cfg.batch_tokens, cfg.probe_share,
-                         common.eval_positions(sets), spent=(format_flops + search) / train_fpt)
+    try:
+        rungs = P.plan_rungs(len(cands), pipeline.total_steps(cfg), cfg.batch_tokens, cfg.probe_share,
+                             common.eval_positions(sets), spent=(format_flops + search) / train_fpt, tokens=cfg.tokens)
+    except UserError:
+        if undo_to is not None:
+            common.undo(Path(cfg.out), undo_to)
+        raise
     weights = text_weights(data, new)
     base = pipeline.base_tree(rcfg, data, str(cut), weights, None, teacher=str(src) if cfg.distill else None)
 

@@ -24,6 +24,9 @@ COMMON = {
     "alpha": ("--alpha", {"type": float, "help": "level of the paired t-test that drops a probe early (0.05)"}),
     "device": ("--device", {"choices": ["auto", "cpu", "cuda"]}),
     "cpu_threads": ("--cpu-threads", {"help": "torch threads on CPU: a number or auto"}),
+    "skip_bad_records": ("--skip-bad-records", {"action": "store_true", "default": None,
+                                                "help": "skip (and count) records that are not text instead of "
+                                                        "stopping at the first"}),
 }
 ADAPT = {
     "max_forgetting": ("--max-forgetting", {"type": float, "help": "the most the old text's loss may rise, in nats "

@@ -87,25 +87,40 @@ def rung_cost(n: int, first: int, rungs: int, step_tokens: int, eval_tokens: flo
     return cost
 
 
+def most_first_steps(n: int, rungs: int, step_tokens: int, eval_tokens: float, cap: float) -> int:
+    """The largest first rung whose plan costs at most `cap` (0 if not even one step fits). `rung_cost` is
+    first x a + b (a: the training tokens per first-rung step over all rungs, b: the evaluations), so this is a
+    division, not a search: a budget of 1e15 tokens is planned as fast as one of 1e4."""
+    b = rung_cost(n, 0, rungs, step_tokens, eval_tokens)
+    a = rung_cost(n, 1, rungs, step_tokens, eval_tokens) - b
+    first = max(0, math.floor((cap - b) / a))
+    while first > 0 and rung_cost(n, first, rungs, step_tokens, eval_tokens) > cap:  # float rounding at the edge
+        first -= 1
+    while rung_cost(n, first + 1, rungs, step_tokens, eval_tokens) <= cap:
+        first += 1
+    return first
+
+
 def plan_rungs(n: int, total_steps: int, step_tokens: int, probe_share: float, eval_tokens: float,
-               spent: float = 0.0, max_rungs: int = MAX_RUNGS) -> list[int]:
+               spent: float = 0.0, max_rungs: int = MAX_RUNGS, tokens: int | None = None) -> list[int]:
     """Each rung's step count (cumulative): the most rungs whose first rung gets at least 2 steps, else one rung
     of the most steps that fit in `probe_share` of the budget less `spent` (what deciding cost before the probes:
-    the format probe, the before-training evaluation, a block search; in training tokens); UserError (naming the
-    budget) when not every candidate gets one step."""
+    the format probe, the before-training evaluation, a block search; in training tokens); no rung longer than the
+    run. UserError (naming the budget as given, `tokens`, and the smallest whole number of batches that fits)
+    when not every candidate gets one step."""
     cap = probe_share * total_steps * step_tokens - spent
     for rungs in range(max_rungs, 0, -1):
-        first = 0
-        while rung_cost(n, first + 1, rungs, step_tokens, eval_tokens) <= cap:
-            first += 1
+        first = min(most_first_steps(n, rungs, step_tokens, eval_tokens, cap), total_steps // ETA ** (rungs - 1))
         if first >= 2 or (rungs == 1 and first >= 1):
             return [first * ETA**r for r in range(rungs)]
-    need = (rung_cost(n, 1, 1, step_tokens, eval_tokens) + spent) / probe_share
+    need = math.ceil((rung_cost(n, 1, 1, step_tokens, eval_tokens) + spent) / probe_share / step_tokens)
     before = f" besides the {spent:,.0f} training tokens' worth spent before them" if spent else ""
-    raise UserError(f"--tokens {total_steps * step_tokens:,}: too small for the probes ({n} candidates of at least "
+    given = tokens if tokens is not None else total_steps * step_tokens
+    whole = "" if given == total_steps * step_tokens else f" ({total_steps:,} whole batches)"
+    raise UserError(f"--tokens {given:,}{whole}: too small for the probes ({n} candidates of at least "
                     f"one {step_tokens:,}-token step each and their evaluation must fit in --probe-share "
-                    f"{probe_share:g} of the budget{before}: at least {math.ceil(need):,} tokens); raise --tokens or "
-                    "--probe-share, or give fewer candidates")
+                    f"{probe_share:g} of the budget{before}: at least {need * step_tokens:,} tokens, {need:,} "
+                    f"batches of {step_tokens:,}); raise --tokens or --probe-share, or give fewer candidates")
 
 
 def per_window(losses: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:

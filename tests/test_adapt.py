@@ -161,6 +161,20 @@ def test_the_budget_check_counts_the_format_probe(job, job_checkpoint, job_texts
     assert not (tmp_path / "small").exists()
 
 
+def test_a_job_written_before_a_new_setting_resumes(job, job_checkpoint, job_texts):
+    """job.json without a setting added since (here skip_bad_records) holds the same job: it ran with the default."""
+    out, _ = job
+    record = out / "job.json"
+    kept = record.read_text()
+    held = json.loads(kept)
+    assert held["config"].pop("skip_bad_records") is False
+    record.write_text(json.dumps(held))
+    try:
+        assert main(args(job_checkpoint, job_texts, out)) == 0
+    finally:
+        record.write_text(kept)
+
+
 def test_plan_is_arithmetic_and_names_a_budget_that_fits():
     """The first rung is a division, not a search (1e15 tokens plans at once) and agrees with trying every step
     count; no rung is longer than the run; a refusal names the budget as given and the smallest whole number of

@@ -143,6 +143,7 @@ def test_probe_plan_fits_the_share():
 def test_the_budget_check_counts_the_format_probe(job, job_checkpoint, job_texts, tmp_path, capsys):
     """Before anything is written the check knows the format probe's cost exactly (format.json's FLOPs once run);
     a budget the probes fit only without it is refused in one line then, not after the probe and the data."""
+    from warmstart.data.tokenizer import load_tokenizer
     from warmstart.models.locate import resolve_checkpoint
     from warmstart.recipes.jobs import common
 
@@ -150,7 +151,9 @@ def test_the_budget_check_counts_the_format_probe(job, job_checkpoint, job_texts
     cfg = AdaptConfig.model_validate(json.loads((out / "job.json").read_text())["config"])
     src = resolve_checkpoint(cfg.checkpoint)
     fmt = json.loads((out / "format.json").read_text())["flops"]
-    assert fmt > 0 and common.format_flops(cfg, src) == pytest.approx(fmt, rel=1e-12)
+    tok = load_tokenizer(str(src))
+    fwd = common.flops_per_token(src, cfg.seq_len)[1]
+    assert fmt > 0 and common.format_flops(cfg, tok, fwd) == pytest.approx(fmt, rel=1e-12)
     spent = fmt / common.flops_per_token(src, cfg.seq_len)[0]
     steps = next(s for s in range(1, 1000) if _fits(6, s, 0.0))  # the smallest budget without the format probe
     assert not _fits(6, steps, spent)

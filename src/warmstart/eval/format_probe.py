@@ -139,6 +139,9 @@ def text_documents(tok, texts: list[str], n_docs: int, tokens: int) -> list[list
     return out
 
 
+SAMPLE_DOCS, SAMPLE_TOKENS = 12, 200  # what the probe scores by default: documents, tokens each
+
+
 def sample_text_documents(tok, texts: list[str], n_docs: int, tokens: int,
                           skip_bad_records: bool = False) -> list[list[int]]:
     """The documents `run_probe --text` scores: the first of at most 20 x n_docs read from `texts` (the files in
@@ -302,8 +305,8 @@ def run_probe(
     texts: list[str] | None = None,
     data_dir: str | None = None,
     domain: str | None = None,
-    n_docs: int = 12,
-    tokens: int = 200,
+    n_docs: int = SAMPLE_DOCS,
+    tokens: int = SAMPLE_TOKENS,
     batch_size: int = 8,
     device: str = "auto",
     write_recipe: str | None = None,

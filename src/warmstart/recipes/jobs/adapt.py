@@ -31,9 +31,9 @@ CORRECTION = ("short probes favour large LRs and see little of a full run's forg
 
 def check(cfg: AdaptConfig):
     """Every check that needs no writing (common.check_start, the budget); what the stages need."""
-    cfg, existed, src, _ = common.check_start(cfg, "adapt")
+    cfg, existed, src, _, tok = common.check_start(cfg, "adapt")
     cands = P.candidates(cfg.lrs, cfg.replay if cfg.old else None)
-    common.check_budget(cfg, src, len(cands), len(cfg.text) + len(cfg.old))
+    common.check_budget(cfg, src, tok, len(cands), len(cfg.text) + len(cfg.old))
     return cfg, existed, src, cands
 
 

@@ -19,7 +19,6 @@ from warmstart.config import JobConfig, SourceConfig
 from warmstart.errors import UserError
 
 JOB_FILE = "job.json"
-FORMAT_DOCS, FORMAT_TOKENS = 12, 200  # the format probe's sample: documents, tokens each (format_probe.run_probe)
 
 
 # ----------------------------------------------------------------------------------------------- the job directory
@@ -113,7 +112,8 @@ def check_text(tok, domains: dict[str, list[str]], flag: str, skip_bad_records: 
 def check_start(cfg: JobConfig, kind: str):
     """The checks every job makes first, nothing written: the output directory (new, or this job with these
     settings), the checkpoint (it loads; --seq-len fits its positions), the new text (it tokenizes to something).
-    Returns (cfg with absolute paths, whether OUT holds this job already, the checkpoint, its config)."""
+    Returns (cfg with absolute paths, whether OUT holds this job already, the checkpoint, its config, its
+    tokenizer)."""
     from warmstart.models.build import check_seq_len
 
     cfg = with_absolute_paths(cfg)
@@ -124,23 +124,26 @@ def check_start(cfg: JobConfig, kind: str):
     check_text(tok, cfg.text, "--text", cfg.skip_bad_records)
     for name, paths in getattr(cfg, "old", {}).items():
         check_text(tok, {name: paths}, "--old", cfg.skip_bad_records)
-    return cfg, existed, src, config
+    return cfg, existed, src, config, tok
 
 
-def format_flops(cfg: JobConfig, src) -> float:
+def format_flops(cfg: JobConfig, tok, fwd_fpt: float) -> float:
     """What the job's format probe will cost, exactly, before any model is loaded: its documents tokenized
     (`format_probe.sample_text_documents`, the sample `format_and_data` scores) x the positions each format scores
-    x the checkpoint's forward FLOPs per token (format.json's "flops" once it has run)."""
-    from warmstart.data.tokenizer import load_tokenizer
-    from warmstart.eval.format_probe import sample_text_documents, scored_positions
+    x the checkpoint's forward FLOPs per token `fwd_fpt` (format.json's "flops" once it has run)."""
+    from warmstart.eval.format_probe import (
+        SAMPLE_DOCS,
+        SAMPLE_TOKENS,
+        sample_text_documents,
+        scored_positions,
+    )
 
-    tok = load_tokenizer(str(src))
-    docs = sample_text_documents(tok, [p for paths in cfg.text.values() for p in paths], FORMAT_DOCS, FORMAT_TOKENS,
+    docs = sample_text_documents(tok, [p for paths in cfg.text.values() for p in paths], SAMPLE_DOCS, SAMPLE_TOKENS,
                                  cfg.skip_bad_records)
-    return scored_positions(tok, docs) * flops_per_token(src, cfg.seq_len)[1]
+    return scored_positions(tok, docs) * fwd_fpt
 
 
-def check_budget(cfg: JobConfig, src, n_candidates: int, n_domains: int) -> None:
+def check_budget(cfg: JobConfig, src, tok, n_candidates: int, n_domains: int) -> None:
     """The budget holds at least one batch and room for the probes besides the format probe, before anything is
     written: the format probe's cost exact (`format_flops`, in the checkpoint's training tokens: a lower bound for
     a cut, whose tokens cost less), the evaluation the fewest positions the windows can have (one per scored
@@ -151,7 +154,8 @@ def check_budget(cfg: JobConfig, src, n_candidates: int, n_domains: int) -> None
     steps = cfg.tokens // cfg.batch_tokens
     if steps < 1:
         raise UserError(f"--tokens {cfg.tokens:,} is less than one batch (--batch-tokens {cfg.batch_tokens:,})")
-    spent = format_flops(cfg, src) / flops_per_token(src, cfg.seq_len)[0]
+    train_fpt, fwd_fpt = flops_per_token(src, cfg.seq_len)
+    spent = format_flops(cfg, tok, fwd_fpt) / train_fpt
     plan_rungs(n_candidates, steps, cfg.batch_tokens, cfg.probe_share, cfg.eval_tokens * n_domains, spent=spent,
                tokens=cfg.tokens)
 
@@ -197,8 +201,7 @@ def format_and_data(cfg: JobConfig, src, domains: dict[str, list[str]], fwd_fpt:
 
     def probe() -> dict:
         texts = [p for paths in cfg.text.values() for p in paths]
-        res = run_probe(str(src), texts=texts, device=cfg.device, n_docs=FORMAT_DOCS, tokens=FORMAT_TOKENS,
-                        skip_bad_records=cfg.skip_bad_records)
+        res = run_probe(str(src), texts=texts, device=cfg.device, skip_bad_records=cfg.skip_bad_records)
         w = res["winner"]
         scored = sum(r["tokens"] for r in res["rows"])
         return {"rows": res["rows"], "winner": w, "docs": res["docs"], "table": res["table"],

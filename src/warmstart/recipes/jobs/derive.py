@@ -33,12 +33,12 @@ CORRECTION = ("none: on a freshly cut model short probes favoured the SMALL LR (
 def check(cfg: DeriveConfig):
     from warmstart.models.surgery import layer_count
 
-    cfg, existed, src, config = common.check_start(cfg, "derive")
+    cfg, existed, src, config, tok = common.check_start(cfg, "derive")
     k = layer_count(config)
     if not 1 <= cfg.layers <= k - 1:
         raise UserError(f"--layers: {cfg.layers} is outside 1..{k - 1} (the checkpoint has {k} blocks)")
     cands = P.candidates(cfg.lrs, None)
-    common.check_budget(cfg, src, len(cands), len(cfg.text))
+    common.check_budget(cfg, src, tok, len(cands), len(cfg.text))
     return cfg, existed, src, k, cands
 
 

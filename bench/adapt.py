@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -99,19 +100,40 @@ def kendall_tau(a: list[float], b: list[float]) -> float | None:
     return s / (n * (n - 1) / 2)
 
 
-def rechoose(job: Path, dec: dict, shift: dict, new: list[str], old: list[str], bound, alpha: float) -> str:
-    """What the current rule (`probes.choose`) picks from the job's stored probe numbers (its last rung's
-    finalists): a decision recorded under an earlier rule is re-made on the same probes, no training."""
+def rechoose(job: Path, dec: dict, shift: dict, new: list[str], old: list[str], bound, alpha: float,
+             run_steps: int, exponent: float) -> tuple[str, str]:
+    """What the current rule (`probes.choose`, horizon correction `exponent`) picks from the job's stored probe
+    numbers (every candidate's furthest rung): a decision recorded under an earlier rule is re-made on the same
+    probes, no training."""
     from warmstart.recipes.jobs import probes as P
 
-    r = len(dec["rungs"]) - 1
-    rows = {}
+    last = len(dec["rungs"]) - 1
+    latest = {}
     for c in dec["candidates"]:
-        if str(r) not in c["new_loss"]:
-            continue
+        r = max(int(k) for k in c["new_loss"])
         rung = json.loads((job / "probes" / c["name"] / f"rung-{r}.json").read_text())
-        rows[c["name"]] = pipeline.probe_row(c["lr"], c["replay"], rung, new, old, shift["losses"])
-    return P.choose(rows, bound, new, alpha)[0]
+        latest[c["name"]] = pipeline.probe_row(c["lr"], c["replay"], rung, new, old, shift["losses"])
+    rows = {n: latest[n] for n in latest if latest[n]["steps"] == dec["rungs"][last]}
+    if len(rows) > 1 or not dec["rounds"] or len(dec["rounds"][-1]["continue"]) != 1:
+        alive = rows
+    else:  # the race was decided before its last rung: the one left is the finalist
+        alive = {n: latest[n] for n in dec["rounds"][-1]["continue"]}
+    return P.choose(alive, bound, new, alpha, latest=latest, run_steps=run_steps, exponent=exponent)
+
+
+def implied_exponent(probe_lr: float, probe_steps: int, full_lr: float, run_steps: int) -> float:
+    """The beta that moves the probes' best LR onto the full budget's: log(probe LR / full LR) / log(run steps /
+    probe steps) (LR* ~ horizon^-beta, Bjorck et al. 2024)."""
+    return math.log(probe_lr / full_lr) / math.log(run_steps / probe_steps)
+
+
+def horizon_fit(points: list[tuple[float, float, int, int]]) -> float | None:
+    """Least-squares beta through the origin over (probe LR, full LR, probe steps, run steps) points:
+    sum(y x) / sum(x^2), y = log(probe LR / full LR), x = log(run steps / probe steps). None without points."""
+    xs = [math.log(r / s) for _, _, s, r in points]
+    ys = [math.log(p / f) for p, f, _, _ in points]
+    den = sum(x * x for x in xs)
+    return sum(x * y for x, y in zip(xs, ys, strict=True)) / den if den else None
 
 
 def cell(args, budget: int, seed: int) -> dict:
@@ -145,7 +167,8 @@ def cell(args, budget: int, seed: int) -> dict:
         fn, ff = losses(fixed_s, shift, new, old)
         fixed_flops = train_fpt * fixed_s["tokens"]
     an, af = losses(res.run_summary, shift, new, old)
-    now = rechoose(job, dec, shift, new, old, bound, cfg.alpha)
+    now, now_why = rechoose(job, dec, shift, new, old, bound, cfg.alpha, pipeline.total_steps(cfg),
+                            cfg.horizon_exponent)
     # the horizon bias: probe ranking (last rung reached) against the full-budget ranking
     finalists = [c for c in dec["candidates"] if c["steps"] == dec["rungs"][-1]]
     probe = [c["new_loss"][str(len(dec["rungs"]) - 1)] for c in finalists]

@@ -492,6 +492,16 @@ def _check_domain(name: str, paths: list[str], flag: str) -> None:
         raise ValueError(f"{flag} {name}=: no path given (NAME=PATH[,PATH...])")
 
 
+# the old text's loss may rise this much by default: a bound, not a measurement; bench/results/adapt.md did not pin
+# it (the best candidate kept every bound there, and 512 validation tokens a domain measure forgetting to +-0.1)
+DEFAULT_MAX_FORGETTING = 0.05
+# beta of the best max LR's fall with the horizon, LR* ~ horizon^-beta (Bjorck et al. 2024): the least-squares fit
+# through the origin of log(probe-best LR / full-budget-best LR) on log(run steps / probe steps) over
+# bench/results/adapt.md's first three cells (40,960 tokens seeds 0 and 1, 65,536 seed 0: 0.2004; bench/adapt.py
+# `horizon_fit`); later cells there are held out
+DEFAULT_HORIZON_EXPONENT = 0.2
+
+
 class AdaptConfig(JobConfig):
     """`warmstart adapt`: continued pre-training of a checkpoint on new text, its max LR and replay share chosen
     by probes on that text (recipes/jobs/adapt.py)."""
@@ -500,6 +510,10 @@ class AdaptConfig(JobConfig):
     replay: list[float] = Field([0.0, 0.05, 0.25], description="candidate replay shares of old text (with --old)")
     max_forgetting: float | None = Field(
         None, ge=0.0, description="the most the old text's loss may rise, nats (default 0.05 with --old)"
+    )
+    horizon_exponent: float = Field(
+        DEFAULT_HORIZON_EXPONENT, ge=0.0, le=1.0,
+        description="beta of the probes' horizon correction, LR* ~ horizon^-beta (0: none; recipes/jobs/probes.py)"
     )
 
     @model_validator(mode="after")
@@ -523,9 +537,6 @@ class AdaptConfig(JobConfig):
         return DEFAULT_MAX_FORGETTING if self.max_forgetting is None else self.max_forgetting
 
 
-# the old text's loss may rise this much by default: a bound, not a measurement; bench/results/adapt.md did not pin
-# it (the best candidate kept every bound there, and 512 validation tokens a domain measure forgetting to +-0.1)
-DEFAULT_MAX_FORGETTING = 0.05
 
 
 class DeriveConfig(JobConfig):

@@ -25,8 +25,10 @@ RULE = ("the lowest new-text validation loss (mean over the new domains) among t
         "(mean over the old domains, change from the checkpoint) rose by at most the bound; when none keeps it, the "
         "one that forgot least.")
 RULE_NO_OLD = "the lowest new-text validation loss (mean over the new domains); no old text, so no forgetting bound."
-CORRECTION = ("short probes favour large LRs and see little of a full run's forgetting, so among the candidates the "
-              "paired test cannot tell from the best, the smallest LR is taken, then the largest replay share.")
+CORRECTION = ("short probes favour large LRs: the probes' best max LR is moved to the run's horizon, lr x (probe steps "
+              "/ run steps)^beta (Bjorck et al. 2024), then to the nearest candidate; short probes also see little of a "
+              "full run's forgetting: at that LR, among the shares the paired test cannot tell from the best, the "
+              "largest.")
 
 
 def check(cfg: AdaptConfig):
@@ -57,10 +59,12 @@ def adapt(cfg: AdaptConfig, say=print) -> dict:
         return pipeline.base_tree(cfg, data, str(src), weights, replay)
 
     def decide() -> dict:
-        dec = pipeline.run_probes(cfg, cands, base_for, sets, new, old, before["losses"], bound, fwd_fpt, rungs, say)
+        dec = pipeline.run_probes(cfg, cands, base_for, sets, new, old, before["losses"], bound, fwd_fpt, rungs, say,
+                                  exponent=cfg.horizon_exponent)
         run_flops = train_fpt * pipeline.total_steps(cfg) * cfg.batch_tokens
         deciding = dec["probe_flops"] + fmt["flops"] + before["flops"]
-        return {**dec, "rule": RULE if old else RULE_NO_OLD, "correction": CORRECTION, "max_forgetting": bound,
+        return {**dec, "rule": RULE if old else RULE_NO_OLD, "correction": CORRECTION,
+                "horizon_exponent": cfg.horizon_exponent, "max_forgetting": bound,
                 "format_flops": fmt["flops"], "shift_flops": before["flops"], "deciding_flops": deciding,
                 "run_train_flops": run_flops, "deciding_share": deciding / run_flops,
                 "probe_share_cap": cfg.probe_share,

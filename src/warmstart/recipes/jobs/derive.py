@@ -25,8 +25,9 @@ from warmstart.recipes.jobs import probes as P
 from warmstart.recipes.jobs.adapt import RULE_NO_OLD, text_weights
 
 STEP = 2  # Inheritune v2's growth per round
-CORRECTION = ("none: on a freshly cut model short probes favoured the SMALL LR (its large-LR probes were still "
-              "recovering from their first steps; bench/results/derive-v1.md), so ties go to the lower probe loss; "
+CORRECTION = ("none (horizon exponent 0): on a freshly cut model short probes favoured the SMALL LR (its large-LR "
+              "probes were still recovering from their first steps; bench/results/derive-v1.md), so the lowest probe "
+              "loss is chosen; "
               "no probe is dropped by the paired test before it has trained past twice its warmup.")
 
 
@@ -113,8 +114,7 @@ def _round(cfg: DeriveConfig, out: Path, src, data: Path, sets: dict, ref: dict,
     base = pipeline.base_tree(rcfg, data, str(cut), weights, None, teacher=str(src) if cfg.distill else None)
 
     def decide() -> dict:
-        dec = pipeline.run_probes(rcfg, cands, lambda c: base, sets, new, [], ref["losses"], None, fwd_fpt, rungs, say,
-                                  correct=False)
+        dec = pipeline.run_probes(rcfg, cands, lambda c: base, sets, new, [], ref["losses"], None, fwd_fpt, rungs, say)
         run_flops = train_fpt * pipeline.total_steps(cfg) * cfg.batch_tokens
         deciding = dec["probe_flops"] + format_flops + search
         return {**dec, "rule": RULE_NO_OLD, "correction": CORRECTION, "max_forgetting": None, "layers": n, "of": k,

@@ -86,10 +86,10 @@ def probe_row(lr: float, replay: float, rung: dict, new: list[str], old: list[st
 
 def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, new: list[str], old: list[str],
                shift: dict, bound: float | None, fwd_fpt: float, rungs: list[int], say=print,
-               correct: bool = True) -> dict:
+               exponent: float = 0.0) -> dict:
     """Every rung of the race (probes/NAME/rung-R.json), then the choice; returns decision.json's body (without
     the FLOPs outside the probes, which the caller adds). `base_for(candidate)`: the candidate's base recipe tree.
-    `correct`: apply the horizon correction to ties (probes.choose)."""
+    `exponent`: the horizon correction's beta (probes.choose; 0: none)."""
     out = Path(cfg.out)
     by_name = {c.name: c for c in cands}
     alive, rounds, rows = [c.name for c in cands], [], {}
@@ -124,7 +124,9 @@ def run_probes(cfg: JobConfig, cands: list[P.Candidate], base_for, sets: dict, n
                 free_weights(out / "probes" / name)
         if len(alive) == 1:  # the race is decided: no later rung to train
             break
-    chosen, why = P.choose({n: rows[n] for n in alive}, bound, new, cfg.alpha, correct=correct)
+    latest = {n: seen[max(seen)] for n, seen in reached.items()}
+    chosen, why = P.choose({n: rows[n] for n in alive}, bound, new, cfg.alpha, latest=latest,
+                           run_steps=total_steps(cfg), exponent=exponent)
     table = []
     for c in cands:
         seen = reached.get(c.name, {})

@@ -25,15 +25,18 @@ Rule (`choose`): the lowest new-domain loss among the candidates whose old-domai
 forgot least. Without old text, the lowest new-domain loss.
 
 Correction for the probes' horizon: the best LR falls as the horizon grows (a short run rewards the fast early
-drop of a large LR, a long one pays for its noise floor), so a probe ranking is biased toward large LRs; and a
-short probe sees little of the forgetting a full run accumulates (on SmolLM2, bench/results/adapt.md: a 1-step
+drop of a large LR, a long one pays for its noise floor; Bjorck et al. 2024, "Scaling Optimal LR Across Token
+Horizons": LR*(D) = B * D^-beta), so a probe ranking is biased toward large LRs. The chosen LR is the probes' best
+LR moved to the run's horizon, `horizon_lr` = lr * (probe steps / run steps)^beta, then the nearest candidate LR in
+log scale (`nearest_lr`): a candidate, so the full run is one the probes measured. beta is `--horizon-exponent`
+(config.DEFAULT_HORIZON_EXPONENT by default: fitted by bench/adapt.py on three SmolLM2 cells, bench/results/adapt.md, where the
+probes' best LR was 3e-4 every time and the full budget's best 1e-4 in two of three; 0 turns the correction off). At
+that LR the replay share: a short probe sees little of the forgetting a full run accumulates (on SmolLM2 a 1-step
 probe at max LR 3e-4 without replay lowered the old text's loss by 0.055 nats; the full 40-step run raised it by
-0.11), so it cannot tell replay shares apart by forgetting. Among the candidates that keep the bound and that the
-paired test cannot tell from the lowest-loss one at the last rung, the smallest LR is chosen, then the largest
-replay share (then the lower loss). A clearly better large LR, or a clearly better share, still wins; a tie goes to
-the safer setting. bench/adapt.py measures how well the probe ranking predicts the full-budget ranking.
-`derive` races without this correction: on a fresh cut the short-probe bias was measured the other way round
-(bench/results/derive-v1.md), and there is no replay to tie on.
+0.11), so among that LR's candidates that keep the bound and that the paired test cannot tell from the lowest-loss
+one, the largest share is chosen. A clearly better share still wins. When none of that LR's candidates kept the bound
+in the probes, the LR stays the probes' best. `derive` uses no correction (beta 0): on a fresh cut the short-probe
+bias was measured the other way round (bench/results/derive-v1.md), and there is no replay to tie on.
 
 Warmup transient: the paired test drops nothing in a rung that ends within SETTLE x the warmup steps (halving
 still applies): right after its warmup a large LR's loss is a transient, not a ranking.
@@ -171,11 +174,24 @@ def race_rung(rows: dict[str, dict], bound: float | None, new: list[str], alpha:
     return {"leader": leader, "dropped": dropped, "halved": halved, "continue": keep}
 
 
+def horizon_lr(lr: float, probe_steps: int, run_steps: int, exponent: float) -> float:
+    """The best max LR at `run_steps` from the best at `probe_steps` (same batch, so steps stand for tokens):
+    lr * (probe_steps / run_steps)^exponent (Bjorck et al. 2024, LR*(D) = B * D^-beta)."""
+    return lr * (probe_steps / run_steps) ** exponent
+
+
+def nearest_lr(target: float, lrs: list[float]) -> float:
+    """The candidate LR nearest `target` in log scale (the smaller on a tie)."""
+    return min(lrs, key=lambda v: (abs(math.log(v / target)), v))
+
+
 def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: float,
-           correct: bool = True) -> tuple[str, str]:
-    """(the chosen candidate, why) among the last rung's rows: the rule, then (`correct`) the horizon correction.
-    `derive` passes correct=False: on a freshly cut model the short-probe bias measured the other way (the small LR
-    led the probes and lost the full run, bench/results/derive-v1.md), so its ties go to the lower loss."""
+           latest: dict[str, dict] | None = None, run_steps: int | None = None,
+           exponent: float = 0.0) -> tuple[str, str]:
+    """(the chosen candidate, why). `rows`: the last rung's rows; `latest`: every candidate's row at the furthest
+    rung it reached (default `rows`), where the horizon correction may move the LR to a candidate halving stopped.
+    The rule picks the best; its LR moves to the run's horizon (`exponent` > 0 and `run_steps`); at that LR the
+    replay share by the rule, a tie (the paired test at level `alpha`) going to the larger share."""
     ok = [n for n in rows if key(rows[n], bound)[0] == 0]
     if not ok:
         best = min(rows, key=lambda n: key(rows[n], bound))
@@ -184,19 +200,41 @@ def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: fl
     best = min(ok, key=lambda n: (rows[n]["new_loss"], rows[n]["lr"]))
     within = "" if bound is None else f" among those whose old-text loss rose by at most {bound:g} nats"
     why = f"lowest new-text loss{within}: {best} ({rows[best]['new_loss']:.4f})"
-    if not correct:
-        return best, why
-    bs, bc = per_window(rows[best]["losses"], new)
-    used = bc > 0
-    ties = [n for n in ok if n == best or not shown_worse(
-        (per_window(rows[n]["losses"], new)[0][used] - bs[used]) / bc[used], alpha)]
-    chosen = min(ties, key=lambda n: (rows[n]["lr"], -rows[n].get("replay", 0.0), rows[n]["new_loss"]))
+    latest = {**(latest or {}), **rows}
+    lr = rows[best]["lr"]
+    if exponent > 0 and run_steps and rows[best]["steps"] < run_steps:
+        steps = rows[best]["steps"]
+        target = horizon_lr(lr, steps, run_steps, exponent)
+        moved = nearest_lr(target, sorted({r["lr"] for r in latest.values()}))
+        why += (f"; moved to the run's horizon (Bjorck et al. 2024, LR* ~ horizon^-{exponent:g}): max LR {lr:g} "
+                f"after {_steps(steps)} is {target:.3g} at the run's {_steps(run_steps)}, nearest candidate {moved:g}")
+        if moved != lr and not _keepers(latest, moved, bound):
+            why += f", but no candidate at {moved:g} kept the bound in the probes, so {lr:g} stays"
+        else:
+            lr = moved
+    pool = _keepers(latest, lr, bound)
+    lead = min(pool, key=lambda n: (latest[n]["new_loss"], -latest[n].get("replay", 0.0)))
+    ls, lc = per_window(latest[lead]["losses"], new)
+    used = lc > 0
+    ties = [n for n in pool if n == lead or not shown_worse(
+        (per_window(latest[n]["losses"], new)[0][used] - ls[used]) / lc[used], alpha)]
+    chosen = min(ties, key=lambda n: (-latest[n].get("replay", 0.0), latest[n]["new_loss"]))
     if chosen != best:
-        safer = []
-        if rows[chosen]["lr"] < rows[best]["lr"]:
-            safer.append("the smaller LR (short probes favour large LRs)")
-        if rows[chosen].get("replay", 0.0) > rows[best].get("replay", 0.0):
-            safer.append("the larger replay share (short probes see little of a full run's forgetting)")
-        why += (f"; {chosen} ({rows[chosen]['new_loss']:.4f}) is not shown worse by the paired test (alpha "
-                f"{alpha:g}) and has {' and '.join(safer)}, so the tie goes to it")
+        why += f"; at max LR {lr:g}: {lead} ({latest[lead]['new_loss']:.4f} after {_steps(latest[lead]['steps'])})"
+        if chosen != lead:
+            why += (f", tied by the paired test (alpha {alpha:g}) with {chosen} ({latest[chosen]['new_loss']:.4f}), "
+                    f"which has the larger replay share (short probes see little of a full run's forgetting)")
+        why += f": chose {chosen}"
     return chosen, why
+
+
+def _steps(n: int) -> str:
+    return f"{n:,} step" + ("" if n == 1 else "s")
+
+
+def _keepers(latest: dict[str, dict], lr: float, bound: float | None) -> list[str]:
+    """The candidates at max LR `lr` that reached their furthest rung (the most steps among them) and kept the
+    bound there."""
+    at = [n for n, r in latest.items() if r["lr"] == lr]
+    far = max(latest[n]["steps"] for n in at)
+    return [n for n in at if latest[n]["steps"] == far and key(latest[n], bound)[0] == 0]

@@ -26,13 +26,12 @@ import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
-from harness import add_job_settings, job_settings, run_main
+from harness import add_job_settings, job_settings, run_main, timed_job
 
 from warmstart import atomic
-from warmstart.config import DEFAULT_MAX_FORGETTING, AdaptConfig, Recipe, validate
+from warmstart.config import DEFAULT_HORIZON_EXPONENT, DEFAULT_MAX_FORGETTING, AdaptConfig, Recipe, validate
 from warmstart.recipes.jobs import pipeline
 from warmstart.recipes.jobs.adapt import adapt
 from warmstart.recipes.jobs.flags import parse_domains, parse_list, parse_tokens
@@ -46,7 +45,8 @@ GOAL_NATS = 0.02
 
 def job_config(args, budget: int, seed: int, out: Path) -> AdaptConfig:
     tree = {"checkpoint": args.checkpoint, "text": parse_domains(args.text, "--text"), "tokens": budget,
-            "out": str(out), "seed": seed, "probe_share": args.probe_share, **job_settings(args)}
+            "out": str(out), "seed": seed, "probe_share": args.probe_share, "horizon_exponent": args.horizon_exponent,
+            **job_settings(args)}
     if args.old:
         tree["old"] = parse_domains(args.old, "--old")
         tree["max_forgetting"] = args.max_forgetting
@@ -140,9 +140,7 @@ def cell(args, budget: int, seed: int) -> dict:
     work = Path(args.work) / f"tokens-{budget}" / f"seed-{seed}"
     job = work / "adapt"
     cfg = job_config(args, budget, seed, job)
-    t0 = time.perf_counter()
-    res = adapt(cfg)
-    adapt_s = time.perf_counter() - t0
+    res, adapt_s, wall_note = timed_job(work, job, lambda: adapt(cfg))
     finish(res)
     dec, shift = res.decision, res.shift
     new, old = list(cfg.text), list(cfg.old)
@@ -167,32 +165,104 @@ def cell(args, budget: int, seed: int) -> dict:
         fn, ff = losses(fixed_s, shift, new, old)
         fixed_flops = train_fpt * fixed_s["tokens"]
     an, af = losses(res.run_summary, shift, new, old)
-    now, now_why = rechoose(job, dec, shift, new, old, bound, cfg.alpha, pipeline.total_steps(cfg),
-                            cfg.horizon_exponent)
     # the horizon bias: probe ranking (last rung reached) against the full-budget ranking
     finalists = [c for c in dec["candidates"] if c["steps"] == dec["rungs"][-1]]
     probe = [c["new_loss"][str(len(dec["rungs"]) - 1)] for c in finalists]
     full = [grid[c["name"]]["new"] for c in finalists]
     ok_grid = [k for k in grid if bound is None or grid[k]["forgetting"] <= bound]
     rank = sorted(ok_grid, key=lambda k: grid[k]["new"]).index(dec["chosen"]) + 1 if dec["chosen"] in ok_grid else None
-    return {
+    out = {
         "budget": budget, "seed": seed, "bound": bound, "warmup_steps": pipeline.warmup_steps(cfg),
         "grid": grid, "grid_pick": best, "grid_flops": sum(g["flops"] for g in grid.values()),
         "adapt": {"chosen": dec["chosen"], "new": an, "forgetting": af, "flops": res.run_summary["flops"],
                   "deciding_flops": dec["deciding_flops"], "deciding_share": dec["deciding_share"],
-                  "wall_s": round(adapt_s, 1), "rank_in_grid": rank},
+                  "wall_s": adapt_s, "wall_note": wall_note, "rank_in_grid": rank},
         "fixed": {"lr": args.fixed_lr, "replay": fixed_replay, "new": fn, "forgetting": ff, "flops": fixed_flops,
                   "source": f"grid run {same[0]}" if same else "its own run"},
-        "current_rule": {"chosen": now, "new": grid[now]["new"], "forgetting": grid[now]["forgetting"],
-                         "source": "adapt's run" if now == dec["chosen"] else "the grid's run of that candidate"},
         "probe_rank_tau": kendall_tau(probe, full), "finalists": [c["name"] for c in finalists],
         "within_goal": an <= grid[best]["new"] + GOAL_NATS and (bound is None or af <= bound),
         "not_worse_than_fixed": an <= fn + 1e-9 or (bound is not None and ff > bound),
         "probes_within_10pct": dec["deciding_share"] <= 0.10,
     }
+    return {**out, **current_rule(job, out, cfg.horizon_exponent)}
+
+
+def current_rule(job: Path, c: dict, exponent: float) -> dict:
+    """The cell under the rule as it stands (`rechoose` on the job's probe files): its choice and the full-budget
+    run of it (adapt's run or the grid's), the goal judged on that run, and the horizon numbers: the probes' best LR
+    before the correction, the steps it was measured at and the beta that would move it onto the grid's pick."""
+    cfg = json.loads((job / "job.json").read_text())["config"]
+    dec = json.loads((job / "decision.json").read_text())
+    shift = json.loads((job / "shift.json").read_text())
+    new, old = list(cfg["text"]), list(cfg.get("old") or {})
+    steps = cfg["tokens"] // cfg["batch_tokens"]
+    alpha = cfg.get("alpha", 0.05)
+    now, why = rechoose(job, dec, shift, new, old, c["bound"], alpha, steps, exponent)
+    raw, _ = rechoose(job, dec, shift, new, old, c["bound"], alpha, steps, 0.0)
+    g, best, fixed = c["grid"][now], c["grid"][c["grid_pick"]], c["fixed"]
+    probe_steps = next(k["steps"] for k in dec["candidates"] if k["name"] == raw)
+    return {
+        "current_rule": {"chosen": now, "why": why, "exponent": exponent, "new": g["new"],
+                         "forgetting": g["forgetting"],
+                         "source": "adapt's run" if now == dec["chosen"] else "the grid's run of that candidate",
+                         "within_goal": g["new"] <= best["new"] + GOAL_NATS and (
+                             c["bound"] is None or g["forgetting"] <= c["bound"]),
+                         "not_worse_than_fixed": g["new"] <= fixed["new"] + 1e-9 or (
+                             c["bound"] is not None and fixed["forgetting"] > c["bound"])},
+        "horizon": {"probe_lr": c["grid"][raw]["lr"], "probe_steps": probe_steps, "run_steps": steps,
+                    "full_lr": best["lr"],
+                    "implied_exponent": implied_exponent(c["grid"][raw]["lr"], probe_steps, best["lr"], steps)},
+    }
 
 
 BOUNDS = (0.0, 0.02, 0.05, 0.1, 0.2, None)
+# the cells config.DEFAULT_HORIZON_EXPONENT was fitted on (before any other cell ran): every other cell is held out
+FIT_CELLS = ((40960, 0), (40960, 1), (65536, 0))
+
+
+def horizon_section(cells: list[dict]) -> list[str]:
+    """The horizon correction: per cell the beta that would move the probes' best LR onto the grid's pick, the fit
+    (on FIT_CELLS, and on all), and the current rule judged per cell, fitted and held-out cells apart."""
+    fit = [c for c in cells if (c["budget"], c["seed"]) in FIT_CELLS]
+    held = [c for c in cells if (c["budget"], c["seed"]) not in FIT_CELLS]
+
+    def pts(cs):
+        return [(h["probe_lr"], h["full_lr"], h["probe_steps"], h["run_steps"]) for h in (c["horizon"] for c in cs)]
+
+    b_fit, b_all = horizon_fit(pts(fit)), horizon_fit(pts(cells))
+    exp = cells[0]["current_rule"]["exponent"]
+    lines = ["## The horizon correction", "",
+             "The probes' best max LR (the rule before the correction) against the full budget's best (the grid's "
+             "pick), and the beta of LR* ~ horizon^-beta (Bjorck et al. 2024) that moves the one onto the other: "
+             "log(probe LR / full LR) / log(run steps / probe steps).", "",
+             "| tokens | seed | probes' best LR (after steps) | run steps | full budget's best LR | implied beta | "
+             "used in the fit |", "|---|---|---|---|---|---|---|"]
+    for c in cells:
+        h = c["horizon"]
+        lines.append(f"| {c['budget']:,} | {c['seed']} | {h['probe_lr']:g} ({h['probe_steps']}) | {h['run_steps']} | "
+                     f"{h['full_lr']:g} | {h['implied_exponent']:+.3f} | "
+                     f"{'yes' if (c['budget'], c['seed']) in FIT_CELLS else 'no (held out)'} |")
+    lines += ["", "Least-squares beta through the origin: "
+              + (f"{b_fit:.4f} on the fitted cells" if b_fit is not None else "no fitted cell here")
+              + (f", {b_all:.4f} on all {len(cells)}" if b_all is not None else "")
+              + f"; the job's default (`--horizon-exponent`) is {DEFAULT_HORIZON_EXPONENT:g}, this table's rule used "
+              f"{exp:g}.", "",
+              f"The rule as it stands (beta {exp:g}), re-made from each cell's probe files and judged on the full-budget "
+              "run of its choice (adapt's run or the grid's):", "",
+              "| tokens | seed | choice | new loss | minus (a) | minus (c) | goal's loss and (c) parts | cell |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        cur, a, f = c["current_rule"], c["grid"][c["grid_pick"]], c["fixed"]
+        ok = cur["within_goal"] and cur["not_worse_than_fixed"]
+        lines.append(f"| {c['budget']:,} | {c['seed']} | {cur['chosen']} | {cur['new']:.4f} | "
+                     f"{cur['new'] - a['new']:+.4f} | {cur['new'] - f['new']:+.4f} | {'met' if ok else 'MISSED'} | "
+                     f"{'fitted' if (c['budget'], c['seed']) in FIT_CELLS else 'held out'} |")
+    for name, cs in (("fitted", fit), ("held-out", held)):
+        if cs:
+            n = sum(c["current_rule"]["within_goal"] and c["current_rule"]["not_worse_than_fixed"] for c in cs)
+            lines.append(f"\nLoss parts of the goal under the current rule, {name} cells: {n} of {len(cs)}.")
+    return lines + ["", "(The goal's third part, deciding at most 10% of the FLOPs, does not depend on the rule: "
+                    "see the deciding share above.)", ""]
 
 
 def probe_rows(work: Path, c: dict) -> dict:
@@ -270,13 +340,13 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
     for c in cells:
         cur = c.get("current_rule")
         if cur and cur["chosen"] != c["adapt"]["chosen"]:
-            lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: adapt ran under an earlier rule (ties: smallest LR "
-                         f"only) and chose {c['adapt']['chosen']}; the current rule (then the largest replay share) "
-                         f"picks {cur['chosen']} from the same probe files: its full-budget run ({cur['source']}) "
-                         f"ends at new-text loss {cur['new']:.4f}, forgetting {cur['forgetting']:+.4f}.")
+            lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: adapt ran under an earlier rule and chose "
+                         f"{c['adapt']['chosen']}; the current rule picks {cur['chosen']} from the same probe files: "
+                         f"its full-budget run ({cur['source']}) ends at new-text loss {cur['new']:.4f}, forgetting "
+                         f"{cur['forgetting']:+.4f}.")
     met = sum(c["within_goal"] and c["not_worse_than_fixed"] and c["probes_within_10pct"] for c in cells)
     lines += ["", f"Goal (within {GOAL_NATS} nats of (a) under the same bound, not worse than (c), probes at most "
-              f"10% of the FLOPs): met in {met} of {len(cells)} cells.", ""]
+              f"10% of the FLOPs): met in {met} of {len(cells)} cells as run.", ""]
     for c in cells:
         for what, ok in (("NOT within 0.02 nats of the grid's pick (or not within the bound)", c["within_goal"]),
                          ("WORSE than the fixed recipe", c["not_worse_than_fixed"]),
@@ -299,6 +369,8 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
               "FLOPs. Probe-rank tau: Kendall's tau between the probes' new-text ranking (last rung) and the full-budget "
               "ranking, over the candidates the probes carried to their last rung. (a)'s entry for adapt's choice is "
               "adapt's own run; (c) is the grid's run of the packaged recipe's settings when they are a candidate.", ""]
+    if all(c.get("current_rule") for c in cells):
+        lines += horizon_section(cells)
     if work is not None:
         lines += ["## Every candidate: probes and the full budget", ""]
         for c in cells:
@@ -307,6 +379,12 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
         lines += bound_analysis(cells)
     lines += ["", f"Machine: {platform.platform()}, Python {platform.python_version()}.", ""]
     return "\n".join(lines)
+
+
+def refreshed(args, c: dict) -> dict:
+    """A kept cell with the current rule re-made from its job's probe files (no training)."""
+    job = Path(args.work) / f"tokens-{c['budget']}" / f"seed-{c['seed']}" / "adapt"
+    return {**c, **current_rule(job, c, args.horizon_exponent)}
 
 
 def main() -> None:
@@ -322,6 +400,8 @@ def main() -> None:
     p.add_argument("--probe-share", dest="probe_share", type=float, default=0.1)
     p.add_argument("--max-forgetting", dest="max_forgetting", type=float, default=DEFAULT_MAX_FORGETTING)
     p.add_argument("--replay")
+    p.add_argument("--horizon-exponent", dest="horizon_exponent", type=float, default=DEFAULT_HORIZON_EXPONENT,
+                   help="beta of adapt's horizon correction (the job's --horizon-exponent)")
     add_job_settings(p, batch_tokens=4096, micro_batch_size=8, eval_tokens=16384)
     p.add_argument("--grid-evals", dest="grid_evals", type=int, default=4, help="evaluations per grid run")
     p.add_argument("--fixed-lr", dest="fixed_lr", type=float, default=3e-4)
@@ -333,7 +413,9 @@ def main() -> None:
     if args.rewrite:
         stem = Path(args.results)
         held = json.loads(stem.with_suffix(".json").read_text())
-        atomic.write_text(stem.with_suffix(".md"), markdown(held["cells"], held["command"], Path(args.work)))
+        cells = [refreshed(args, c) for c in held["cells"]]
+        atomic.write_json(stem.with_suffix(".json"), {**held, "cells": cells})
+        atomic.write_text(stem.with_suffix(".md"), markdown(cells, held["command"], Path(args.work)))
         return
     budgets = [parse_tokens(b) for b in args.budgets.split(",")]
     plan = [(b, int(s)) for i, b in enumerate(budgets)
@@ -343,7 +425,8 @@ def main() -> None:
     cells = []
     if stem.with_suffix(".json").is_file() and not args.fresh:  # cells of other (budget, seed)s are kept
         held = json.loads(stem.with_suffix(".json").read_text())
-        cells = [{"command": held["command"], **c} for c in held["cells"] if (c["budget"], c["seed"]) not in plan]
+        cells = [refreshed(args, {"command": held["command"], **c}) for c in held["cells"]
+                 if (c["budget"], c["seed"]) not in plan]
     for b, s in plan:  # written after every cell: a long bench stopped part-way keeps what it finished
         cells.append({"command": command, **cell(args, b, s)})
         atomic.write_json(stem.with_suffix(".json"), {"command": command, "cells": cells})

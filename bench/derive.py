@@ -22,10 +22,9 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
-from harness import add_job_settings, job_settings, run_main
+from harness import add_job_settings, job_settings, run_main, timed_job
 
 from warmstart import atomic
 from warmstart.config import DeriveConfig, Recipe, validate
@@ -64,9 +63,7 @@ def cell(args, layers: int, seed: int) -> dict:
     work = Path(args.work) / f"L{layers}" / f"seed-{seed}"
     job = work / "derive"
     cfg = job_config(args, layers, seed, job)
-    t0 = time.perf_counter()
-    res = derive(cfg)
-    wall = time.perf_counter() - t0
+    res, wall, wall_note = timed_job(work, job, lambda: derive(cfg))
     finish(res)
     new = list(cfg.text)
     dec, run = res.decision, res.run_summary
@@ -87,7 +84,7 @@ def cell(args, layers: int, seed: int) -> dict:
         "derive": {"chosen": dec["chosen"], "why": dec["why"], "loss": d_loss, "flops": run["flops"],
                    "search_flops": dec["search_flops"], "probe_flops": dec["probe_flops"],
                    "format_flops": dec["format_flops"], "deciding_share": dec["deciding_share"],
-                   "rungs": dec["rungs"], "wall_s": round(wall, 1),
+                   "rungs": dec["rungs"], "wall_s": wall, "wall_note": wall_note,
                    "probes": {c["name"]: c["new_loss"] for c in dec["candidates"]}},
         "equal_tokens": {"lr": args.fixed_lr, "tokens": eq_tok["tokens"], "loss": t_loss, "flops": eq_tok["flops"]},
         "equal_flops": {"lr": args.fixed_lr, "tokens": eq_fl["tokens"], "loss": f_loss, "flops": eq_fl["flops"]}
@@ -119,7 +116,8 @@ def markdown(cells: list[dict], command: str, same: float) -> str:
         probes = "; ".join(f"{k}: " + ", ".join(f"{v:.4f}" for v in r.values()) for k, r in d["probes"].items())
         lines.append(f"- n = {c['layers']}, seed {c['seed']}: rungs {d['rungs']} steps; probe losses by rung: "
                      f"{probes}; {d['why']}; deciding FLOPs: format {d['format_flops']:.3g}, search "
-                     f"{d['search_flops']:.3g}, probes {d['probe_flops']:.3g}; derive wall {d['wall_s']:.0f} s.")
+                     f"{d['search_flops']:.3g}, probes {d['probe_flops']:.3g}; derive wall {d['wall_s']:.0f} s"
+                     + (f" ({d['wall_note']})" if d.get("wall_note") else "") + ".")
     lines += ["", f"Machine: {platform.platform()}, Python {platform.python_version()}.", ""]
     return "\n".join(lines)
 

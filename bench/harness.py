@@ -49,6 +49,28 @@ def job_settings(args) -> dict:
     return tree
 
 
+def timed_job(work, job, run) -> tuple[object, float, str | None]:
+    """(run(), its wall time in s, a note): the wall time of the invocation that ran the job, kept in WORK/wall.json
+    the first time, so a re-run that reads the finished job back (seconds) does not replace it; the note says when
+    that invocation resumed a job an earlier one had begun (its wall time is then only the rest)."""
+    import json
+    import time
+    from pathlib import Path
+
+    from warmstart import atomic
+
+    path = Path(work) / "wall.json"
+    kept = json.loads(path.read_text()) if path.is_file() else None
+    begun = Path(job).exists()
+    t0 = time.perf_counter()
+    result = run()
+    wall = round(time.perf_counter() - t0, 1)
+    if kept is None:
+        kept = {"wall_s": wall, "note": "resumed a job begun earlier: the rest only" if begun else None}
+        atomic.write_json(path, kept)
+    return result, kept["wall_s"], kept["note"]
+
+
 def run_main(main: Callable[[], None]) -> None:
     """`main()`; a run stopped by a signal (checkpointed: re-running the script resumes it) ends the script with
     one line and the run's exit code (128 + signum)."""

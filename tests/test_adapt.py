@@ -55,6 +55,17 @@ def test_decision_recorded_and_charged(job):
         probe = out / "probes" / c["name"]
         assert (probe / "summary.json").is_file() and not (probe / "checkpoints").exists()
         assert not (probe / "final").exists()
+    # the choice is the rule and the horizon correction (beta 0.2 by default) re-made from the stored rung files
+    from warmstart.recipes.jobs import pipeline, probes
+
+    shift = json.loads((out / "shift.json").read_text())["losses"]
+    latest = {}
+    for c in dec["candidates"]:
+        rung = json.loads((out / "probes" / c["name"] / f"rung-{max(int(k) for k in c['new_loss'])}.json").read_text())
+        latest[c["name"]] = pipeline.probe_row(c["lr"], c["replay"], rung, ["lib"], ["prose"], shift)
+    final = {c["name"]: latest[c["name"]] for c in dec["candidates"] if c["status"] in ("chosen", "finalist")}
+    assert dec["horizon_exponent"] == 0.2 and "horizon" in dec["correction"]
+    assert probes.choose(final, 0.5, ["lib"], 0.05, latest=latest, run_steps=64, exponent=0.2)[0] == dec["chosen"]
     # the chosen candidate keeps the bound (or none does and the note says so)
     chosen = next(c for c in dec["candidates"] if c["name"] == dec["chosen"])
     last = str(max(int(k) for k in chosen["new_loss"]))
@@ -84,6 +95,26 @@ def test_decision_recorded_and_charged(job):
     start = max(i for i, line in enumerate(tail) if line.startswith("adapt: "))
     assert len(tail) - start <= 12 and tail[-1].startswith("report: ")
     assert any(line.startswith("old text (prose)") for line in tail[start:])
+
+
+def test_the_summary_says_the_stability_gap_as_measured(job):
+    """A dip is given with its depth; no dip is said as none, not as a dip of 0.0000; one evaluation is too few."""
+    from warmstart.recipes.jobs.common import JobResult
+    from warmstart.report.jobs import summary_lines
+
+    out, _ = job
+    r = JobResult("adapt", out, decision(out), json.loads((out / "shift.json").read_text()),
+                  json.loads((out / "run" / "summary.json").read_text()), ["lib"], ["prose"], 0.5)
+
+    def gap_line(v):
+        return next(x for x in summary_lines(r, {"val/lib/loss": v}) if x.startswith("stability gap"))
+
+    dip = {"depth": 0.25, "worst_step": 3, "recovered": True, "recover_step": 9}
+    assert gap_line(dip) == "stability gap: deepest dip 0.2500 nats on lib at step 3; recovered by step 9"
+    assert gap_line({**dip, "recovered": False}).endswith("; not recovered")
+    assert gap_line({**dip, "depth": 0.0}) == "stability gap: none (no new domain's loss rose above its start)"
+    few = gap_line({**dip, "depth": 0.0, "recovered": None, "note": "one evaluation at or after step 0: too few"})
+    assert few.startswith("stability gap: not measured (one evaluation")
 
 
 def test_rerun_skips_every_stage(job, job_checkpoint, job_texts, capsys):
@@ -273,10 +304,24 @@ def test_a_job_directory_of_other_settings_is_refused(job, job_checkpoint, job_t
     assert tree_digest(out) == before
 
 
-def _row(lr, new_windows, forgetting=None, old_loss=None, replay=0.0):
+def _row(lr, new_windows, forgetting=None, old_loss=None, replay=0.0, steps=4):
     sums = [float(v) * 10 for v in new_windows]  # 10 scored tokens per window
-    return {"lr": lr, "replay": replay, "new_loss": sum(new_windows) / len(new_windows), "forgetting": forgetting,
-            "old_loss": old_loss, "losses": {"lib": {"sums": sums, "counts": [10] * len(sums)}}}
+    return {"lr": lr, "replay": replay, "steps": steps, "new_loss": sum(new_windows) / len(new_windows),
+            "forgetting": forgetting, "old_loss": old_loss,
+            "losses": {"lib": {"sums": sums, "counts": [10] * len(sums)}}}
+
+
+def test_the_horizon_correction_moves_the_lr_to_the_run():
+    """lr x (probe steps / run steps)^beta, then the nearest candidate in log scale (Bjorck et al. 2024)."""
+    import math
+
+    from warmstart.recipes.jobs.probes import horizon_lr, nearest_lr
+
+    assert math.isclose(horizon_lr(3e-4, 1, 40, 0.2), 3e-4 * 40 ** -0.2, rel_tol=1e-12)
+    assert horizon_lr(3e-4, 4, 4, 0.2) == 3e-4 and horizon_lr(3e-4, 1, 40, 0.0) == 3e-4
+    lrs = [1e-4, 3e-4, 1e-3]
+    assert nearest_lr(1.43e-4, lrs) == 1e-4 and nearest_lr(2e-4, lrs) == 3e-4 and nearest_lr(5e-3, lrs) == 1e-3
+    assert nearest_lr(math.sqrt(1e-4 * 3e-4), lrs) == 1e-4  # halfway in log scale: the smaller
 
 
 def test_the_rule_and_the_horizon_correction():
@@ -284,23 +329,39 @@ def test_the_rule_and_the_horizon_correction():
 
     noise = [0.02, -0.03, 0.01, -0.02, 0.03, -0.01, 0.02, -0.02]
     base = [3.0 + e for e in noise]
-    # a larger LR whose loss is lower by less than the windows' noise: the tie goes to the smaller LR
+    # without a horizon correction the lowest probe loss wins, even by less than the windows' noise
     tie = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.015 + 0.02 * (i % 2) for i, b in enumerate(base)])}
     assert tie["large"]["new_loss"] < tie["small"]["new_loss"]
     chosen, why = choose(tie, None, ["lib"], 0.05)
-    assert chosen == "small" and "favour large LRs" in why
+    assert chosen == "large" and "horizon" not in why
     # the same LR, replay shares the test cannot tell apart: the tie goes to the larger share (a short probe sees
-    # little of the forgetting), the smaller LR still first; a share clearly worse on the new text does not win
+    # little of the forgetting); a share clearly worse on the new text does not win
     wobble = [b + 0.015 - 0.02 * (i % 2) for i, b in enumerate(base)]  # differences -0.005, +0.015: no signal
     shares = {"r0": _row(3e-4, base, forgetting=-0.05), "r25": _row(3e-4, wobble, forgetting=-0.06, replay=0.25),
-              "r5": _row(3e-4, [b + 0.01 - 0.02 * (i % 2) for i, b in enumerate(base)], forgetting=-0.05,
+              "r5": _row(3e-4, [b + 0.012 - 0.02 * (i % 2) for i, b in enumerate(base)], forgetting=-0.05,
                          replay=0.05)}
     assert shares["r25"]["new_loss"] > shares["r0"]["new_loss"]
     chosen, why = choose(shares, 0.05, ["lib"], 0.05)
     assert chosen == "r25" and "larger replay share" in why
-    assert choose({**shares, "low": _row(1e-4, wobble, forgetting=0.0)}, 0.05, ["lib"], 0.05)[0] == "low"
     far = {"r0": shares["r0"], "r25": _row(3e-4, [b + 0.3 for b in base], forgetting=-0.2, replay=0.25)}
     assert choose(far, 0.05, ["lib"], 0.05)[0] == "r0"
+    # the horizon: 3e-4 best after 4 probe steps of a 160-step run moves to 3e-4 x 40^-0.2 = 1.43e-4 -> 1e-4,
+    # a candidate halving stopped after 2 steps; there, the replay shares' tie goes to the larger share
+    latest = {"s0": _row(1e-4, [b + 0.2 for b in base], forgetting=-0.01, steps=2),
+              "s25": _row(1e-4, [b + 0.2 for b in wobble], forgetting=-0.02, replay=0.25, steps=2),
+              "big": _row(1e-3, [b + 0.5 for b in base], forgetting=0.3, steps=2)}
+    chosen, why = choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=160, exponent=0.2)
+    assert chosen == "s25" and "0.000143" in why and "nearest candidate 0.0001" in why
+    # a short horizon gap keeps the LR (4 of 8 steps: 3e-4 x 2^-0.2 = 2.6e-4 -> 3e-4); exponent 0: no move
+    assert choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=8, exponent=0.2)[0] == "r25"
+    assert choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=160, exponent=0.0)[0] == "r25"
+    # the moved-to LR must have kept the bound in the probes, else the probes' best LR stays
+    bad = {n: {**r, "forgetting": 0.2} for n, r in latest.items()}
+    chosen, why = choose(shares, 0.05, ["lib"], 0.05, latest=bad, run_steps=160, exponent=0.2)
+    assert chosen == "r25" and "kept the bound in the probes, so 0.0003 stays" in why
+    # a probe from an earlier rung of the same LR is not compared with one that trained longer
+    mixed = {**latest, "s5": _row(1e-4, [b - 0.5 for b in base], forgetting=-0.01, replay=0.05, steps=1)}
+    assert choose(shares, 0.05, ["lib"], 0.05, latest=mixed, run_steps=160, exponent=0.2)[0] == "s25"
     # clearly better on every window: the larger LR wins
     clear = {"small": _row(1e-4, base), "large": _row(1e-3, [b - 0.2 for b in base])}
     assert choose(clear, None, ["lib"], 0.05)[0] == "large"
@@ -321,9 +382,6 @@ def test_the_rule_and_the_horizon_correction():
     early = race_rung(rows, 0.05, ["lib"], 0.05, last=False, settled=False)
     assert early["dropped"] == {} and early["continue"] == ["lead", "close"]
     assert sorted(early["halved"]) == ["bad", "keeps-old"]
-    # without the correction (derive) a tie goes to the lower loss
-    chosen, why = choose(tie, None, ["lib"], 0.05, correct=False)
-    assert chosen == "large" and "favour" not in why
 
 
 def test_the_job_re_warms_at_least_two_steps():

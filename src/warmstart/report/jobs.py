@@ -164,10 +164,14 @@ def summary_lines(r: JobResult, gap: dict, saved: str | None = None) -> list[str
     g = [(d, v) for d, v in gap.items() if d in [f"val/{n}/loss" for n in new]]
     if g:
         d, v = max(g, key=lambda kv: kv[1]["depth"])
-        rec = (f"recovered by step {v['recover_step']}" if v.get("recovered") else "not recovered") \
-            if v["depth"] > 0 else "no dip"
-        lines.append(f"stability gap: deepest dip {v['depth']:.4f} nats on {d.split('/')[1]} at step "
-                     f"{v['worst_step']}; {rec}")
+        if v.get("note"):
+            lines.append(f"stability gap: not measured ({v['note']})")
+        elif v["depth"] > 0:
+            rec = f"recovered by step {v['recover_step']}" if v.get("recovered") else "not recovered"
+            lines.append(f"stability gap: deepest dip {v['depth']:.4f} nats on {d.split('/')[1]} at step "
+                         f"{v['worst_step']}; {rec}")
+        else:
+            lines.append("stability gap: none (no new domain's loss rose above its start)")
     if r.rounds:
         ref = avg(new, lambda n: shift["losses"][n]["loss"])
         done = "matched" if r.rounds[-1]["matched"] else "not matched by k - 1 blocks"

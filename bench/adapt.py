@@ -140,7 +140,8 @@ def cell(args, budget: int, seed: int) -> dict:
     work = Path(args.work) / f"tokens-{budget}" / f"seed-{seed}"
     job = work / "adapt"
     cfg = job_config(args, budget, seed, job)
-    res, adapt_s, wall_note = timed_job(work, job, lambda: adapt(cfg))
+    res, adapt_s, wall_note = timed_job(work, job, lambda: adapt(cfg),
+                                          lambda j: (j / "run" / "summary.json").is_file())
     finish(res)
     dec, shift = res.decision, res.shift
     new, old = list(cfg.text), list(cfg.old)
@@ -176,7 +177,8 @@ def cell(args, budget: int, seed: int) -> dict:
         "grid": grid, "grid_pick": best, "grid_flops": sum(g["flops"] for g in grid.values()),
         "adapt": {"chosen": dec["chosen"], "new": an, "forgetting": af, "flops": res.run_summary["flops"],
                   "deciding_flops": dec["deciding_flops"], "deciding_share": dec["deciding_share"],
-                  "wall_s": adapt_s, "wall_note": wall_note, "rank_in_grid": rank},
+                  "wall_s": adapt_s, "wall_note": wall_note, "rank_in_grid": rank,
+                  "rule_exponent": dec.get("horizon_exponent")},
         "fixed": {"lr": args.fixed_lr, "replay": fixed_replay, "new": fn, "forgetting": ff, "flops": fixed_flops,
                   "source": f"grid run {same[0]}" if same else "its own run"},
         "probe_rank_tau": kendall_tau(probe, full), "finalists": [c["name"] for c in finalists],
@@ -209,6 +211,7 @@ def current_rule(job: Path, c: dict, exponent: float) -> dict:
                              c["bound"] is None or g["forgetting"] <= c["bound"]),
                          "not_worse_than_fixed": g["new"] <= fixed["new"] + 1e-9 or (
                              c["bound"] is not None and fixed["forgetting"] > c["bound"])},
+        "uncorrected": {"chosen": raw, "new": c["grid"][raw]["new"], "forgetting": c["grid"][raw]["forgetting"]},
         "horizon": {"probe_lr": c["grid"][raw]["lr"], "probe_steps": probe_steps, "run_steps": steps,
                     "full_lr": best["lr"],
                     "implied_exponent": implied_exponent(c["grid"][raw]["lr"], probe_steps, best["lr"], steps)},
@@ -249,13 +252,15 @@ def horizon_section(cells: list[dict]) -> list[str]:
               f"{exp:g}.", "",
               f"The rule as it stands (beta {exp:g}), re-made from each cell's probe files and judged on the full-budget "
               "run of its choice (adapt's run or the grid's):", "",
-              "| tokens | seed | choice | new loss | minus (a) | minus (c) | goal's loss and (c) parts | cell |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| tokens | seed | choice | new loss | minus (a) | minus (c) | goal's loss and (c) parts | without the "
+              "correction (beta 0): choice, minus (a) | cell |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
-        cur, a, f = c["current_rule"], c["grid"][c["grid_pick"]], c["fixed"]
+        cur, a, f, raw = c["current_rule"], c["grid"][c["grid_pick"]], c["fixed"], c["uncorrected"]
         ok = cur["within_goal"] and cur["not_worse_than_fixed"]
         lines.append(f"| {c['budget']:,} | {c['seed']} | {cur['chosen']} | {cur['new']:.4f} | "
                      f"{cur['new'] - a['new']:+.4f} | {cur['new'] - f['new']:+.4f} | {'met' if ok else 'MISSED'} | "
+                     f"{raw['chosen']}, {raw['new'] - a['new']:+.4f} | "
                      f"{'fitted' if (c['budget'], c['seed']) in FIT_CELLS else 'held out'} |")
     for name, cs in (("fitted", fit), ("held-out", held)):
         if cs:
@@ -340,7 +345,9 @@ def markdown(cells: list[dict], command: str, work: Path | None = None) -> str:
     for c in cells:
         cur = c.get("current_rule")
         if cur and cur["chosen"] != c["adapt"]["chosen"]:
-            lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: adapt ran under an earlier rule and chose "
+            ran = c["adapt"].get("rule_exponent")
+            under = "an earlier rule" if ran is None else f"horizon exponent {ran:g}"
+            lines.append(f"- tokens {c['budget']:,}, seed {c['seed']}: adapt ran under {under} and chose "
                          f"{c['adapt']['chosen']}; the current rule picks {cur['chosen']} from the same probe files: "
                          f"its full-budget run ({cur['source']}) ends at new-text loss {cur['new']:.4f}, forgetting "
                          f"{cur['forgetting']:+.4f}.")

@@ -63,7 +63,8 @@ def cell(args, layers: int, seed: int) -> dict:
     work = Path(args.work) / f"L{layers}" / f"seed-{seed}"
     job = work / "derive"
     cfg = job_config(args, layers, seed, job)
-    res, wall, wall_note = timed_job(work, job, lambda: derive(cfg))
+    res, wall, wall_note = timed_job(work, job, lambda: derive(cfg),
+                                          lambda j: (j / "run" / "summary.json").is_file())
     finish(res)
     new = list(cfg.text)
     dec, run = res.decision, res.run_summary
@@ -116,7 +117,8 @@ def markdown(cells: list[dict], command: str, same: float) -> str:
         probes = "; ".join(f"{k}: " + ", ".join(f"{v:.4f}" for v in r.values()) for k, r in d["probes"].items())
         lines.append(f"- n = {c['layers']}, seed {c['seed']}: rungs {d['rungs']} steps; probe losses by rung: "
                      f"{probes}; {d['why']}; deciding FLOPs: format {d['format_flops']:.3g}, search "
-                     f"{d['search_flops']:.3g}, probes {d['probe_flops']:.3g}; derive wall {d['wall_s']:.0f} s"
+                     f"{d['search_flops']:.3g}, probes {d['probe_flops']:.3g}; derive wall "
+                     + ("not measured" if d["wall_s"] is None else f"{d['wall_s']:.0f} s")
                      + (f" ({d['wall_note']})" if d.get("wall_note") else "") + ".")
     lines += ["", f"Machine: {platform.platform()}, Python {platform.python_version()}.", ""]
     return "\n".join(lines)

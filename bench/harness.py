@@ -49,10 +49,11 @@ def job_settings(args) -> dict:
     return tree
 
 
-def timed_job(work, job, run) -> tuple[object, float, str | None]:
+def timed_job(work, job, run, finished) -> tuple[object, float | None, str | None]:
     """(run(), its wall time in s, a note): the wall time of the invocation that ran the job, kept in WORK/wall.json
     the first time, so a re-run that reads the finished job back (seconds) does not replace it; the note says when
-    that invocation resumed a job an earlier one had begun (its wall time is then only the rest)."""
+    that invocation resumed a job an earlier one had begun (its wall time is then only the rest). A job already
+    `finished(job)` with no wall.json was run before its time was kept: None, and nothing written."""
     import json
     import time
     from pathlib import Path
@@ -62,9 +63,12 @@ def timed_job(work, job, run) -> tuple[object, float, str | None]:
     path = Path(work) / "wall.json"
     kept = json.loads(path.read_text()) if path.is_file() else None
     begun = Path(job).exists()
+    done = kept is None and finished(Path(job))
     t0 = time.perf_counter()
     result = run()
     wall = round(time.perf_counter() - t0, 1)
+    if done:
+        return result, None, "read back: the job finished before its wall time was kept"
     if kept is None:
         kept = {"wall_s": wall, "note": "resumed a job begun earlier: the rest only" if begun else None}
         atomic.write_json(path, kept)

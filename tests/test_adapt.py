@@ -63,7 +63,9 @@ def test_decision_recorded_and_charged(job):
     for c in dec["candidates"]:
         rung = json.loads((out / "probes" / c["name"] / f"rung-{max(int(k) for k in c['new_loss'])}.json").read_text())
         latest[c["name"]] = pipeline.probe_row(c["lr"], c["replay"], rung, ["lib"], ["prose"], shift)
-    final = {c["name"]: latest[c["name"]] for c in dec["candidates"] if c["status"] in ("chosen", "finalist")}
+    last = dec["rounds"][-1]  # the last rung raced: its survivors are the rows the rule picks from
+    final = {n: latest[n] for n in last["continue"]}
+    assert all(final[n]["steps"] == last["steps"] for n in final)
     assert dec["horizon_exponent"] == 0.2 and "horizon" in dec["correction"]
     assert probes.choose(final, 0.5, ["lib"], 0.05, latest=latest, run_steps=64, exponent=0.2)[0] == dec["chosen"]
     # the chosen candidate keeps the bound (or none does and the note says so)
@@ -321,7 +323,7 @@ def test_the_horizon_correction_moves_the_lr_to_the_run():
     assert horizon_lr(3e-4, 4, 4, 0.2) == 3e-4 and horizon_lr(3e-4, 1, 40, 0.0) == 3e-4
     lrs = [1e-4, 3e-4, 1e-3]
     assert nearest_lr(1.43e-4, lrs) == 1e-4 and nearest_lr(2e-4, lrs) == 3e-4 and nearest_lr(5e-3, lrs) == 1e-3
-    assert nearest_lr(math.sqrt(1e-4 * 3e-4), lrs) == 1e-4  # halfway in log scale: the smaller
+    assert nearest_lr(2.0, [1.0, 4.0]) == 1.0  # halfway in log scale (exactly): the smaller
 
 
 def test_the_rule_and_the_horizon_correction():
@@ -351,14 +353,15 @@ def test_the_rule_and_the_horizon_correction():
               "s25": _row(1e-4, [b + 0.2 for b in wobble], forgetting=-0.02, replay=0.25, steps=2),
               "big": _row(1e-3, [b + 0.5 for b in base], forgetting=0.3, steps=2)}
     chosen, why = choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=160, exponent=0.2)
-    assert chosen == "s25" and "0.000143" in why and "nearest candidate 0.0001" in why
+    assert chosen == "s25" and "0.000143" in why and "nearest candidate 0.0001;" in why
     # a short horizon gap keeps the LR (4 of 8 steps: 3e-4 x 2^-0.2 = 2.6e-4 -> 3e-4); exponent 0: no move
-    assert choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=8, exponent=0.2)[0] == "r25"
+    kept, why = choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=8, exponent=0.2)
+    assert kept == "r25" and "nearest candidate 0.0003 itself" in why
     assert choose(shares, 0.05, ["lib"], 0.05, latest=latest, run_steps=160, exponent=0.0)[0] == "r25"
     # the moved-to LR must have kept the bound in the probes, else the probes' best LR stays
     bad = {n: {**r, "forgetting": 0.2} for n, r in latest.items()}
     chosen, why = choose(shares, 0.05, ["lib"], 0.05, latest=bad, run_steps=160, exponent=0.2)
-    assert chosen == "r25" and "kept the bound in the probes, so 0.0003 stays" in why
+    assert chosen == "r25" and "kept the bound at the furthest rung it reached, so 0.0003 stays" in why
     # a probe from an earlier rung of the same LR is not compared with one that trained longer
     mixed = {**latest, "s5": _row(1e-4, [b - 0.5 for b in base], forgetting=-0.01, replay=0.05, steps=1)}
     assert choose(shares, 0.05, ["lib"], 0.05, latest=mixed, run_steps=160, exponent=0.2)[0] == "s25"

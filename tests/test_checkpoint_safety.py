@@ -110,3 +110,42 @@ def test_disk_said_up_front_is_what_the_run_leaves(data_dir, tokenizer_dir, tmp_
         size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
         assert est["checkpoint_bytes"] <= size <= est["checkpoint_bytes"] + 250_000, (size, est)  # headers, RNG
     assert (res.final_dir / "model.safetensors").stat().st_size == pytest.approx(est["final_bytes"], rel=0.02)
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(data_dir, tokenizer_dir, tmp_path, monkeypatch):
+    """A checkpoint the disk cannot hold: torch's writer fails with a RuntimeError from its zip writer (what a full
+    disk gives, "unexpected pos"); the job names the checkpoint and the space it needs in an ENOSPC OSError (one line
+    from the CLI), leaves no half-written directory, and the same run resumes from its last whole checkpoint once
+    there is room. Another failure with room to spare is raised as it was."""
+    import errno
+    from collections import namedtuple
+
+    from warmstart.outputs import describe_os_error
+
+    recipe = tiny_recipe(data_dir, tokenizer_dir, tmp_path, "r", train={"steps": 4, "checkpoint_every": 2})
+    real_save, real_usage = ckpt.dcp.save, shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+
+    def fill_disk(state, checkpoint_id, **kw):  # the step-4 checkpoint does not fit
+        if Path(checkpoint_id).name == ".tmp-" + ckpt.step_dir(Path("."), 4).name:
+            (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(state, checkpoint_id=checkpoint_id, **kw)
+
+    monkeypatch.setattr(ckpt.dcp, "save", fill_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError) as got:
+        train(recipe)
+    assert got.value.errno == errno.ENOSPC
+    line = describe_os_error(got.value)
+    assert "\n" not in line and "no space left for checkpoint step-" in line and "GB is free" in line
+    root = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == [ckpt.step_dir(root, 2).name]  # the half-written one is gone
+    # room to spare: the same failure is not a full disk and is raised as it was
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        train(recipe, resume=True)
+    # the disk freed: the run resumes from step 2 and finishes
+    monkeypatch.setattr(ckpt.dcp, "save", real_save)
+    result = train(recipe, resume=True)
+    assert result.step == 4 and result.final_dir is not None and (result.final_dir / "config.json").is_file()

@@ -537,8 +537,6 @@ class AdaptConfig(JobConfig):
         return DEFAULT_MAX_FORGETTING if self.max_forgetting is None else self.max_forgetting
 
 
-
-
 class DeriveConfig(JobConfig):
     """`warmstart derive`: a smaller model of N of the checkpoint's blocks (the block search on a sample of the
     text), its LR chosen by probes, trained and compared with the checkpoint (recipes/jobs/derive.py)."""

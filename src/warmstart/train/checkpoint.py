@@ -20,6 +20,7 @@ the previous one is used with a warning. Every process writes its shard into the
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -123,6 +124,35 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _state_bytes(*trees) -> int:
+    """Bytes of every tensor in nested dicts / lists (this rank's share of a checkpoint)."""
+    total = 0
+    stack = list(trees)
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            total += x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return total
+
+
+def _disk_full(tmp: Path, need: int, final: Path) -> OSError | None:
+    """After a failed checkpoint write: the half-written `tmp` removed, and an ENOSPC OSError naming the checkpoint
+    and the space it needs when the disk cannot hold it (the CLI says it in one line; the run resumes from its last
+    whole checkpoint), else None (another failure, raised as it was). torch's writer reports a full disk as a
+    RuntimeError from its zip writer ("unexpected pos ..."), not as an OSError."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(tmp.parent).free
+    if free >= need:
+        return None
+    return OSError(errno.ENOSPC, f"no space left for checkpoint {final.name}: it needs about {need / 1e9:.2f} GB "
+                   f"and {free / 1e9:.2f} GB is free; free disk space (or lower train.keep_checkpoints) and run the "
+                   "same command again: it resumes from the last whole checkpoint", str(final))
+
+
 @contextlib.contextmanager
 def _single_process_quiet():
     """DCP warns on every call without a process group; one process is a case warmstart means."""
@@ -154,8 +184,14 @@ def save(
         tmp.mkdir()
     barrier(d)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _single_process_quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not d.enabled)
+    try:
+        with _single_process_quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not d.enabled)
+    except (RuntimeError, CheckpointException, OSError) as e:
+        full = _disk_full(tmp, _state_bytes(model_sd, optim_sd), final)
+        if full is None:
+            raise
+        raise full from e
     barrier(d)  # every shard is written (and fsynced by DCP) before rank 0 seals the directory
     if d.is_main:
         pause_point(f"checkpoint_write:{step}")

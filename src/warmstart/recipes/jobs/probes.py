@@ -191,7 +191,9 @@ def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: fl
     """(the chosen candidate, why). `rows`: the last rung's rows; `latest`: every candidate's row at the furthest
     rung it reached (default `rows`), where the horizon correction may move the LR to a candidate halving stopped.
     The rule picks the best; its LR moves to the run's horizon (`exponent` > 0 and `run_steps`); at that LR the
-    replay share by the rule, a tie (the paired test at level `alpha`) going to the larger share."""
+    replay share by the rule among the candidates that reached that LR's furthest rung (halved there or not: a race
+    decided before its last rung leaves one survivor, and its LR's other shares measured as long count), a tie (the
+    paired test at level `alpha`) going to the larger share."""
     ok = [n for n in rows if key(rows[n], bound)[0] == 0]
     if not ok:
         best = min(rows, key=lambda n: key(rows[n], bound))
@@ -206,11 +208,15 @@ def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: fl
         steps = rows[best]["steps"]
         target = horizon_lr(lr, steps, run_steps, exponent)
         moved = nearest_lr(target, sorted({r["lr"] for r in latest.values()}))
-        why += (f"; moved to the run's horizon (Bjorck et al. 2024, LR* ~ horizon^-{exponent:g}): max LR {lr:g} "
-                f"after {_steps(steps)} is {target:.3g} at the run's {_steps(run_steps)}, nearest candidate {moved:g}")
-        if moved != lr and not _keepers(latest, moved, bound):
-            why += f", but no candidate at {moved:g} kept the bound in the probes, so {lr:g} stays"
+        why += (f"; at the run's horizon (Bjorck et al. 2024, LR* ~ horizon^-{exponent:g}) max LR {lr:g} after "
+                f"{_steps(steps)} is {target:.3g} after {_steps(run_steps)}, ")
+        if moved == lr:
+            why += f"nearest candidate {lr:g} itself"
+        elif not _keepers(latest, moved, bound):
+            why += (f"nearest candidate {moved:g}, but no candidate at {moved:g} kept the bound at the furthest rung "
+                    f"it reached, so {lr:g} stays")
         else:
+            why += f"nearest candidate {moved:g}"
             lr = moved
     pool = _keepers(latest, lr, bound)
     lead = min(pool, key=lambda n: (latest[n]["new_loss"], -latest[n].get("replay", 0.0)))

@@ -24,8 +24,9 @@ def env(pause: str | None = None) -> dict:
     return e
 
 
-def kill_at(args: list[str], pause: str, timeout: float = 240) -> None:
-    """Start `warmstart ARGS`, wait until it pauses at `pause`, SIGKILL it."""
+def kill_at(args: list[str], pause: str, timeout: float = 240, sig: int = signal.SIGKILL) -> str:
+    """Start `warmstart ARGS`, wait until it pauses at `pause`, send `sig` (SIGKILL: it dies at once; another: the
+    job stops itself); its stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "warmstart", *args], env=env(pause), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     err: list[str] = []
@@ -40,9 +41,11 @@ def kill_at(args: list[str], pause: str, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if any(f"test pause at {pause}" in line for line in err):
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-            return
+            proc.send_signal(sig)
+            code = proc.wait(timeout=120)
+            assert code == (-sig if sig == signal.SIGKILL else 128 + sig), "".join(err)[-3000:]
+            t.join(timeout=10)
+            return "".join(err)
         if proc.poll() is not None:
             raise AssertionError(f"ended (exit {proc.returncode}) before pausing at {pause}: {''.join(err)[-3000:]}")
         time.sleep(0.02)

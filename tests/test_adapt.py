@@ -22,7 +22,10 @@ SETTINGS = ["--tokens", "16384", "--probe-share", "0.5", "--lrs", "1e-3,3e-3,1e-
 
 
 def args(ckpt, texts, out, old=True, extra=()):
-    a = ["adapt", str(ckpt), "--text", f"lib={texts['new']}", "--out", str(out), *SETTINGS, *extra]
+    settings = list(SETTINGS)
+    if not old:  # replay shares need old text
+        del settings[settings.index("--replay"):settings.index("--replay") + 2]
+    a = ["adapt", str(ckpt), "--text", f"lib={texts['new']}", "--out", str(out), *settings, *extra]
     return a + (["--old", f"prose={texts['old']}", "--max-forgetting", "0.5"] if old else [])
 
 
@@ -142,15 +145,27 @@ def test_sigkill_in_every_stage_resumes_to_the_same_model(job, job_checkpoint, j
 
 
 def test_without_old_decides_the_lr_alone(job_checkpoint, job_texts, tmp_path, capsys):
+    """No old text: the LR alone, on the new text's loss; with --horizon-exponent 0 the probes' best as measured. A
+    SIGTERM in the probes stops the job with the job's own resume note (not a probe run's --resume) and the same
+    command finishes it."""
+    import signal
+
     out = tmp_path / "job"
-    a = args(job_checkpoint, job_texts, out, old=False)
+    a = args(job_checkpoint, job_texts, out, old=False, extra=["--horizon-exponent", "0"])
     a[a.index("--tokens") + 1] = "8192"  # 3 candidates need less
+    err = kill_at(a, "job:rung", sig=signal.SIGTERM)
+    assert "stopped by SIGTERM; re-run the same command to resume" in err and "--resume" not in err
+    capsys.readouterr()
     assert main(a) == 0
     said = capsys.readouterr().out
     assert said.count("forgetting cannot be measured") == 1
     dec = decision(out)
     assert [c["name"] for c in dec["candidates"]] == ["lr=0.001", "lr=0.003", "lr=0.01"]
     assert dec["max_forgetting"] is None and "no --old" in dec["note"]
+    assert dec["correction"].startswith("none for the LR") and "horizon" not in dec["why"]
+    best = min((c for c in dec["candidates"] if c["steps"] == dec["rungs"][-1]),
+               key=lambda c: c["new_loss"][str(len(dec["rungs"]) - 1)])
+    assert dec["chosen"] == best["name"]
     assert yaml.safe_load((out / "run" / "config.yaml").read_text())["data"].get("replay") is None
 
 
@@ -274,11 +289,13 @@ def test_bad_input_one_line_nothing_written(job_checkpoint, job_texts, tmp_path,
     tiny = tmp_path / "tiny.jsonl"
     tiny.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": "b"}) + "\n")
     cases = [
-        (["adapt", str(tmp_path / "no-such-ckpt"), "--text", f"lib={job_texts['new']}", "--out", str(out),
-          *SETTINGS], "checkpoint: "),
+        (args(tmp_path / "no-such-ckpt", job_texts, out, old=False), "checkpoint: "),
         (args(job_checkpoint, {"new": empty, "old": job_texts["old"]}, out), "empty (no text)"),
         (args(job_checkpoint, {"new": tiny, "old": job_texts["old"]}, out), "no document tokenizes to 2 or more"),
         ([*args(job_checkpoint, job_texts, out, old=False), "--max-forgetting", "0.1"], "--max-forgetting needs --old"),
+        ([*args(job_checkpoint, job_texts, out, old=False), "--replay", "0.25"], "--replay needs --old"),
+        ([*args(job_checkpoint, job_texts, out), "--lrs", "1e-3,1e-3,1e-2,3e-3"], "--lrs: each LR once"),
+        ([*args(job_checkpoint, job_texts, out), "--horizon-exponent", "1.5"], "--horizon-exponent"),
     ]
     small = args(job_checkpoint, job_texts, out)
     small[small.index("--tokens") + 1] = "2048"

@@ -138,13 +138,27 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(data_dir, tokenizer_dir, tm
         train(recipe)
     assert got.value.errno == errno.ENOSPC
     line = describe_os_error(got.value)
-    assert "\n" not in line and "no space left for checkpoint step-" in line and "GB is free" in line
+    assert "\n" not in line and "no space left on the device for checkpoint step-" in line
+    assert "MB is free" in line and "run the same command again" in line
     root = tmp_path / "r" / "checkpoints"
     assert [p.name for p in root.iterdir()] == [ckpt.step_dir(root, 2).name]  # the half-written one is gone
     # room to spare: the same failure is not a full disk and is raised as it was
     monkeypatch.setattr(shutil, "disk_usage", real_usage)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         train(recipe, resume=True)
+    # a quota (or inode) limit with bytes to spare: the OSError DCP wraps per rank is found and said in one line
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    def over_quota(state, checkpoint_id, **kw):
+        if Path(checkpoint_id).name == ".tmp-" + ckpt.step_dir(Path("."), 4).name:
+            raise CheckpointException("save failed", {0: (OSError(errno.EDQUOT, "Disk quota exceeded"), None)})
+        return real_save(state, checkpoint_id=checkpoint_id, **kw)
+
+    monkeypatch.setattr(ckpt.dcp, "save", over_quota)
+    with pytest.raises(OSError) as got:
+        train(recipe, resume=True)
+    assert got.value.errno == errno.EDQUOT and "quota is used up" in describe_os_error(got.value)
+    assert [p.name for p in root.iterdir()] == [ckpt.step_dir(root, 2).name]
     # the disk freed: the run resumes from step 2 and finishes
     monkeypatch.setattr(ckpt.dcp, "save", real_save)
     result = train(recipe, resume=True)

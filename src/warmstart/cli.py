@@ -201,16 +201,21 @@ def _cmd_job(args: argparse.Namespace, kind: str) -> int:
               f"wrote {args.write_recipe} (run it: warmstart {kind} --recipe {args.write_recipe})")
         return 0
     from warmstart.report.jobs import finish
+    from warmstart.train.runs import RESUME_NOTE
 
     report = partial(finish, baseline=baseline)
-    if kind == "adapt":
-        from warmstart.recipes.jobs.adapt import adapt
+    try:
+        if kind == "adapt":
+            from warmstart.recipes.jobs.adapt import adapt
 
-        report(adapt(cfg))
-    else:
-        from warmstart.recipes.jobs.derive import derive
+            report(adapt(cfg))
+        else:
+            from warmstart.recipes.jobs.derive import derive
 
-        derive(cfg, on_round=report)  # every round's report (the last one's summary ends the output)
+            derive(cfg, on_round=report)  # every round's report (the last one's summary ends the output)
+    except signals.Interrupted as e:  # wherever the job stopped (a probe, a stage between), the job resumes
+        e.note = RESUME_NOTE
+        raise
     return 0
 
 

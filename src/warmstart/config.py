@@ -476,6 +476,8 @@ class JobConfig(Section):
         for name, paths in self.text.items():
             _check_domain(name, paths, "--text")
         lrs = sorted(self.lrs)
+        if len(set(lrs)) != len(lrs):
+            raise ValueError(f"--lrs: each LR once (got {self.lrs})")
         if len(set(lrs)) < 3 or any(v <= 0 for v in lrs) or lrs[-1] < 10 * lrs[0] * (1 - 1e-9):
             raise ValueError(f"--lrs: give at least 3 distinct LRs > 0 spanning at least 10x (got {self.lrs})")
         if self.batch_tokens % self.seq_len:
@@ -527,6 +529,8 @@ class AdaptConfig(JobConfig):
             raise ValueError("--max-forgetting needs --old NAME=PATH: forgetting is measured on the old text")
         if not self.replay or any(not 0.0 <= r < 1.0 for r in self.replay) or len(set(self.replay)) != len(self.replay):
             raise ValueError(f"--replay: distinct shares in [0, 1) needed (got {self.replay})")
+        if not self.old and sorted(self.replay) != sorted(type(self).model_fields["replay"].default):
+            raise ValueError("--replay needs --old NAME=PATH: replay mixes in old text")
         return self
 
     @property

@@ -139,18 +139,44 @@ def _state_bytes(*trees) -> int:
     return total
 
 
-def _disk_full(tmp: Path, need: int, final: Path) -> OSError | None:
-    """After a failed checkpoint write: the half-written `tmp` removed, and an ENOSPC OSError naming the checkpoint
-    and the space it needs when the disk cannot hold it (the CLI says it in one line; the run resumes from its last
-    whole checkpoint), else None (another failure, raised as it was). torch's writer reports a full disk as a
-    RuntimeError from its zip writer ("unexpected pos ..."), not as an OSError."""
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_errno(e: BaseException) -> int | None:
+    """ENOSPC / EDQUOT found in `e`, its causes, or the per-rank failures DCP wraps in a CheckpointException."""
+    seen, stack = set(), [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in DISK_ERRNOS:
+            return x.errno
+        if isinstance(x, CheckpointException):
+            stack.extend(exc for exc, _ in x.failures.values())
+        stack.extend((x.__cause__, x.__context__))
+    return None
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _disk_full(tmp: Path, need: int, final: Path, e: BaseException) -> OSError | None:
+    """After a failed checkpoint write: the half-written `tmp` removed, and an OSError (ENOSPC or EDQUOT) naming the
+    checkpoint and the space it needs when the disk or the quota cannot hold it (the CLI says it in one line; the run
+    resumes from its last whole checkpoint), else None (another failure, raised as it was). torch's writer reports a
+    full disk as a RuntimeError from its zip writer ("unexpected pos ..."), not as an OSError, so the free space
+    decides too; a quota or inode limit shows as the errno inside DCP's CheckpointException."""
     shutil.rmtree(tmp, ignore_errors=True)
     free = shutil.disk_usage(tmp.parent).free
-    if free >= need:
+    code = _disk_errno(e)
+    if code is None and free >= need:
         return None
-    return OSError(errno.ENOSPC, f"no space left for checkpoint {final.name}: it needs about {need / 1e9:.2f} GB "
-                   f"and {free / 1e9:.2f} GB is free; free disk space (or lower train.keep_checkpoints) and run the "
-                   "same command again: it resumes from the last whole checkpoint", str(final))
+    what = "the disk quota is used up" if code == errno.EDQUOT else "no space left on the device"
+    return OSError(code or errno.ENOSPC, f"{what} for checkpoint {final.name}: it needs about {_size(need)}, "
+                   f"{_size(free)} is free; free space and run the same command again: it resumes from the last "
+                   "whole checkpoint", str(final))
 
 
 @contextlib.contextmanager
@@ -188,7 +214,7 @@ def save(
         with _single_process_quiet():
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp), no_dist=not d.enabled)
     except (RuntimeError, CheckpointException, OSError) as e:
-        full = _disk_full(tmp, _state_bytes(model_sd, optim_sd), final)
+        full = _disk_full(tmp, _state_bytes(model_sd, optim_sd), final, e)
         if full is None:
             raise
         raise full from e

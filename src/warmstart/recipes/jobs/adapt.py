@@ -29,6 +29,9 @@ CORRECTION = ("short probes favour large LRs: the probes' best max LR is moved t
               "/ run steps)^beta (Bjorck et al. 2024), then to the nearest candidate; short probes also see little of a "
               "full run's forgetting: at that LR, among the shares the paired test cannot tell from the best, the "
               "largest.")
+CORRECTION_OFF = ("none for the LR (--horizon-exponent 0: the probes' best max LR as measured); short probes see little "
+                  "of a full run's forgetting: at that LR, among the shares the paired test cannot tell from the best, "
+                  "the largest.")
 
 
 def check(cfg: AdaptConfig):
@@ -63,7 +66,8 @@ def adapt(cfg: AdaptConfig, say=print) -> dict:
                                   exponent=cfg.horizon_exponent)
         run_flops = train_fpt * pipeline.total_steps(cfg) * cfg.batch_tokens
         deciding = dec["probe_flops"] + fmt["flops"] + before["flops"]
-        return {**dec, "rule": RULE if old else RULE_NO_OLD, "correction": CORRECTION,
+        return {**dec, "rule": RULE if old else RULE_NO_OLD,
+                "correction": CORRECTION if cfg.horizon_exponent > 0 else CORRECTION_OFF,
                 "horizon_exponent": cfg.horizon_exponent, "max_forgetting": bound,
                 "format_flops": fmt["flops"], "shift_flops": before["flops"], "deciding_flops": deciding,
                 "run_train_flops": run_flops, "deciding_share": deciding / run_flops,

@@ -10,7 +10,7 @@ from warmstart.errors import UserError
 
 # recipe key -> (flag, argparse keyword arguments); the order is --help's
 COMMON = {
-    "tokens": ("--tokens", {"help": "training budget in tokens, e.g. 65536, 64k, 1.5M"}),
+    "tokens": ("--tokens", {"help": "training budget in tokens, e.g. 65536, 64k (= 64,000), 1.5M"}),
     "out": ("--out", {"help": "the job's directory (re-run the same command to resume)"}),
     "probe_share": ("--probe-share", {"type": float, "help": "at most this share of the run's training FLOPs is "
                                       "spent on the probes (0.1)"}),

@@ -198,7 +198,7 @@ def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: fl
     if not ok:
         best = min(rows, key=lambda n: key(rows[n], bound))
         return best, (f"no candidate kept the old text's loss within +{bound:g} nats; chose the one that forgot "
-                      f"least (+{rows[best]['forgetting']:.4f})")
+                      f"least (+{rows[best]['forgetting']:.4f}), as measured (no horizon correction, no replay tie)")
     best = min(ok, key=lambda n: (rows[n]["new_loss"], rows[n]["lr"]))
     within = "" if bound is None else f" among those whose old-text loss rose by at most {bound:g} nats"
     why = f"lowest new-text loss{within}: {best} ({rows[best]['new_loss']:.4f})"
@@ -209,7 +209,7 @@ def choose(rows: dict[str, dict], bound: float | None, new: list[str], alpha: fl
         target = horizon_lr(lr, steps, run_steps, exponent)
         moved = nearest_lr(target, sorted({r["lr"] for r in latest.values()}))
         why += (f"; at the run's horizon (Bjorck et al. 2024, LR* ~ horizon^-{exponent:g}) max LR {lr:g} after "
-                f"{_steps(steps)} is {target:.3g} after {_steps(run_steps)}, ")
+                f"{_steps(steps)} is {target:.4g} after {_steps(run_steps)}, ")
         if moved == lr:
             why += f"nearest candidate {lr:g} itself"
         elif not _keepers(latest, moved, bound):

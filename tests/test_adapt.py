@@ -58,7 +58,8 @@ def test_decision_recorded_and_charged(job):
         probe = out / "probes" / c["name"]
         assert (probe / "summary.json").is_file() and not (probe / "checkpoints").exists()
         assert not (probe / "final").exists()
-    # the choice is the rule and the horizon correction (beta 0.2 by default) re-made from the stored rung files
+    # the choice is the rule and the horizon correction (its default beta) re-made from the stored rung files
+    from warmstart.config import DEFAULT_HORIZON_EXPONENT as BETA
     from warmstart.recipes.jobs import pipeline, probes
 
     shift = json.loads((out / "shift.json").read_text())["losses"]
@@ -69,8 +70,8 @@ def test_decision_recorded_and_charged(job):
     last = dec["rounds"][-1]  # the last rung raced: its survivors are the rows the rule picks from
     final = {n: latest[n] for n in last["continue"]}
     assert all(final[n]["steps"] == last["steps"] for n in final)
-    assert dec["horizon_exponent"] == 0.2 and "horizon" in dec["correction"]
-    assert probes.choose(final, 0.5, ["lib"], 0.05, latest=latest, run_steps=64, exponent=0.2)[0] == dec["chosen"]
+    assert dec["horizon_exponent"] == BETA > 0 and "horizon" in dec["correction"]
+    assert probes.choose(final, 0.5, ["lib"], 0.05, latest=latest, run_steps=64, exponent=BETA)[0] == dec["chosen"]
     # the chosen candidate keeps the bound (or none does and the note says so)
     chosen = next(c for c in dec["candidates"] if c["name"] == dec["chosen"])
     last = str(max(int(k) for k in chosen["new_loss"]))

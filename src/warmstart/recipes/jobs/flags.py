@@ -33,7 +33,7 @@ ADAPT = {
                                             "(0.05; needs --old)"}),
     "replay": ("--replay", {"help": "candidate replay shares of the old text, comma-separated (0,0.05,0.25)"}),
     "horizon_exponent": ("--horizon-exponent", {"type": float, "help": "beta of the probes' horizon correction: the "
-                                                "probes' best max LR x (probe steps / run steps)^beta (0.2; 0: none)"}),
+                                                "probes' best max LR x (probe steps / run steps)^beta (0.12; 0: none)"}),
 }
 DERIVE = {
     "layers": ("--layers", {"type": int, "help": "blocks of the smaller model"}),

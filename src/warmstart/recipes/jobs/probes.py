@@ -29,8 +29,9 @@ drop of a large LR, a long one pays for its noise floor; Bjorck et al. 2024, "Sc
 Horizons": LR*(D) = B * D^-beta), so a probe ranking is biased toward large LRs. The chosen LR is the probes' best
 LR moved to the run's horizon, `horizon_lr` = lr * (probe steps / run steps)^beta, then the nearest candidate LR in
 log scale (`nearest_lr`): a candidate, so the full run is one the probes measured. beta is `--horizon-exponent`
-(config.DEFAULT_HORIZON_EXPONENT by default: fitted by bench/adapt.py on three SmolLM2 cells, bench/results/adapt.md, where the
-probes' best LR was 3e-4 every time and the full budget's best 1e-4 in two of three; 0 turns the correction off). At
+(config.DEFAULT_HORIZON_EXPONENT, 0.12, by default: fitted by bench/adapt.py on five SmolLM2 cells,
+bench/results/adapt.md, where the probes' best LR was 3e-4 every time and the full budget's best 1e-4 in two of five;
+a first fit of 0.2 on three of them lost on the other two; 0 turns the correction off). At
 that LR the replay share: a short probe sees little of the forgetting a full run accumulates (on SmolLM2 a 1-step
 probe at max LR 3e-4 without replay lowered the old text's loss by 0.055 nats; the full 40-step run raised it by
 0.11), so among that LR's candidates that keep the bound and that the paired test cannot tell from the lowest-loss

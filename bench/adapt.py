@@ -107,17 +107,12 @@ def rechoose(job: Path, dec: dict, shift: dict, new: list[str], old: list[str], 
     probes, no training."""
     from warmstart.recipes.jobs import probes as P
 
-    last = len(dec["rungs"]) - 1
     latest = {}
     for c in dec["candidates"]:
         r = max(int(k) for k in c["new_loss"])
         rung = json.loads((job / "probes" / c["name"] / f"rung-{r}.json").read_text())
         latest[c["name"]] = pipeline.probe_row(c["lr"], c["replay"], rung, new, old, shift["losses"])
-    rows = {n: latest[n] for n in latest if latest[n]["steps"] == dec["rungs"][last]}
-    if len(rows) > 1 or not dec["rounds"] or len(dec["rounds"][-1]["continue"]) != 1:
-        alive = rows
-    else:  # the race was decided before its last rung: the one left is the finalist
-        alive = {n: latest[n] for n in dec["rounds"][-1]["continue"]}
+    alive = {n: latest[n] for n in dec["rounds"][-1]["continue"]}  # the last raced rung's survivors, as run_probes
     return P.choose(alive, bound, new, alpha, latest=latest, run_steps=run_steps, exponent=exponent)
 
 
@@ -140,8 +135,7 @@ def cell(args, budget: int, seed: int) -> dict:
     work = Path(args.work) / f"tokens-{budget}" / f"seed-{seed}"
     job = work / "adapt"
     cfg = job_config(args, budget, seed, job)
-    res, adapt_s, wall_note = timed_job(work, job, lambda: adapt(cfg),
-                                          lambda j: (j / "run" / "summary.json").is_file())
+    res, adapt_s, wall_note = timed_job(work, job, lambda: adapt(cfg))
     finish(res)
     dec, shift = res.decision, res.shift
     new, old = list(cfg.text), list(cfg.old)
@@ -182,11 +176,18 @@ def cell(args, budget: int, seed: int) -> dict:
         "fixed": {"lr": args.fixed_lr, "replay": fixed_replay, "new": fn, "forgetting": ff, "flops": fixed_flops,
                   "source": f"grid run {same[0]}" if same else "its own run"},
         "probe_rank_tau": kendall_tau(probe, full), "finalists": [c["name"] for c in finalists],
-        "within_goal": an <= grid[best]["new"] + GOAL_NATS and (bound is None or af <= bound),
-        "not_worse_than_fixed": an <= fn + 1e-9 or (bound is not None and ff > bound),
+        **goal_parts(an, af, grid[best]["new"], fn, ff, bound),
         "probes_within_10pct": dec["deciding_share"] <= 0.10,
     }
     return {**out, **current_rule(job, out, cfg.horizon_exponent)}
+
+
+def goal_parts(new: float, forgot: float | None, best: float, fixed: float, fixed_forgot: float | None,
+               bound: float | None) -> dict:
+    """The goal's loss parts for a run ending at new-text loss `new` having forgotten `forgot`: within GOAL_NATS of
+    the grid's pick `best` under the bound, and not worse than the fixed recipe (unless that breaks the bound)."""
+    return {"within_goal": new <= best + GOAL_NATS and (bound is None or forgot <= bound),
+            "not_worse_than_fixed": new <= fixed + 1e-9 or (bound is not None and fixed_forgot > bound)}
 
 
 def current_rule(job: Path, c: dict, exponent: float) -> dict:
@@ -207,10 +208,7 @@ def current_rule(job: Path, c: dict, exponent: float) -> dict:
         g = c["grid"][name]
         return {"chosen": name, "why": why, "exponent": beta, "new": g["new"], "forgetting": g["forgetting"],
                 "source": "adapt's run" if name == dec["chosen"] else "the grid's run of that candidate",
-                "within_goal": g["new"] <= best["new"] + GOAL_NATS and (
-                    c["bound"] is None or g["forgetting"] <= c["bound"]),
-                "not_worse_than_fixed": g["new"] <= fixed["new"] + 1e-9 or (
-                    c["bound"] is not None and fixed["forgetting"] > c["bound"])}
+                **goal_parts(g["new"], g["forgetting"], best["new"], fixed["new"], fixed["forgetting"], c["bound"])}
 
     raw = judged(0.0)
     probe_lr = c["grid"][raw["chosen"]]["lr"]

@@ -63,8 +63,7 @@ def cell(args, layers: int, seed: int) -> dict:
     work = Path(args.work) / f"L{layers}" / f"seed-{seed}"
     job = work / "derive"
     cfg = job_config(args, layers, seed, job)
-    res, wall, wall_note = timed_job(work, job, lambda: derive(cfg),
-                                          lambda j: (j / "run" / "summary.json").is_file())
+    res, wall, wall_note = timed_job(work, job, lambda: derive(cfg))
     finish(res)
     new = list(cfg.text)
     dec, run = res.decision, res.run_summary

@@ -49,11 +49,12 @@ def job_settings(args) -> dict:
     return tree
 
 
-def timed_job(work, job, run, finished) -> tuple[object, float | None, str | None]:
+def timed_job(work, job, run) -> tuple[object, float | None, str | None]:
     """(run(), its wall time in s, a note): the wall time of the invocation that ran the job, kept in WORK/wall.json
     the first time, so a re-run that reads the finished job back (seconds) does not replace it; the note says when
     that invocation resumed a job an earlier one had begun (its wall time is then only the rest). A job already
-    `finished(job)` with no wall.json was run before its time was kept: None, and nothing written."""
+    finished (its run's summary.json written) with no wall.json was run before its time was kept: None, and nothing
+    written."""
     import json
     import time
     from pathlib import Path
@@ -63,7 +64,7 @@ def timed_job(work, job, run, finished) -> tuple[object, float | None, str | Non
     path = Path(work) / "wall.json"
     kept = json.loads(path.read_text()) if path.is_file() else None
     begun = Path(job).exists()
-    done = kept is None and finished(Path(job))
+    done = kept is None and (Path(job) / "run" / "summary.json").is_file()
     t0 = time.perf_counter()
     result = run()
     wall = round(time.perf_counter() - t0, 1)
@@ -81,5 +82,5 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except signals.Interrupted as e:
-        print(f"bench: stopped by {e.name}; {e.note}", file=sys.stderr)
+        print(f"bench: stopped by {e.name}; re-run the same command to resume", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -158,10 +158,6 @@ def _disk_errno(e: BaseException) -> int | None:
     return None
 
 
-def _size(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
 def _disk_full(tmp: Path, need: int, final: Path, e: BaseException) -> OSError | None:
     """After a failed checkpoint write: the half-written `tmp` removed, and an OSError (ENOSPC or EDQUOT) naming the
     checkpoint and the space it needs when the disk or the quota cannot hold it (the CLI says it in one line; the run
@@ -174,8 +170,8 @@ def _disk_full(tmp: Path, need: int, final: Path, e: BaseException) -> OSError |
     if code is None and free >= need:
         return None
     what = "the disk quota is used up" if code == errno.EDQUOT else "no space left on the device"
-    return OSError(code or errno.ENOSPC, f"{what} for checkpoint {final.name}: it needs about {_size(need)}, "
-                   f"{_size(free)} is free; free space and run the same command again: it resumes from the last "
+    return OSError(code or errno.ENOSPC, f"{what} for checkpoint {final.name}: it needs about {human_bytes(need)}, "
+                   f"{human_bytes(free)} is free; free space and run the same command again: it resumes from the last "
                    "whole checkpoint", str(final))
 
 

@@ -70,11 +70,7 @@ def _train_to(recipe: Recipe) -> dict:
     if done is not None:
         return done
     begun = rundir.read_config(recipe.run_dir) is not None
-    try:
-        result = train(recipe, resume=begun, allow_config_change=begun)
-    except signals.Interrupted as e:  # the probe's own note says --resume, a flag the job does not have
-        e.note = RESUME_NOTE
-        raise
+    result = train(recipe, resume=begun, allow_config_change=begun)
     if result.interrupted_by:
         raise signals.Interrupted(result.interrupted_by, RESUME_NOTE)
     return rundir.read_summary(recipe.run_dir)
